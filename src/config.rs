@@ -1,0 +1,44 @@
+//! Settings, from flags and `KEYGATE_*` environment variables (see `cli`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Base URL clients see, without `/api/v1`; defaults to `http://{listen}`.
+    pub public_base_url: Option<String>,
+    /// Provider bearer token to accept (stored hashed).
+    pub provider_token: Option<SecretString>,
+    /// Base64 of 32 bytes; otherwise `data_dir/master.key` is used (created on first start).
+    pub master_key: Option<SecretString>,
+    pub console_idle_timeout_secs: i64,
+    pub console_max_lifetime_secs: i64,
+    pub max_body_bytes: usize,
+    /// How many argon2id hashes may run at once.
+    pub password_hash_concurrency: usize,
+    /// Marks cookies `Secure` (set when the public URL is https).
+    pub secure_cookies: bool,
+}
+
+impl Config {
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            listen,
+            data_dir,
+            public_base_url: None,
+            provider_token: None,
+            master_key: None,
+            console_idle_timeout_secs: 15 * 60,
+            console_max_lifetime_secs: 8 * 3600,
+            max_body_bytes: 64 * 1024,
+            password_hash_concurrency: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            secure_cookies: false,
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Who did what, for the append-only audit log (R11).
+
+use serde::Serialize;
+
+use super::ids::AdminId;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// A provider operator, by the id of the token used.
+    Provider {
+        token_id: i64,
+    },
+    Admin {
+        id: AdminId,
+        login: String,
+    },
+    /// An automatic action (R9).
+    System,
+    /// A login attempt under a name that may not exist.
+    Anonymous {
+        login: String,
+    },
+}
+
+impl Actor {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Actor::Provider { .. } => "PROVIDER",
+            Actor::Admin { .. } => "ADMIN",
+            Actor::System => "SYSTEM",
+            Actor::Anonymous { .. } => "ANONYMOUS",
+        }
+    }
+    pub fn id(&self) -> i64 {
+        match self {
+            Actor::Provider { token_id } => *token_id,
+            Actor::Admin { id, .. } => id.0,
+            Actor::System | Actor::Anonymous { .. } => 0,
+        }
+    }
+    pub fn name(&self) -> String {
+        match self {
+            Actor::Provider { .. } => "Service Provider".into(),
+            Actor::Admin { login, .. } | Actor::Anonymous { login } => login.clone(),
+            Actor::System => "system".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AuditAction {
+    OrgCreate,
+    SubscriptionUpdate,
+    LimitsUpdate,
+    AdminAdd,
+    AdminRemove,
+    KeyProvision,
+    KeyAdd,
+    KeyEdit,
+    KeyRegenerate,
+    KeyDelete,
+    KeyReveal,
+    KeyDisable,
+    KeyEnable,
+    LoginSuccess,
+    LoginFailure,
+    Logout,
+}
+
+impl AuditAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::OrgCreate => "ORG_CREATE",
+            AuditAction::SubscriptionUpdate => "SUBSCRIPTION_UPDATE",
+            AuditAction::LimitsUpdate => "LIMITS_UPDATE",
+            AuditAction::AdminAdd => "ADMIN_ADD",
+            AuditAction::AdminRemove => "ADMIN_REMOVE",
+            AuditAction::KeyProvision => "KEY_PROVISION",
+            AuditAction::KeyAdd => "KEY_ADD",
+            AuditAction::KeyEdit => "KEY_EDIT",
+            AuditAction::KeyRegenerate => "KEY_REGENERATE",
+            AuditAction::KeyDelete => "KEY_DELETE",
+            AuditAction::KeyReveal => "KEY_REVEAL",
+            AuditAction::KeyDisable => "KEY_DISABLE",
+            AuditAction::KeyEnable => "KEY_ENABLE",
+            AuditAction::LoginSuccess => "LOGIN_SUCCESS",
+            AuditAction::LoginFailure => "LOGIN_FAILURE",
+            AuditAction::Logout => "LOGOUT",
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! HTTP: one router per feature, merged here with the cross-cutting layers.
+
+pub mod console;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod provider;
+pub mod views;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::routing::get;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use error::ApiError;
+use extract::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "keygate", description = "One cloud service API key per organization (Zscaler ZIA / Cloud Connector compatible)"),
+    tags(
+        (name = "provider", description = "Provider API, bearer token"),
+        (name = "console", description = "Admin console API, login name + password"),
+        (name = "operations", description = "Health and readiness"),
+    )
+)]
+struct ApiDoc;
+
+/// The routers of every feature and the OpenAPI document they describe.
+pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(health::router())
+        .merge(provider::router())
+        .merge(console::router())
+        .split_for_parts()
+}
+
+fn security_headers<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    let headers: [(HeaderName, &'static str); 6] = [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
+        // Responses may carry a key value: never cache them.
+        (header::CACHE_CONTROL, "no-store"),
+        (
+            HeaderName::from_static("cross-origin-resource-policy"),
+            "same-origin",
+        ),
+    ];
+    headers.into_iter().fold(router, |r, (name, value)| {
+        r.layer(SetResponseHeaderLayer::if_not_present(
+            name,
+            HeaderValue::from_static(value),
+        ))
+    })
+}
+
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let (routes, openapi) = routes();
+    let openapi = Arc::new(openapi);
+    let router = routes
+        .route(
+            "/openapi.json",
+            get(move || async move { axum::Json(openapi.as_ref().clone()) }),
+        )
+        .fallback(|| async { ApiError::NotFound("No such endpoint".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state);
+    security_headers(router).layer(TraceLayer::new_for_http())
+}

@@ -1,0 +1,384 @@
+//! Provider API (`/provider/v1`), bearer token.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::console::AdminSummary;
+use super::error::{ApiResult, ErrorBody};
+use super::extract::{AppState, ClientAddr, JsonBody, ProviderAuth, QueryParams, parse_id};
+use super::views::{AuditPage, PageQuery, SubscriptionView};
+use crate::domain::FieldError;
+use crate::domain::admin::{LoginName, Password, Role};
+use crate::domain::audit::Actor;
+use crate::domain::ids::{AdminId, OrgId};
+use crate::domain::org::{
+    CallThreshold, DisableReason, Disablement, KeyStatus, OrgName, Subscription,
+};
+use crate::service::keys::{KeyObject, Shown};
+use crate::service::orgs::{AdminInput, OrgInput};
+use crate::store::{AuditFilter, OrgRecord};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_org, list_orgs))
+        .routes(routes!(get_org))
+        .routes(routes!(set_subscription))
+        .routes(routes!(disable_key))
+        .routes(routes!(enable_key))
+        .routes(routes!(add_admin))
+        .routes(routes!(remove_admin))
+        .routes(routes!(org_audit))
+}
+
+fn actor(auth: &ProviderAuth) -> Actor {
+    Actor::Provider {
+        token_id: auth.token_id,
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdminBody {
+    login_name: String,
+    #[schema(value_type = String)]
+    password: SecretString,
+    role: Role,
+}
+
+impl AdminBody {
+    fn parse(&self, prefix: &str) -> Result<AdminInput, FieldError> {
+        Ok(AdminInput {
+            login: LoginName::parse(&format!("{prefix}loginName"), &self.login_name)?,
+            password: Password::parse(&format!("{prefix}password"), self.password.expose_secret())?,
+            role: self.role,
+        })
+    }
+}
+
+#[derive(Deserialize, ToSchema, Clone, Copy)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubscriptionBody {
+    enabled: bool,
+    /// Unix seconds; null = never. A time in the past expires the subscription now.
+    expires_at: Option<i64>,
+}
+
+impl SubscriptionBody {
+    fn parse(self, prefix: &str) -> Result<Subscription, FieldError> {
+        if let Some(t) = self.expires_at {
+            if !(0..=253_402_300_799).contains(&t) {
+                return Err(FieldError::new(
+                    format!("{prefix}expiresAt"),
+                    "must be Unix seconds between 0 and 253402300799 (year 9999)",
+                ));
+            }
+        }
+        Ok(Subscription {
+            enabled: self.enabled,
+            expires_at: self.expires_at,
+        })
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateOrgBody {
+    name: String,
+    #[serde(default)]
+    admins: Vec<AdminBody>,
+    subscription: SubscriptionBody,
+    #[serde(default)]
+    call_threshold: Option<CallThreshold>,
+}
+
+/// An org as the provider sees it; the key value is always masked here.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrgView {
+    id: OrgId,
+    name: String,
+    /// Unix ms.
+    created_at: i64,
+    subscription: SubscriptionView,
+    call_threshold: Option<CallThreshold>,
+    key_generation: i64,
+    api_key: Option<KeyObject>,
+    /// `ENABLED`, `DISABLED` or `NONE`.
+    key_status: &'static str,
+    key_disabled_reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admins: Option<Vec<AdminSummary>>,
+}
+
+async fn org_view(state: &AppState, org: &OrgRecord, with_admins: bool) -> ApiResult<OrgView> {
+    let now = state.clock.now();
+    let sub = org.subscription.state_at(now);
+    let status = KeyStatus::of(&org.key_presence(), sub);
+    let admins = if with_admins {
+        let list = state.store.list_admins(org.id).await?;
+        Some(
+            list.into_iter()
+                .map(|a| AdminSummary {
+                    id: a.id,
+                    login_name: a.login,
+                    role: a.role,
+                })
+                .collect(),
+        )
+    } else {
+        None
+    };
+    Ok(OrgView {
+        id: org.id,
+        name: org.name.clone(),
+        created_at: org.created_at.0,
+        subscription: SubscriptionView {
+            enabled: org.subscription.enabled,
+            expires_at: org.subscription.expires_at,
+            state: sub.as_str(),
+        },
+        call_threshold: org.call_threshold,
+        key_generation: org.key_generation,
+        api_key: state.key_object(org, Shown::Masked)?,
+        key_status: match (&org.key, status.enabled) {
+            (None, _) => "NONE",
+            (Some(_), true) => "ENABLED",
+            (Some(_), false) => "DISABLED",
+        },
+        key_disabled_reason: status.reason,
+        admins,
+    })
+}
+
+async fn load_org(state: &AppState, id: &str) -> ApiResult<OrgRecord> {
+    let id = OrgId(parse_id("id", id)?);
+    Ok(state
+        .store
+        .get_org(id)
+        .await?
+        .ok_or(crate::store::StoreError::NotFound("org"))?)
+}
+
+/// Onboard an org with its admins; an enabled subscription provisions its key (R2).
+#[utoipa::path(post, path = "/provider/v1/orgs", tag = "provider", request_body = CreateOrgBody,
+    responses((status = 201, body = OrgView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_org(
+    State(state): State<AppState>,
+    auth: ProviderAuth,
+    ClientAddr(client): ClientAddr,
+    JsonBody(body): JsonBody<CreateOrgBody>,
+) -> ApiResult<Response> {
+    let name = OrgName::parse("name", &body.name)?;
+    let subscription = body.subscription.parse("subscription.")?;
+    let call_threshold = body
+        .call_threshold
+        .map(|t| t.validate("callThreshold"))
+        .transpose()?;
+    if body.admins.len() > 100 {
+        return Err(FieldError::new("admins", "at most 100 admins at creation").into());
+    }
+    let mut admins = Vec::with_capacity(body.admins.len());
+    for (i, a) in body.admins.iter().enumerate() {
+        let parsed = a.parse(&format!("admins[{i}]."))?;
+        if admins.iter().any(|x: &AdminInput| x.login == parsed.login) {
+            return Err(FieldError::new(
+                format!("admins[{i}].loginName"),
+                "appears twice in this request",
+            )
+            .into());
+        }
+        admins.push(parsed);
+    }
+    let org = state
+        .create_org(
+            OrgInput {
+                name,
+                subscription,
+                call_threshold,
+                admins,
+            },
+            actor(&auth),
+            client,
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(org_view(&state, &org, true).await?),
+    )
+        .into_response())
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrgPage {
+    items: Vec<OrgView>,
+    page: u32,
+    page_size: u32,
+    total: i64,
+}
+
+/// Orgs by id, paged; `search` filters by name.
+#[utoipa::path(get, path = "/provider/v1/orgs", tag = "provider", params(PageQuery),
+    responses((status = 200, body = OrgPage)))]
+async fn list_orgs(
+    State(state): State<AppState>,
+    _auth: ProviderAuth,
+    QueryParams(q): QueryParams<PageQuery>,
+) -> ApiResult<Json<OrgPage>> {
+    let page = q.page()?;
+    let search = q.search.as_deref().map(str::trim).filter(|s| !s.is_empty());
+    let (orgs, total) = state.store.list_orgs(page, search).await?;
+    let mut items = Vec::with_capacity(orgs.len());
+    for org in &orgs {
+        items.push(org_view(&state, org, false).await?);
+    }
+    Ok(Json(OrgPage {
+        items,
+        page: page.number,
+        page_size: page.size,
+        total,
+    }))
+}
+
+/// One org, with its admins.
+#[utoipa::path(get, path = "/provider/v1/orgs/{id}", tag = "provider", params(("id" = i64, Path)),
+    responses((status = 200, body = OrgView), (status = 404, body = ErrorBody)))]
+async fn get_org(
+    State(state): State<AppState>,
+    _auth: ProviderAuth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<OrgView>> {
+    let org = load_org(&state, &id).await?;
+    Ok(Json(org_view(&state, &org, true).await?))
+}
+
+/// Enable, turn off, expire or renew the API subscription (R10, R10a).
+#[utoipa::path(put, path = "/provider/v1/orgs/{id}/subscription", tag = "provider", params(("id" = i64, Path)),
+    request_body = SubscriptionBody, responses((status = 200, body = OrgView), (status = 404, body = ErrorBody)))]
+async fn set_subscription(
+    State(state): State<AppState>,
+    auth: ProviderAuth,
+    ClientAddr(client): ClientAddr,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<SubscriptionBody>,
+) -> ApiResult<Json<OrgView>> {
+    let org = load_org(&state, &id).await?;
+    let subscription = body.parse("")?;
+    let org = state
+        .set_subscription(org.id, subscription, actor(&auth), client)
+        .await?;
+    Ok(Json(org_view(&state, &org, true).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DisableBody {
+    reason: DisableReason,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// Disable the org's key (R8).
+#[utoipa::path(post, path = "/provider/v1/orgs/{id}/apiKey/disable", tag = "provider", params(("id" = i64, Path)),
+    request_body = DisableBody, responses((status = 200, body = OrgView), (status = 404, body = ErrorBody)))]
+async fn disable_key(
+    State(state): State<AppState>,
+    auth: ProviderAuth,
+    ClientAddr(client): ClientAddr,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<DisableBody>,
+) -> ApiResult<Json<OrgView>> {
+    let org = load_org(&state, &id).await?;
+    let d = Disablement::parse(body.reason, body.note.as_deref())?;
+    let org = state.disable_key(org.id, d, actor(&auth), client).await?;
+    Ok(Json(org_view(&state, &org, true).await?))
+}
+
+/// Re-enable the org's key.
+#[utoipa::path(post, path = "/provider/v1/orgs/{id}/apiKey/enable", tag = "provider", params(("id" = i64, Path)),
+    responses((status = 200, body = OrgView), (status = 404, body = ErrorBody)))]
+async fn enable_key(
+    State(state): State<AppState>,
+    auth: ProviderAuth,
+    ClientAddr(client): ClientAddr,
+    Path(id): Path<String>,
+) -> ApiResult<Json<OrgView>> {
+    let org = load_org(&state, &id).await?;
+    let org = state.enable_key(org.id, actor(&auth), client).await?;
+    Ok(Json(org_view(&state, &org, true).await?))
+}
+
+/// Add an admin to the org.
+#[utoipa::path(post, path = "/provider/v1/orgs/{id}/admins", tag = "provider", params(("id" = i64, Path)),
+    request_body = AdminBody, responses((status = 201, body = AdminSummary), (status = 409, body = ErrorBody)))]
+async fn add_admin(
+    State(state): State<AppState>,
+    auth: ProviderAuth,
+    ClientAddr(client): ClientAddr,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<AdminBody>,
+) -> ApiResult<Response> {
+    let org = load_org(&state, &id).await?;
+    let input = body.parse("")?;
+    let admin = state.add_admin(org.id, input, actor(&auth), client).await?;
+    let view = AdminSummary {
+        id: admin.id,
+        login_name: admin.login,
+        role: admin.role,
+    };
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// Remove an admin; their console sessions end.
+#[utoipa::path(delete, path = "/provider/v1/orgs/{id}/admins/{adminId}", tag = "provider",
+    params(("id" = i64, Path), ("adminId" = i64, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn remove_admin(
+    State(state): State<AppState>,
+    auth: ProviderAuth,
+    ClientAddr(client): ClientAddr,
+    Path((id, admin_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let org = load_org(&state, &id).await?;
+    let admin_id = AdminId(parse_id("adminId", &admin_id)?);
+    state
+        .remove_admin(org.id, admin_id, actor(&auth), client)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The org's audit records, newest first.
+#[utoipa::path(get, path = "/provider/v1/orgs/{id}/audit", tag = "provider", params(("id" = i64, Path), PageQuery),
+    responses((status = 200, body = AuditPage)))]
+async fn org_audit(
+    State(state): State<AppState>,
+    _auth: ProviderAuth,
+    Path(id): Path<String>,
+    QueryParams(q): QueryParams<PageQuery>,
+) -> ApiResult<Json<AuditPage>> {
+    let org = load_org(&state, &id).await?;
+    let page = q.page()?;
+    let (items, total) = state
+        .store
+        .list_audit(
+            AuditFilter {
+                org: Some(org.id),
+                ..Default::default()
+            },
+            page,
+        )
+        .await?;
+    Ok(Json(AuditPage {
+        items,
+        page: page.number,
+        page_size: page.size,
+        total,
+    }))
+}

@@ -1,0 +1,79 @@
+//! Building the application from its configuration, and serving it on a listener the caller
+//! bound (so tests use port 0) until the caller's shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::crypto::{KeyCipher, MasterKey, PasswordHasher};
+use crate::service::{Services, Settings};
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+
+pub struct App {
+    pub services: Arc<Services>,
+    pub router: axum::Router,
+    /// A provider token created at first start, to be shown once to the operator.
+    pub generated_provider_token: Option<String>,
+}
+
+impl App {
+    pub async fn build(config: &Config, clock: SharedClock) -> anyhow::Result<App> {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("cannot create data directory {}", config.data_dir.display())
+        })?;
+        let master = match &config.master_key {
+            Some(k) => MasterKey::from_base64(k.expose_secret())?,
+            None => MasterKey::load_or_create(&config.data_dir.join("master.key"))?,
+        };
+        let cipher = Arc::new(KeyCipher::new(&master));
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir, cipher).await?);
+        let public_base_url = config
+            .public_base_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", config.listen))
+            .trim_end_matches('/')
+            .to_owned();
+        let services = Arc::new(Services {
+            store,
+            clock,
+            hasher: PasswordHasher::new(config.password_hash_concurrency),
+            settings: Settings {
+                public_base_url,
+                console_idle_timeout_secs: config.console_idle_timeout_secs,
+                console_max_lifetime_secs: config.console_max_lifetime_secs,
+            },
+        });
+        let generated_provider_token = services
+            .bootstrap_provider_token(config.provider_token.as_ref().map(|t| t.expose_secret()))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let router = crate::http::router(services.clone(), config.max_body_bytes);
+        Ok(App {
+            services,
+            router,
+            generated_provider_token,
+        })
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then drains in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let service = app
+        .router
+        .into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! Who is calling: admins by login name and password, console sessions, provider tokens.
+
+use super::Services;
+use crate::crypto::token::{ct_str_eq, random_token, token_hash};
+use crate::domain::admin::{LoginName, Password};
+use crate::domain::audit::{Actor, AuditAction};
+use crate::store::{AdminRecord, ConsoleSession, StoreResult};
+
+/// A login that failed. Deliberately carries no reason: every failure looks the same.
+#[derive(Debug)]
+pub struct LoginFailed;
+
+/// What a new console session hands the browser: the cookie value and the CSRF token.
+pub struct NewConsoleSession {
+    pub cookie: String,
+    pub csrf_token: String,
+}
+
+impl std::fmt::Debug for NewConsoleSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NewConsoleSession(<redacted>)")
+    }
+}
+
+pub struct ResolvedSession {
+    pub admin: AdminRecord,
+    pub session: ConsoleSession,
+    pub id_hash: String,
+}
+
+impl Services {
+    /// Checks login name and password; audits success and failure alike (R11).
+    pub async fn authenticate_admin(
+        &self,
+        login: &str,
+        password: &str,
+        client: Option<String>,
+    ) -> StoreResult<Result<AdminRecord, LoginFailed>> {
+        let admin = match LoginName::parse("loginName", login) {
+            Ok(name) => self.store.find_admin_by_login(&name).await?,
+            Err(_) => None,
+        };
+        let ok = self
+            .hasher
+            .verify(
+                Password::for_login(password),
+                admin.as_ref().map(|a| a.password_hash.clone()),
+            )
+            .await;
+        match admin {
+            Some(admin) if ok => {
+                let ctx = self.ctx(admin.actor(), client);
+                self.store
+                    .append_audit(
+                        Some(admin.org_id),
+                        AuditAction::LoginSuccess,
+                        serde_json::json!({"via": "console"}),
+                        &ctx,
+                    )
+                    .await?;
+                Ok(Ok(admin))
+            }
+            other => {
+                // The name as typed, cut short: it may be a mistyped password, so never all of it
+                // if it is long, and never anything when it is not a plausible login name.
+                let shown = LoginName::parse("loginName", login)
+                    .map(|l| l.as_str().to_owned())
+                    .unwrap_or_default();
+                let ctx = self.ctx(Actor::Anonymous { login: shown }, client);
+                self.store
+                    .append_audit(
+                        other.map(|a| a.org_id),
+                        AuditAction::LoginFailure,
+                        serde_json::json!({"via": "console"}),
+                        &ctx,
+                    )
+                    .await?;
+                Ok(Err(LoginFailed))
+            }
+        }
+    }
+
+    pub async fn open_console_session(
+        &self,
+        admin: &AdminRecord,
+    ) -> StoreResult<NewConsoleSession> {
+        let cookie = random_token();
+        let csrf_token = random_token();
+        self.store
+            .create_console_session(
+                &token_hash(&cookie),
+                admin.id,
+                &token_hash(&csrf_token),
+                self.clock.now(),
+            )
+            .await?;
+        Ok(NewConsoleSession { cookie, csrf_token })
+    }
+
+    /// The session behind a cookie, if it is live: within the idle timeout and the absolute
+    /// lifetime, and its admin still exists. A dead one is deleted.
+    pub async fn resolve_console_session(
+        &self,
+        cookie: &str,
+    ) -> StoreResult<Option<ResolvedSession>> {
+        let id_hash = token_hash(cookie);
+        let Some(session) = self.store.get_console_session(&id_hash).await? else {
+            return Ok(None);
+        };
+        let now = self.clock.now();
+        let idle_ok =
+            now.0 - session.last_seen_at.0 < self.settings.console_idle_timeout_secs * 1000;
+        let life_ok = now.0 - session.created_at.0 < self.settings.console_max_lifetime_secs * 1000;
+        let admin = self.store.get_admin(session.admin_id).await?;
+        match admin {
+            Some(admin) if idle_ok && life_ok => {
+                self.store.touch_console_session(&id_hash, now).await?;
+                Ok(Some(ResolvedSession {
+                    admin,
+                    session,
+                    id_hash,
+                }))
+            }
+            _ => {
+                self.store.delete_console_session(&id_hash).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    pub fn csrf_matches(session: &ConsoleSession, presented: &str) -> bool {
+        ct_str_eq(&session.csrf_hash, &token_hash(presented))
+    }
+
+    pub async fn end_console_session(
+        &self,
+        resolved: &ResolvedSession,
+        client: Option<String>,
+    ) -> StoreResult<()> {
+        self.store.delete_console_session(&resolved.id_hash).await?;
+        let ctx = self.ctx(resolved.admin.actor(), client);
+        self.store
+            .append_audit(
+                Some(resolved.admin.org_id),
+                AuditAction::Logout,
+                serde_json::json!({"via": "console"}),
+                &ctx,
+            )
+            .await
+    }
+
+    /// The id of the provider token presented, if it is one of ours.
+    pub async fn provider_token_id(&self, token: &str) -> StoreResult<Option<i64>> {
+        self.store.find_provider_token(&token_hash(token)).await
+    }
+
+    /// Installs `configured` if given; otherwise, on a deployment with no token yet, creates
+    /// one and returns it so that the caller can print it once.
+    pub async fn bootstrap_provider_token(
+        &self,
+        configured: Option<&str>,
+    ) -> StoreResult<Option<String>> {
+        let now = self.clock.now();
+        if let Some(token) = configured {
+            self.store
+                .add_provider_token(&token_hash(token), "KEYGATE_PROVIDER_TOKEN", now)
+                .await?;
+            return Ok(None);
+        }
+        if self.store.count_provider_tokens().await? > 0 {
+            return Ok(None);
+        }
+        let token = random_token();
+        self.store
+            .add_provider_token(&token_hash(&token), "generated at first start", now)
+            .await?;
+        Ok(Some(token))
+    }
+}

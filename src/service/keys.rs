@@ -1,0 +1,130 @@
+//! Viewing and changing the org's key: the one implementation behind the admin console API
+//! and the cloud service API's `/apiKeys`.
+
+use serde::Serialize;
+
+use super::Services;
+use crate::domain::key::ApiKeyValue;
+use crate::domain::key_change::KeyChange;
+use crate::domain::org::{KeyStatus, SubscriptionState};
+use crate::store::{AdminRecord, Ctx, OrgRecord, StoreError, StoreResult};
+
+/// Who changed the key last.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct NamedRef {
+    pub id: i64,
+    pub name: String,
+}
+
+/// The Zscaler-shaped key object.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyObject {
+    pub id: i64,
+    /// The full value, or `*********abc` where the API masks it.
+    pub key_value: String,
+    pub permissions: Vec<&'static str>,
+    pub enabled: bool,
+    /// `ENABLED` or `DISABLED`.
+    pub status: &'static str,
+    pub disabled_reason: Option<&'static str>,
+    pub disabled_note: Option<String>,
+    /// Unix seconds.
+    pub last_modified_time: i64,
+    pub last_modified_by: NamedRef,
+    #[schema(value_type = Option<String>)]
+    pub partner: Option<()>,
+    pub partner_url: Option<String>,
+    pub base_url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown {
+    Full,
+    Masked,
+}
+
+/// What an admin asks for; new values are drawn here from the OS CSPRNG.
+pub enum KeyChangeRequest {
+    Add,
+    Edit(ApiKeyValue),
+    Regenerate,
+    Delete,
+}
+
+impl Services {
+    pub fn key_object(&self, org: &OrgRecord, shown: Shown) -> StoreResult<Option<KeyObject>> {
+        let Some(key) = &org.key else { return Ok(None) };
+        let sub = org.subscription.state_at(self.clock.now());
+        let status = KeyStatus::of(&org.key_presence(), sub);
+        let value = self.store.open_key(org.id, key)?;
+        Ok(Some(KeyObject {
+            id: key.id.0,
+            key_value: match shown {
+                Shown::Full => value.expose().to_owned(),
+                Shown::Masked => value.masked(),
+            },
+            permissions: if sub == SubscriptionState::Active {
+                vec!["READ", "WRITE"]
+            } else {
+                vec!["READ"]
+            },
+            enabled: status.enabled,
+            status: if status.enabled {
+                "ENABLED"
+            } else {
+                "DISABLED"
+            },
+            disabled_reason: status.reason,
+            disabled_note: status.note,
+            last_modified_time: key.modified_at.as_secs(),
+            last_modified_by: NamedRef {
+                id: key.modified_by_id,
+                name: key.modified_by_name.clone(),
+            },
+            partner: None,
+            partner_url: None,
+            base_url: self.api_base_url(),
+        }))
+    }
+
+    pub async fn admin_org(&self, admin: &AdminRecord) -> StoreResult<OrgRecord> {
+        self.store
+            .get_org(admin.org_id)
+            .await?
+            .ok_or(StoreError::NotFound("org"))
+    }
+
+    /// Applies an admin's change and returns the key afterwards (`None` after a delete).
+    pub async fn change_key(
+        &self,
+        admin: &AdminRecord,
+        request: KeyChangeRequest,
+        client_addr: Option<String>,
+    ) -> StoreResult<(OrgRecord, Option<KeyObject>)> {
+        let change = match request {
+            KeyChangeRequest::Add => KeyChange::Add(ApiKeyValue::generate(&mut rand::rngs::OsRng)),
+            KeyChangeRequest::Edit(v) => KeyChange::Edit(v),
+            KeyChangeRequest::Regenerate => {
+                KeyChange::Regenerate(ApiKeyValue::generate(&mut rand::rngs::OsRng))
+            }
+            KeyChangeRequest::Delete => KeyChange::Delete,
+        };
+        let ctx: Ctx = self.ctx(admin.actor(), client_addr);
+        let org = self
+            .store
+            .change_key(admin.org_id, admin.id, change, &ctx)
+            .await?;
+        let key = self.key_object(&org, Shown::Full)?;
+        Ok((org, key))
+    }
+
+    pub async fn reveal_key(
+        &self,
+        admin: &AdminRecord,
+        client_addr: Option<String>,
+    ) -> StoreResult<ApiKeyValue> {
+        let ctx = self.ctx(admin.actor(), client_addr);
+        self.store.reveal_key(admin.org_id, &ctx).await
+    }
+}

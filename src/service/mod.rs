@@ -1,0 +1,41 @@
+//! The operations both HTTP APIs (and the CLI's demo) share: one implementation of every rule.
+
+pub mod auth;
+pub mod keys;
+pub mod orgs;
+
+use std::sync::Arc;
+
+use crate::clock::SharedClock;
+use crate::crypto::PasswordHasher;
+use crate::domain::audit::Actor;
+use crate::store::{Ctx, Store};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Without a trailing slash; the API base URL is this plus `/api/v1`.
+    pub public_base_url: String,
+    pub console_idle_timeout_secs: i64,
+    pub console_max_lifetime_secs: i64,
+}
+
+pub struct Services {
+    pub store: Arc<dyn Store>,
+    pub clock: SharedClock,
+    pub hasher: PasswordHasher,
+    pub settings: Settings,
+}
+
+impl Services {
+    pub fn ctx(&self, actor: Actor, client_addr: Option<String>) -> Ctx {
+        Ctx {
+            now: self.clock.now(),
+            actor,
+            client_addr,
+        }
+    }
+
+    pub fn api_base_url(&self) -> String {
+        format!("{}/api/v1", self.settings.public_base_url)
+    }
+}

@@ -1,0 +1,127 @@
+//! The provider's operations on orgs, subscriptions, keys and admins.
+
+use super::Services;
+use crate::domain::admin::{LoginName, Password, Role};
+use crate::domain::audit::Actor;
+use crate::domain::ids::{AdminId, OrgId};
+use crate::domain::key::ApiKeyValue;
+use crate::domain::org::{CallThreshold, Disablement, OrgName, Subscription};
+use crate::store::{
+    AdminRecord, NewAdmin, NewOrg, OrgRecord, ProviderKeyAction, StoreError, StoreResult,
+};
+
+pub struct AdminInput {
+    pub login: LoginName,
+    pub password: Password,
+    pub role: Role,
+}
+
+pub struct OrgInput {
+    pub name: OrgName,
+    pub subscription: Subscription,
+    pub call_threshold: Option<CallThreshold>,
+    pub admins: Vec<AdminInput>,
+}
+
+impl Services {
+    async fn new_admin(&self, input: AdminInput) -> StoreResult<NewAdmin> {
+        let password_hash = self
+            .hasher
+            .hash(input.password)
+            .await
+            .map_err(StoreError::Internal)?;
+        Ok(NewAdmin {
+            login: input.login,
+            password_hash,
+            role: input.role,
+        })
+    }
+
+    pub async fn create_org(
+        &self,
+        input: OrgInput,
+        actor: Actor,
+        client: Option<String>,
+    ) -> StoreResult<OrgRecord> {
+        let mut admins = Vec::with_capacity(input.admins.len());
+        for a in input.admins {
+            admins.push(self.new_admin(a).await?);
+        }
+        let org = NewOrg {
+            name: input.name,
+            subscription: input.subscription,
+            call_threshold: input.call_threshold,
+            admins,
+        };
+        let ctx = self.ctx(actor, client);
+        self.store
+            .create_org(org, ApiKeyValue::generate(&mut rand::rngs::OsRng), &ctx)
+            .await
+    }
+
+    pub async fn set_subscription(
+        &self,
+        org: OrgId,
+        subscription: Subscription,
+        actor: Actor,
+        client: Option<String>,
+    ) -> StoreResult<OrgRecord> {
+        let ctx = self.ctx(actor, client);
+        self.store
+            .set_subscription(
+                org,
+                subscription,
+                ApiKeyValue::generate(&mut rand::rngs::OsRng),
+                &ctx,
+            )
+            .await
+    }
+
+    pub async fn disable_key(
+        &self,
+        org: OrgId,
+        d: Disablement,
+        actor: Actor,
+        client: Option<String>,
+    ) -> StoreResult<OrgRecord> {
+        let ctx = self.ctx(actor, client);
+        self.store
+            .provider_key_action(org, ProviderKeyAction::Disable(d), &ctx)
+            .await
+    }
+
+    pub async fn enable_key(
+        &self,
+        org: OrgId,
+        actor: Actor,
+        client: Option<String>,
+    ) -> StoreResult<OrgRecord> {
+        let ctx = self.ctx(actor, client);
+        self.store
+            .provider_key_action(org, ProviderKeyAction::Enable, &ctx)
+            .await
+    }
+
+    pub async fn add_admin(
+        &self,
+        org: OrgId,
+        input: AdminInput,
+        actor: Actor,
+        client: Option<String>,
+    ) -> StoreResult<AdminRecord> {
+        let admin = self.new_admin(input).await?;
+        let ctx = self.ctx(actor, client);
+        self.store.add_admin(org, admin, &ctx).await
+    }
+
+    pub async fn remove_admin(
+        &self,
+        org: OrgId,
+        admin: AdminId,
+        actor: Actor,
+        client: Option<String>,
+    ) -> StoreResult<()> {
+        let ctx = self.ctx(actor, client);
+        self.store.remove_admin(org, admin, &ctx).await
+    }
+}

@@ -1,0 +1,264 @@
+//! Persistence behind one trait. `sqlite` is the embedded default; a PostgreSQL
+//! implementation plugs in behind the same trait.
+//!
+//! Every mutating method runs as one transaction that also writes its audit record (R11),
+//! and decides admin key changes with `domain::key_change::decide` on the state it read
+//! inside that transaction, so concurrent changes serialize.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::domain::admin::{LoginName, Role};
+use crate::domain::audit::{Actor, AuditAction};
+use crate::domain::ids::{AdminId, AuditId, KeyId, OrgId};
+use crate::domain::key::ApiKeyValue;
+use crate::domain::key_change::KeyChange;
+use crate::domain::org::{CallThreshold, Disablement, KeyPresence, OrgName, Subscription};
+use crate::domain::policy::Refusal;
+use crate::domain::time::Millis;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("login name {0} is already taken")]
+    LoginNameTaken(String),
+    #[error("refused: {0:?}")]
+    Refused(Refusal),
+    #[error("database unavailable: {0}")]
+    Unavailable(anyhow::Error),
+    #[error("internal store error: {0}")]
+    Internal(anyhow::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Context of a mutating call: when it happens, who does it, and from where.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub now: Millis,
+    pub actor: Actor,
+    pub client_addr: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    pub id: KeyId,
+    pub sealed: Vec<u8>,
+    pub disabled: Option<Disablement>,
+    pub modified_at: Millis,
+    pub modified_by_id: i64,
+    pub modified_by_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct OrgRecord {
+    pub id: OrgId,
+    pub name: String,
+    pub subscription: Subscription,
+    pub call_threshold: Option<CallThreshold>,
+    pub key_generation: i64,
+    pub created_at: Millis,
+    pub key: Option<KeyRecord>,
+}
+
+impl OrgRecord {
+    pub fn key_presence(&self) -> KeyPresence {
+        match &self.key {
+            None => KeyPresence::Absent,
+            Some(k) => match &k.disabled {
+                Some(d) => KeyPresence::Disabled(d.clone()),
+                None => KeyPresence::Enabled,
+            },
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AdminRecord {
+    pub id: AdminId,
+    pub org_id: OrgId,
+    pub login: String,
+    pub role: Role,
+    pub password_hash: String,
+}
+
+impl std::fmt::Debug for AdminRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminRecord")
+            .field("id", &self.id)
+            .field("org_id", &self.org_id)
+            .field("login", &self.login)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminRecord {
+    pub fn actor(&self) -> Actor {
+        Actor::Admin {
+            id: self.id,
+            login: self.login.clone(),
+        }
+    }
+}
+
+pub struct NewAdmin {
+    pub login: LoginName,
+    pub password_hash: String,
+    pub role: Role,
+}
+
+pub struct NewOrg {
+    pub name: OrgName,
+    pub subscription: Subscription,
+    pub call_threshold: Option<CallThreshold>,
+    pub admins: Vec<NewAdmin>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    pub id: AuditId,
+    /// Unix ms.
+    pub time: i64,
+    pub org_id: Option<OrgId>,
+    pub actor_type: String,
+    pub actor_id: i64,
+    pub actor_name: String,
+    pub action: String,
+    /// The last three characters of the key concerned, at most.
+    pub key_suffix: Option<String>,
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+    pub client_address: Option<String>,
+}
+
+/// A 1-based page.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub number: u32,
+    pub size: u32,
+}
+
+impl Page {
+    pub fn offset(self) -> i64 {
+        (self.number.saturating_sub(1) as i64) * self.size as i64
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuditFilter {
+    pub org: Option<OrgId>,
+    pub from: Option<Millis>,
+    pub to: Option<Millis>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsoleSession {
+    pub admin_id: AdminId,
+    pub csrf_hash: String,
+    pub created_at: Millis,
+    pub last_seen_at: Millis,
+}
+
+pub enum ProviderKeyAction {
+    Disable(Disablement),
+    Enable,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn ready(&self) -> StoreResult<()>;
+
+    // --- orgs and subscriptions
+    /// Creates the org with its admins; provisions `provision` as its key when the
+    /// subscription is enabled (R2).
+    async fn create_org(
+        &self,
+        org: NewOrg,
+        provision: ApiKeyValue,
+        ctx: &Ctx,
+    ) -> StoreResult<OrgRecord>;
+    async fn get_org(&self, id: OrgId) -> StoreResult<Option<OrgRecord>>;
+    /// Orgs by id, with the total count; `name_contains` filters case-insensitively.
+    async fn list_orgs(
+        &self,
+        page: Page,
+        name_contains: Option<&str>,
+    ) -> StoreResult<(Vec<OrgRecord>, i64)>;
+    /// Sets the subscription; turning it on provisions `provision` if the org has no key (R2, R10a).
+    async fn set_subscription(
+        &self,
+        org: OrgId,
+        subscription: Subscription,
+        provision: ApiKeyValue,
+        ctx: &Ctx,
+    ) -> StoreResult<OrgRecord>;
+    async fn provider_key_action(
+        &self,
+        org: OrgId,
+        action: ProviderKeyAction,
+        ctx: &Ctx,
+    ) -> StoreResult<OrgRecord>;
+
+    // --- admins
+    async fn add_admin(&self, org: OrgId, admin: NewAdmin, ctx: &Ctx) -> StoreResult<AdminRecord>;
+    /// Removes the admin and ends their console sessions.
+    async fn remove_admin(&self, org: OrgId, admin: AdminId, ctx: &Ctx) -> StoreResult<()>;
+    async fn list_admins(&self, org: OrgId) -> StoreResult<Vec<AdminRecord>>;
+    async fn find_admin_by_login(&self, login: &LoginName) -> StoreResult<Option<AdminRecord>>;
+    async fn get_admin(&self, id: AdminId) -> StoreResult<Option<AdminRecord>>;
+
+    // --- the key, as an admin changes it (R3-R6); the acting admin is `ctx.actor`
+    async fn change_key(
+        &self,
+        org: OrgId,
+        admin: AdminId,
+        change: KeyChange,
+        ctx: &Ctx,
+    ) -> StoreResult<OrgRecord>;
+    /// Returns the full key value and writes the audit record of its reveal, together.
+    async fn reveal_key(&self, org: OrgId, ctx: &Ctx) -> StoreResult<ApiKeyValue>;
+    /// Opens a sealed key of `org`.
+    fn open_key(&self, org: OrgId, key: &KeyRecord) -> StoreResult<ApiKeyValue>;
+
+    // --- audit
+    async fn append_audit(
+        &self,
+        org: Option<OrgId>,
+        action: AuditAction,
+        details: serde_json::Value,
+        ctx: &Ctx,
+    ) -> StoreResult<()>;
+    /// Newest first, with the total count.
+    async fn list_audit(
+        &self,
+        filter: AuditFilter,
+        page: Page,
+    ) -> StoreResult<(Vec<AuditRecord>, i64)>;
+
+    // --- provider tokens (stored as hashes)
+    async fn add_provider_token(
+        &self,
+        token_hash: &str,
+        label: &str,
+        now: Millis,
+    ) -> StoreResult<()>;
+    async fn count_provider_tokens(&self) -> StoreResult<i64>;
+    async fn find_provider_token(&self, token_hash: &str) -> StoreResult<Option<i64>>;
+
+    // --- admin console sessions (stored as hashes)
+    async fn create_console_session(
+        &self,
+        id_hash: &str,
+        admin: AdminId,
+        csrf_hash: &str,
+        now: Millis,
+    ) -> StoreResult<()>;
+    async fn get_console_session(&self, id_hash: &str) -> StoreResult<Option<ConsoleSession>>;
+    async fn touch_console_session(&self, id_hash: &str, now: Millis) -> StoreResult<()>;
+    async fn delete_console_session(&self, id_hash: &str) -> StoreResult<()>;
+}

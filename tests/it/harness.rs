@@ -1,0 +1,334 @@
+//! Test servers over real HTTP: in-process on port 0 with a fresh data directory and a
+//! manual clock, or the real binary as a child process.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use keygate::clock::ManualClock;
+use keygate::config::Config;
+use keygate::domain::time::Millis;
+use keygate::{App, serve};
+use reqwest::{Client, Method, Response, StatusCode};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+pub const PROVIDER_TOKEN: &str = "test-provider-token-0123456789abcdef";
+pub const PASSWORD: &str = "correct-horse-battery-staple";
+/// 2026-11-01T00:00:00Z: tests start here and move the clock by hand.
+pub const T0_SECS: i64 = 1_793_491_200;
+
+pub struct TestServer {
+    pub base: String,
+    pub clock: Arc<ManualClock>,
+    pub dir: TempDir,
+    pub http: Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, tweak).await
+    }
+
+    pub async fn start_in(dir: TempDir, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let mut config = Config::new(addr, dir.path().to_path_buf());
+        config.provider_token = Some(SecretString::from(PROVIDER_TOKEN));
+        config.password_hash_concurrency = 2;
+        tweak(&mut config);
+        let clock = ManualClock::new(Millis::from_secs(T0_SECS));
+        let app = App::build(&config, clock.clone())
+            .await
+            .expect("app builds");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, app, async move {
+            let _ = rx.await;
+        }));
+        TestServer {
+            base: format!("http://{addr}"),
+            clock,
+            dir,
+            http: Client::new(),
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server and waits for it to finish; returns the data directory.
+    pub async fn stop(mut self) -> TempDir {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server ran");
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        dir
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// A provider request with the bearer token.
+    pub async fn provider(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(PROVIDER_TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        into_json(req.send().await.expect("request")).await
+    }
+
+    /// Creates an org with a FULL admin `full@<slug>` and a VIEW_ONLY admin `view@<slug>`
+    /// (password [`PASSWORD`]) and an enabled subscription; returns the org JSON.
+    pub async fn create_org(&self, slug: &str) -> Value {
+        self.create_org_with(slug, json!({"enabled": true, "expiresAt": null}))
+            .await
+    }
+
+    pub async fn create_org_with(&self, slug: &str, subscription: Value) -> Value {
+        let (status, body) = self
+            .provider(
+                Method::POST,
+                "/provider/v1/orgs",
+                Some(json!({
+                    "name": format!("Org {slug}"),
+                    "admins": [
+                        {"loginName": format!("full@{slug}"), "password": PASSWORD, "role": "FULL"},
+                        {"loginName": format!("view@{slug}"), "password": PASSWORD, "role": "VIEW_ONLY"},
+                    ],
+                    "subscription": subscription,
+                })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "create org: {body}");
+        body
+    }
+
+    pub async fn login(&self, login: &str) -> Admin {
+        self.login_with(login, PASSWORD)
+            .await
+            .unwrap_or_else(|(s, b)| panic!("login {login}: {s} {b}"))
+    }
+
+    pub async fn login_with(
+        &self,
+        login: &str,
+        password: &str,
+    ) -> Result<Admin, (StatusCode, Value)> {
+        let http = Client::builder().cookie_store(true).build().unwrap();
+        let resp = http
+            .post(self.url("/admin/v1/login"))
+            .json(&json!({"loginName": login, "password": password}))
+            .send()
+            .await
+            .expect("login request");
+        let (status, body) = into_json(resp).await;
+        if status != StatusCode::OK {
+            return Err((status, body));
+        }
+        let csrf = body["csrfToken"].as_str().expect("csrf token").to_owned();
+        Ok(Admin {
+            http,
+            base: self.base.clone(),
+            csrf,
+            login: body,
+        })
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// An admin logged in to the console, with cookie and CSRF token.
+pub struct Admin {
+    pub http: Client,
+    pub base: String,
+    pub csrf: String,
+    pub login: Value,
+}
+
+impl Admin {
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        into_json(
+            self.http
+                .get(format!("{}{}", self.base, path))
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
+    }
+
+    /// A write with the CSRF header; `body` is sent as JSON when given.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .header("X-CSRF-Token", &self.csrf);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        into_json(req.send().await.expect("request")).await
+    }
+
+    pub async fn key(&self) -> (StatusCode, Value) {
+        self.get("/admin/v1/apiKey").await
+    }
+
+    pub async fn reveal(&self) -> String {
+        let (status, body) = self
+            .send(Method::POST, "/admin/v1/apiKey/reveal", None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "reveal: {body}");
+        body["keyValue"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn add(&self) -> (StatusCode, Value) {
+        self.send(Method::POST, "/admin/v1/apiKey", None).await
+    }
+    pub async fn edit(&self, value: Value) -> (StatusCode, Value) {
+        self.send(
+            Method::PUT,
+            "/admin/v1/apiKey",
+            Some(json!({ "keyValue": value })),
+        )
+        .await
+    }
+    pub async fn regenerate(&self) -> (StatusCode, Value) {
+        self.send(Method::POST, "/admin/v1/apiKey/regenerate", None)
+            .await
+    }
+    pub async fn delete(&self) -> (StatusCode, Value) {
+        self.send(Method::DELETE, "/admin/v1/apiKey", None).await
+    }
+    pub async fn audit(&self) -> Vec<Value> {
+        let (status, body) = self.get("/admin/v1/audit?pageSize=1000").await;
+        assert_eq!(status, StatusCode::OK, "audit: {body}");
+        body["items"].as_array().unwrap().clone()
+    }
+}
+
+pub async fn into_json(resp: Response) -> (StatusCode, Value) {
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, value)
+}
+
+/// Asserts an error response: status, code, and (for 400s) that the message names `field`.
+pub fn assert_error(got: &(StatusCode, Value), status: StatusCode, code: &str) {
+    assert_eq!(got.0, status, "body: {}", got.1);
+    assert_eq!(got.1["code"], code, "body: {}", got.1);
+    assert!(
+        got.1["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "message: {}",
+        got.1
+    );
+}
+
+// ---------------------------------------------------------------- the real binary
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_keygate")
+}
+
+/// The `keygate serve` process, its port, and where its logs go.
+pub struct Process {
+    pub child: Child,
+    pub base: String,
+    pub log_path: PathBuf,
+}
+
+impl Process {
+    /// Starts `keygate serve` on port 0 in `data_dir`, logging at `trace` to `log_path`.
+    pub fn start(data_dir: &Path, log_path: &Path) -> Process {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .expect("log file");
+        let mut child = Command::new(binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("KEYGATE_PROVIDER_TOKEN", PROVIDER_TOKEN)
+            .env("RUST_LOG", "trace")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn keygate");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("keygate printed its address")
+                .expect("stdout");
+            if let Some(rest) = line.strip_prefix("keygate listening on ") {
+                break rest.trim().to_owned();
+            }
+        };
+        Process {
+            child,
+            base,
+            log_path: log_path.to_path_buf(),
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        // Child::kill sends SIGKILL on Unix.
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+    }
+
+    pub fn terminate(&mut self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        self.child.wait().expect("wait");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,4 @@
+//! The one integration-test binary: every suite is a module here.
+
+mod harness;
+mod smoke;
