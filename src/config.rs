@@ -17,6 +17,11 @@ pub struct Config {
     pub master_key: Option<SecretString>,
     pub console_idle_timeout_secs: i64,
     pub console_max_lifetime_secs: i64,
+    /// How far a cloud service API login's timestamp may be from the server's clock.
+    pub api_timestamp_window_secs: i64,
+    pub api_idle_timeout_secs: i64,
+    pub api_max_lifetime_secs: i64,
+    pub login_throttle: crate::service::throttle::ThrottlePolicy,
     pub max_body_bytes: usize,
     /// How many argon2id hashes may run at once.
     pub password_hash_concurrency: usize,
@@ -34,6 +39,10 @@ impl Config {
             master_key: None,
             console_idle_timeout_secs: 15 * 60,
             console_max_lifetime_secs: 8 * 3600,
+            api_timestamp_window_secs: 600,
+            api_idle_timeout_secs: 300,
+            api_max_lifetime_secs: 8 * 3600,
+            login_throttle: Default::default(),
             max_body_bytes: 64 * 1024,
             password_hash_concurrency: std::thread::available_parallelism()
                 .map(|n| n.get())

@@ -48,7 +48,13 @@ impl App {
                 public_base_url,
                 console_idle_timeout_secs: config.console_idle_timeout_secs,
                 console_max_lifetime_secs: config.console_max_lifetime_secs,
+                api_timestamp_window_secs: config.api_timestamp_window_secs,
+                api_idle_timeout_secs: config.api_idle_timeout_secs,
+                api_max_lifetime_secs: config.api_max_lifetime_secs,
             },
+            gate: Default::default(),
+            throttle: crate::service::throttle::LoginThrottle::new(config.login_throttle),
+            reports: Default::default(),
         });
         let generated_provider_token = services
             .bootstrap_provider_token(config.provider_token.as_ref().map(|t| t.expose_secret()))

@@ -70,6 +70,15 @@ pub struct ServeArgs {
         default_value_t = 28_800
     )]
     pub console_max_lifetime_secs: i64,
+    /// Cloud service API login: largest accepted distance of `timestamp` from the server clock, seconds.
+    #[arg(long, env = "KEYGATE_API_TIMESTAMP_WINDOW_SECS", default_value_t = 600)]
+    pub api_timestamp_window_secs: i64,
+    /// Cloud service API session idle timeout, seconds.
+    #[arg(long, env = "KEYGATE_API_IDLE_TIMEOUT_SECS", default_value_t = 300)]
+    pub api_idle_timeout_secs: i64,
+    /// Cloud service API session absolute lifetime, seconds.
+    #[arg(long, env = "KEYGATE_API_MAX_LIFETIME_SECS", default_value_t = 28_800)]
+    pub api_max_lifetime_secs: i64,
     /// Largest accepted request body, bytes.
     #[arg(long, env = "KEYGATE_MAX_BODY_BYTES", default_value_t = 65_536)]
     pub max_body_bytes: usize,
@@ -87,6 +96,9 @@ impl ServeArgs {
         c.console_idle_timeout_secs = self.console_idle_timeout_secs;
         c.console_max_lifetime_secs = self.console_max_lifetime_secs;
         c.max_body_bytes = self.max_body_bytes;
+        c.api_timestamp_window_secs = self.api_timestamp_window_secs;
+        c.api_idle_timeout_secs = self.api_idle_timeout_secs;
+        c.api_max_lifetime_secs = self.api_max_lifetime_secs;
         c
     }
 }

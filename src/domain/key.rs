@@ -2,7 +2,7 @@
 
 use rand::{CryptoRng, RngCore};
 use subtle::ConstantTimeEq;
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use super::FieldError;
 
@@ -96,6 +96,28 @@ impl ApiKeyValue {
     pub fn ct_eq(&self, other: &Self) -> bool {
         self.0.ct_eq(&other.0).into()
     }
+
+    /// The key as the cloud service API login sends it, obfuscated with the timestamp (ms):
+    /// with `n` the timestamp's last six digits and `r = n >> 1` as six digits, the key's
+    /// characters at each digit of `n`, then at each digit of `r` plus two.
+    pub fn obfuscate(&self, timestamp_ms: i64) -> Zeroizing<[u8; KEY_LEN]> {
+        let n = timestamp_ms.rem_euclid(1_000_000);
+        let r = n >> 1;
+        let mut out = Zeroizing::new([0u8; KEY_LEN]);
+        for i in 0..6 {
+            let place = 10i64.pow(5 - i as u32);
+            out[i] = self.0[((n / place) % 10) as usize];
+            out[6 + i] = self.0[((r / place) % 10) as usize + 2];
+        }
+        out
+    }
+
+    /// Constant-time check of an obfuscated login value against this key.
+    pub fn matches_obfuscated(&self, timestamp_ms: i64, presented: &str) -> bool {
+        let expected = self.obfuscate(timestamp_ms);
+        let presented = presented.as_bytes();
+        presented.len() == KEY_LEN && bool::from(expected.as_slice().ct_eq(presented))
+    }
 }
 
 impl std::fmt::Debug for ApiKeyValue {
@@ -160,6 +182,17 @@ mod tests {
             .sum();
         assert!(chi2 < 120.0, "chi-square {chi2}");
         assert!(counts.iter().all(|&c| c > 0));
+    }
+
+    #[test]
+    fn obfuscation_matches_the_specification_example() {
+        let k = ApiKeyValue::parse("k", "ABCDEFGHIJKL").unwrap();
+        assert_eq!(&k.obfuscate(1_700_000_123_456)[..], b"BCDEFGCIDJEK");
+        assert!(k.matches_obfuscated(1_700_000_123_456, "BCDEFGCIDJEK"));
+        assert!(!k.matches_obfuscated(1_700_000_123_457, "BCDEFGCIDJEK"));
+        assert!(!k.matches_obfuscated(1_700_000_123_456, "BCDEFGCIDJE"));
+        // n = 000001, r = 000000: leading zeros count as digits.
+        assert_eq!(&k.obfuscate(1_700_000_000_001)[..], b"AAAAABCCCCCC");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::views::{AuditPage, OrgSummary, PageQuery};
 use crate::domain::admin::Role;
 use crate::domain::ids::{AdminId, OrgId};
 use crate::domain::key::ApiKeyValue;
+use crate::service::auth::LoginFailed;
 use crate::service::keys::{KeyChangeRequest, KeyObject, Shown};
 use crate::store::AuditFilter;
 
@@ -79,7 +80,12 @@ async fn login(
     let admin = state
         .authenticate_admin(&body.login_name, body.password.expose_secret(), client)
         .await?
-        .map_err(|_| ApiError::AuthenticationFailed)?;
+        .map_err(|e| match e {
+            LoginFailed::BadCredentials => ApiError::AuthenticationFailed,
+            LoginFailed::Throttled { retry_after_secs } => {
+                ApiError::RateLimited { retry_after_secs }
+            }
+        })?;
     let org = state.admin_org(&admin).await?;
     let session = state.open_console_session(&admin).await?;
     let mut headers = HeaderMap::new();

@@ -1,5 +1,6 @@
 //! HTTP: one router per feature, merged here with the cross-cutting layers.
 
+pub mod cloud;
 pub mod console;
 pub mod error;
 pub mod extract;
@@ -27,6 +28,7 @@ use extract::AppState;
     tags(
         (name = "provider", description = "Provider API, bearer token"),
         (name = "console", description = "Admin console API, login name + password"),
+        (name = "cloud", description = "Zscaler-compatible cloud service API, JSESSIONID session"),
         (name = "operations", description = "Health and readiness"),
     )
 )]
@@ -38,6 +40,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(health::router())
         .merge(provider::router())
         .merge(console::router())
+        .merge(cloud::router())
         .split_for_parts()
 }
 

@@ -8,7 +8,12 @@ use crate::store::{AdminRecord, ConsoleSession, StoreResult};
 
 /// A login that failed. Deliberately carries no reason: every failure looks the same.
 #[derive(Debug)]
-pub struct LoginFailed;
+pub enum LoginFailed {
+    /// Wrong name or password: one answer for both.
+    BadCredentials,
+    /// Too many recent failures for this name or address.
+    Throttled { retry_after_secs: u64 },
+}
 
 /// What a new console session hands the browser: the cookie value and the CSRF token.
 pub struct NewConsoleSession {
@@ -36,6 +41,12 @@ impl Services {
         password: &str,
         client: Option<String>,
     ) -> StoreResult<Result<AdminRecord, LoginFailed>> {
+        let now = self.clock.now();
+        if let Err(secs) = self.throttle.check(login, client.as_deref(), now) {
+            return Ok(Err(LoginFailed::Throttled {
+                retry_after_secs: secs,
+            }));
+        }
         let admin = match LoginName::parse("loginName", login) {
             Ok(name) => self.store.find_admin_by_login(&name).await?,
             Err(_) => None,
@@ -61,6 +72,7 @@ impl Services {
                 Ok(Ok(admin))
             }
             other => {
+                self.throttle.record_failure(login, client.as_deref(), now);
                 // The name as typed, cut short: it may be a mistyped password, so never all of it
                 // if it is long, and never anything when it is not a plausible login name.
                 let shown = LoginName::parse("loginName", login)
@@ -75,7 +87,7 @@ impl Services {
                         &ctx,
                     )
                     .await?;
-                Ok(Err(LoginFailed))
+                Ok(Err(LoginFailed::BadCredentials))
             }
         }
     }

@@ -110,6 +110,7 @@ impl Services {
             }
             KeyChangeRequest::Delete => KeyChange::Delete,
         };
+        let _pass = self.gate.change(admin.org_id).await;
         let ctx: Ctx = self.ctx(admin.actor(), client_addr);
         let org = self
             .store

@@ -1,8 +1,12 @@
 //! The operations both HTTP APIs (and the CLI's demo) share: one implementation of every rule.
 
 pub mod auth;
+pub mod gate;
 pub mod keys;
 pub mod orgs;
+pub mod reports;
+pub mod sessions;
+pub mod throttle;
 
 use std::sync::Arc;
 
@@ -17,6 +21,10 @@ pub struct Settings {
     pub public_base_url: String,
     pub console_idle_timeout_secs: i64,
     pub console_max_lifetime_secs: i64,
+    /// How far a login's timestamp may be from the server's clock.
+    pub api_timestamp_window_secs: i64,
+    pub api_idle_timeout_secs: i64,
+    pub api_max_lifetime_secs: i64,
 }
 
 pub struct Services {
@@ -24,6 +32,9 @@ pub struct Services {
     pub clock: SharedClock,
     pub hasher: PasswordHasher,
     pub settings: Settings,
+    pub gate: gate::OrgGate,
+    pub throttle: throttle::LoginThrottle,
+    pub reports: reports::ReportStore,
 }
 
 impl Services {

@@ -66,6 +66,7 @@ impl Services {
         actor: Actor,
         client: Option<String>,
     ) -> StoreResult<OrgRecord> {
+        let _pass = self.gate.change(org).await;
         let ctx = self.ctx(actor, client);
         self.store
             .set_subscription(
@@ -84,6 +85,7 @@ impl Services {
         actor: Actor,
         client: Option<String>,
     ) -> StoreResult<OrgRecord> {
+        let _pass = self.gate.change(org).await;
         let ctx = self.ctx(actor, client);
         self.store
             .provider_key_action(org, ProviderKeyAction::Disable(d), &ctx)
@@ -96,6 +98,7 @@ impl Services {
         actor: Actor,
         client: Option<String>,
     ) -> StoreResult<OrgRecord> {
+        let _pass = self.gate.change(org).await;
         let ctx = self.ctx(actor, client);
         self.store
             .provider_key_action(org, ProviderKeyAction::Enable, &ctx)
@@ -121,6 +124,7 @@ impl Services {
         actor: Actor,
         client: Option<String>,
     ) -> StoreResult<()> {
+        let _pass = self.gate.change(org).await;
         let ctx = self.ctx(actor, client);
         self.store.remove_admin(org, admin, &ctx).await
     }

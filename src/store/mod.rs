@@ -164,6 +164,22 @@ pub struct ConsoleSession {
     pub last_seen_at: Millis,
 }
 
+/// A cloud service API session with what a request needs to decide on it, read in one go.
+#[derive(Debug, Clone)]
+pub struct ApiSessionView {
+    pub org_id: OrgId,
+    pub admin: AdminRecord,
+    /// The org's key generation when the session was opened.
+    pub generation: i64,
+    pub created_at: Millis,
+    pub last_seen_at: Millis,
+    /// The org's key generation now.
+    pub current_generation: i64,
+    pub subscription: Subscription,
+    pub key_present: bool,
+    pub key_disabled: Option<Disablement>,
+}
+
 pub enum ProviderKeyAction {
     Disable(Disablement),
     Enable,
@@ -261,4 +277,16 @@ pub trait Store: Send + Sync + 'static {
     async fn get_console_session(&self, id_hash: &str) -> StoreResult<Option<ConsoleSession>>;
     async fn touch_console_session(&self, id_hash: &str, now: Millis) -> StoreResult<()>;
     async fn delete_console_session(&self, id_hash: &str) -> StoreResult<()>;
+
+    // --- cloud service API sessions (stored as hashes); every key change deletes the org's
+    async fn create_api_session(
+        &self,
+        id_hash: &str,
+        admin: &AdminRecord,
+        generation: i64,
+        now: Millis,
+    ) -> StoreResult<()>;
+    async fn get_api_session(&self, id_hash: &str) -> StoreResult<Option<ApiSessionView>>;
+    async fn touch_api_session(&self, id_hash: &str, now: Millis) -> StoreResult<()>;
+    async fn delete_api_session(&self, id_hash: &str) -> StoreResult<()>;
 }

@@ -144,7 +144,13 @@ async fn insert_audit(
     Ok(())
 }
 
+/// Every key change ends the org's API sessions (R7): they were opened with the old key.
 async fn bump_generation(conn: &mut SqliteConnection, org: OrgId) -> StoreResult<i64> {
+    sqlx::query("DELETE FROM api_sessions WHERE org_id = ?")
+        .bind(org.0)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
     sqlx::query_scalar(
         "UPDATE orgs SET key_generation = key_generation + 1 WHERE id = ? RETURNING key_generation",
     )
@@ -494,11 +500,13 @@ impl Store for SqliteStore {
             .await
             .map_err(map_err)?;
         let record = admin_from_row(&row.ok_or(StoreError::NotFound("admin"))?)?;
-        sqlx::query("DELETE FROM console_sessions WHERE admin_id = ?")
-            .bind(admin.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        for table in ["console_sessions", "api_sessions"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE admin_id = ?"))
+                .bind(admin.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
         sqlx::query("DELETE FROM admins WHERE id = ?")
             .bind(admin.0)
             .execute(&mut *tx)
@@ -799,6 +807,94 @@ impl Store for SqliteStore {
 
     async fn delete_console_session(&self, id_hash: &str) -> StoreResult<()> {
         sqlx::query("DELETE FROM console_sessions WHERE id_hash = ?")
+            .bind(id_hash)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn create_api_session(
+        &self,
+        id_hash: &str,
+        admin: &AdminRecord,
+        generation: i64,
+        now: Millis,
+    ) -> StoreResult<()> {
+        // Only if the generation is still current: a key change that committed after the
+        // login checked the key must not let this session through.
+        let res = sqlx::query(
+            "INSERT INTO api_sessions (id_hash, org_id, admin_id, generation, created_at, last_seen_at) \
+             SELECT ?, id, ?, key_generation, ?, ? FROM orgs WHERE id = ? AND key_generation = ?",
+        )
+        .bind(id_hash)
+        .bind(admin.id.0)
+        .bind(now.0)
+        .bind(now.0)
+        .bind(admin.org_id.0)
+        .bind(generation)
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        if res.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound("current key generation"))
+        }
+    }
+
+    async fn get_api_session(&self, id_hash: &str) -> StoreResult<Option<ApiSessionView>> {
+        let row = sqlx::query(
+            "SELECT s.generation, s.created_at AS s_created, s.last_seen_at, \
+                    o.key_generation, o.subscription_enabled, o.subscription_expires_at, \
+                    a.id, a.org_id, a.login_name, a.password_hash, a.role, \
+                    k.id AS key_id, k.disabled_reason, k.disabled_note \
+             FROM api_sessions s JOIN orgs o ON o.id = s.org_id JOIN admins a ON a.id = s.admin_id \
+             LEFT JOIN api_keys k ON k.org_id = s.org_id WHERE s.id_hash = ?",
+        )
+        .bind(id_hash)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(map_err)?;
+        let Some(r) = row else { return Ok(None) };
+        let get = |e: sqlx::Error| StoreError::Internal(e.into());
+        let reason: Option<String> = r.try_get("disabled_reason").map_err(get)?;
+        Ok(Some(ApiSessionView {
+            org_id: OrgId(r.try_get("org_id").map_err(get)?),
+            admin: admin_from_row(&r)?,
+            generation: r.try_get("generation").map_err(get)?,
+            created_at: Millis(r.try_get("s_created").map_err(get)?),
+            last_seen_at: Millis(r.try_get("last_seen_at").map_err(get)?),
+            current_generation: r.try_get("key_generation").map_err(get)?,
+            subscription: Subscription {
+                enabled: r.try_get::<i64, _>("subscription_enabled").map_err(get)? != 0,
+                expires_at: r.try_get("subscription_expires_at").map_err(get)?,
+            },
+            key_present: r
+                .try_get::<Option<i64>, _>("key_id")
+                .map_err(get)?
+                .is_some(),
+            key_disabled: reason
+                .and_then(|r0| crate::domain::org::DisableReason::from_db(&r0))
+                .map(|reason| Disablement {
+                    reason,
+                    note: r.try_get("disabled_note").ok().flatten(),
+                }),
+        }))
+    }
+
+    async fn touch_api_session(&self, id_hash: &str, now: Millis) -> StoreResult<()> {
+        sqlx::query("UPDATE api_sessions SET last_seen_at = ? WHERE id_hash = ?")
+            .bind(now.0)
+            .bind(id_hash)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn delete_api_session(&self, id_hash: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM api_sessions WHERE id_hash = ?")
             .bind(id_hash)
             .execute(&self.writer)
             .await

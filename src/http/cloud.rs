@@ -1,0 +1,457 @@
+//! The Zscaler-compatible cloud service API (`/api/v1`): sessions, the key endpoints (the
+//! same service as the admin console), and the audit log report.
+
+use axum::Json;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::extract::{AppState, ClientAddr, JsonBody, cookie_value, parse_id};
+use crate::domain::key::ApiKeyValue;
+use crate::domain::time::Millis;
+use crate::service::keys::{KeyChangeRequest, KeyObject, Shown};
+use crate::service::sessions::{ApiLoginOutcome, ApiLoginRequest, ApiPrincipal, Denial};
+
+pub const SESSION_COOKIE: &str = "JSESSIONID";
+pub const SESSION_HEADER: &str = "jsessionid";
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(zia_login, zia_status, zia_logout))
+        .routes(routes!(zcon_login, zcon_status, zcon_logout))
+        .routes(routes!(zia_logout_unprefixed))
+        .routes(routes!(zcon_logout_unprefixed))
+        .routes(routes!(list_keys, add_key))
+        .routes(routes!(get_key, edit_key, delete_key))
+        .routes(routes!(regenerate_key))
+        .routes(routes!(create_report, report_status, cancel_report))
+        .routes(routes!(download_report))
+}
+
+/// The session id from the `JSESSIONID` cookie or the `JSessionID` header.
+fn session_token(parts: &Parts) -> Option<&str> {
+    cookie_value(parts, SESSION_COOKIE)
+        .or_else(|| {
+            parts
+                .headers
+                .get(SESSION_HEADER)
+                .and_then(|v| v.to_str().ok())
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+impl From<Denial> for ApiError {
+    fn from(d: Denial) -> Self {
+        match d {
+            Denial::SessionNotValid => ApiError::SessionNotValid,
+            Denial::NoApiSubscription => ApiError::NoApiSubscription,
+            Denial::SubscriptionExpired => ApiError::SubscriptionExpired,
+        }
+    }
+}
+
+/// A request with a live session, authorized for its method (R7–R10).
+pub struct ApiSession(pub ApiPrincipal);
+
+impl FromRequestParts<AppState> for ApiSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = session_token(parts).ok_or(ApiError::SessionNotValid)?;
+        let principal = state
+            .authorize_api_request(token, parts.method.as_str())
+            .await??;
+        Ok(ApiSession(principal))
+    }
+}
+
+/// The bearer of a session cookie or header, for logout, without any check.
+pub struct SessionToken(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for SessionToken {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(SessionToken(session_token(parts).map(str::to_owned)))
+    }
+}
+
+// ------------------------------------------------------------------------- sessions
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginBody {
+    /// The key obfuscated with `timestamp`.
+    api_key: String,
+    username: String,
+    password: String,
+    /// Unix ms, as a number or a string.
+    #[schema(value_type = i64)]
+    timestamp: Value,
+}
+
+/// The session body Zscaler clients expect.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionBody {
+    auth_type: &'static str,
+    obfuscate_api_key: bool,
+    password_expiry_time: i64,
+    password_expiry_days: i64,
+}
+
+const SESSION_BODY: SessionBody = SessionBody {
+    auth_type: "ADMIN_LOGIN",
+    obfuscate_api_key: false,
+    password_expiry_time: 0,
+    password_expiry_days: 0,
+};
+
+/// Unix ms from a JSON number or a string of digits.
+fn epoch_millis(field: &str, v: &Value) -> Result<i64, ApiError> {
+    let parsed = match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse::<i64>().ok(),
+        _ => None,
+    };
+    parsed.filter(|t| *t >= 0).ok_or_else(|| {
+        ApiError::invalid(
+            field,
+            "must be Unix time in milliseconds, as a number or a string of digits",
+        )
+    })
+}
+
+async fn login(state: AppState, client: Option<String>, body: LoginBody) -> ApiResult<Response> {
+    let timestamp_ms = epoch_millis("timestamp", &body.timestamp)?;
+    let req = ApiLoginRequest {
+        api_key: &body.api_key,
+        username: &body.username,
+        password: &body.password,
+        timestamp_ms,
+    };
+    match state.api_login(req, client).await? {
+        ApiLoginOutcome::Opened(token) => {
+            let secure = if state.settings.public_base_url.starts_with("https://") {
+                "; Secure"
+            } else {
+                ""
+            };
+            let cookie = HeaderValue::from_str(&format!(
+                "{SESSION_COOKIE}={token}; Path=/; HttpOnly{secure}"
+            ))
+            .map_err(|e| ApiError::Internal(e.into()))?;
+            let mut headers = HeaderMap::new();
+            headers.insert(header::SET_COOKIE, cookie);
+            Ok((headers, Json(SESSION_BODY)).into_response())
+        }
+        ApiLoginOutcome::Failed => Err(ApiError::AuthenticationFailed),
+        ApiLoginOutcome::Throttled { retry_after_secs } => {
+            Err(ApiError::RateLimited { retry_after_secs })
+        }
+        ApiLoginOutcome::KeyDisabled(d) => Err(ApiError::ApiKeyDisabled {
+            reason: d.reason.as_str(),
+            note: d.note,
+        }),
+        ApiLoginOutcome::NoSubscription => Err(ApiError::NoApiSubscription),
+    }
+}
+
+async fn logout(
+    state: AppState,
+    client: Option<String>,
+    token: Option<String>,
+) -> ApiResult<StatusCode> {
+    if let Some(t) = token {
+        state.end_api_session(&t, client).await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Open a session (ZIA).
+#[utoipa::path(post, path = "/api/v1/authenticatedSession", tag = "cloud", request_body = LoginBody,
+    responses((status = 200, body = SessionBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn zia_login(
+    State(s): State<AppState>,
+    ClientAddr(c): ClientAddr,
+    JsonBody(b): JsonBody<LoginBody>,
+) -> ApiResult<Response> {
+    login(s, c, b).await
+}
+
+/// Whether the session is valid (ZIA).
+#[utoipa::path(get, path = "/api/v1/authenticatedSession", tag = "cloud",
+    responses((status = 200, body = SessionBody), (status = 401, body = ErrorBody)))]
+async fn zia_status(_s: ApiSession) -> Json<SessionBody> {
+    Json(SESSION_BODY)
+}
+
+/// End the session (ZIA).
+#[utoipa::path(delete, path = "/api/v1/authenticatedSession", tag = "cloud", responses((status = 204)))]
+async fn zia_logout(
+    State(s): State<AppState>,
+    ClientAddr(c): ClientAddr,
+    SessionToken(t): SessionToken,
+) -> ApiResult<StatusCode> {
+    logout(s, c, t).await
+}
+
+/// End the session (ZIA, without the `/api/v1` prefix).
+#[utoipa::path(delete, path = "/authenticatedSession", tag = "cloud", responses((status = 204)))]
+async fn zia_logout_unprefixed(
+    State(s): State<AppState>,
+    ClientAddr(c): ClientAddr,
+    SessionToken(t): SessionToken,
+) -> ApiResult<StatusCode> {
+    logout(s, c, t).await
+}
+
+/// Open a session (Cloud Connector).
+#[utoipa::path(post, path = "/api/v1/auth", tag = "cloud", request_body = LoginBody,
+    responses((status = 200, body = SessionBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn zcon_login(
+    State(s): State<AppState>,
+    ClientAddr(c): ClientAddr,
+    JsonBody(b): JsonBody<LoginBody>,
+) -> ApiResult<Response> {
+    login(s, c, b).await
+}
+
+/// Whether the session is valid (Cloud Connector).
+#[utoipa::path(get, path = "/api/v1/auth", tag = "cloud",
+    responses((status = 200, body = SessionBody), (status = 401, body = ErrorBody)))]
+async fn zcon_status(_s: ApiSession) -> Json<SessionBody> {
+    Json(SESSION_BODY)
+}
+
+/// End the session (Cloud Connector).
+#[utoipa::path(delete, path = "/api/v1/auth", tag = "cloud", responses((status = 204)))]
+async fn zcon_logout(
+    State(s): State<AppState>,
+    ClientAddr(c): ClientAddr,
+    SessionToken(t): SessionToken,
+) -> ApiResult<StatusCode> {
+    logout(s, c, t).await
+}
+
+/// End the session (Cloud Connector, without the `/api/v1` prefix).
+#[utoipa::path(delete, path = "/auth", tag = "cloud", responses((status = 204)))]
+async fn zcon_logout_unprefixed(
+    State(s): State<AppState>,
+    ClientAddr(c): ClientAddr,
+    SessionToken(t): SessionToken,
+) -> ApiResult<StatusCode> {
+    logout(s, c, t).await
+}
+
+// ------------------------------------------------------------------------- keys
+
+/// The org's key if its id is `raw_id`; 404 otherwise.
+async fn key_by_id(state: &AppState, p: &ApiPrincipal, raw_id: &str) -> ApiResult<KeyObject> {
+    let id = parse_id("id", raw_id)?;
+    let org = state.admin_org(&p.admin).await?;
+    match state.key_object(&org, Shown::Full)? {
+        Some(k) if k.id == id => Ok(k),
+        _ => Err(ApiError::NotFound(format!("No API key with id {id}"))),
+    }
+}
+
+/// Changes the key through the shared service; the caller's own session ends with it.
+async fn change(
+    state: &AppState,
+    mut p: ApiPrincipal,
+    req: KeyChangeRequest,
+    client: Option<String>,
+) -> ApiResult<Option<KeyObject>> {
+    p.release();
+    let (_, key) = state.change_key(&p.admin, req, client).await?;
+    Ok(key)
+}
+
+fn some_key(key: Option<KeyObject>) -> ApiResult<KeyObject> {
+    key.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a key change left no key")))
+}
+
+/// The org's key: an array of zero or one key objects.
+#[utoipa::path(get, path = "/api/v1/apiKeys", tag = "cloud",
+    params(("includePartnerKeys" = Option<bool>, Query, description = "accepted and ignored")),
+    responses((status = 200, body = [KeyObject]), (status = 401, body = ErrorBody)))]
+async fn list_keys(
+    State(state): State<AppState>,
+    ApiSession(p): ApiSession,
+) -> ApiResult<Json<Vec<KeyObject>>> {
+    let org = state.admin_org(&p.admin).await?;
+    Ok(Json(
+        state.key_object(&org, Shown::Full)?.into_iter().collect(),
+    ))
+}
+
+/// One key by id.
+#[utoipa::path(get, path = "/api/v1/apiKeys/{id}", tag = "cloud", params(("id" = i64, Path)),
+    responses((status = 200, body = KeyObject), (status = 404, body = ErrorBody)))]
+async fn get_key(
+    State(state): State<AppState>,
+    ApiSession(p): ApiSession,
+    Path(id): Path<String>,
+) -> ApiResult<Json<KeyObject>> {
+    Ok(Json(key_by_id(&state, &p, &id).await?))
+}
+
+/// Add a key (only when the org has none).
+#[utoipa::path(post, path = "/api/v1/apiKeys", tag = "cloud",
+    responses((status = 201, body = KeyObject), (status = 409, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn add_key(
+    State(state): State<AppState>,
+    ClientAddr(c): ClientAddr,
+    ApiSession(p): ApiSession,
+) -> ApiResult<Response> {
+    let key = some_key(change(&state, p, KeyChangeRequest::Add, c).await?)?;
+    Ok((StatusCode::CREATED, Json(key)).into_response())
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EditBody {
+    key_value: String,
+}
+
+/// Replace the key with a value of the admin's choosing.
+#[utoipa::path(put, path = "/api/v1/apiKeys/{id}", tag = "cloud", params(("id" = i64, Path)), request_body = EditBody,
+    responses((status = 200, body = KeyObject), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn edit_key(
+    State(state): State<AppState>,
+    ClientAddr(c): ClientAddr,
+    ApiSession(p): ApiSession,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<EditBody>,
+) -> ApiResult<Json<KeyObject>> {
+    key_by_id(&state, &p, &id).await?;
+    let value = ApiKeyValue::parse("keyValue", &body.key_value)?;
+    Ok(Json(some_key(
+        change(&state, p, KeyChangeRequest::Edit(value), c).await?,
+    )?))
+}
+
+/// Delete the key.
+#[utoipa::path(delete, path = "/api/v1/apiKeys/{id}", tag = "cloud", params(("id" = i64, Path)),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn delete_key(
+    State(state): State<AppState>,
+    ClientAddr(c): ClientAddr,
+    ApiSession(p): ApiSession,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    key_by_id(&state, &p, &id).await?;
+    change(&state, p, KeyChangeRequest::Delete, c).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Replace the key with a new random one.
+#[utoipa::path(post, path = "/api/v1/apiKeys/{id}/regenerate", tag = "cloud", params(("id" = i64, Path)),
+    responses((status = 200, body = KeyObject), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn regenerate_key(
+    State(state): State<AppState>,
+    ClientAddr(c): ClientAddr,
+    ApiSession(p): ApiSession,
+    Path(id): Path<String>,
+) -> ApiResult<Json<KeyObject>> {
+    key_by_id(&state, &p, &id).await?;
+    Ok(Json(some_key(
+        change(&state, p, KeyChangeRequest::Regenerate, c).await?,
+    )?))
+}
+
+// ------------------------------------------------------------------------- audit report
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportBody {
+    /// Unix ms, number or string.
+    #[schema(value_type = i64)]
+    start_time: Value,
+    /// Unix ms, number or string.
+    #[schema(value_type = i64)]
+    end_time: Value,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportStatus {
+    /// `COMPLETE`, or null when no report exists.
+    status: Option<&'static str>,
+    progress_items_complete: usize,
+    progress_end_time: Option<i64>,
+    error_message: Option<String>,
+    error_code: Option<String>,
+}
+
+/// Build the audit log report of the org for a time range (replaces the previous one).
+#[utoipa::path(post, path = "/api/v1/auditlogEntryReport", tag = "cloud", request_body = ReportBody,
+    responses((status = 204), (status = 400, body = ErrorBody)))]
+async fn create_report(
+    State(state): State<AppState>,
+    ApiSession(p): ApiSession,
+    JsonBody(body): JsonBody<ReportBody>,
+) -> ApiResult<StatusCode> {
+    let from = epoch_millis("startTime", &body.start_time)?;
+    let to = epoch_millis("endTime", &body.end_time)?;
+    if from > to {
+        return Err(ApiError::invalid("endTime", "must not be before startTime"));
+    }
+    state
+        .create_audit_report(p.admin.id, p.org_id, Millis(from), Millis(to))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The state of the admin's audit log report.
+#[utoipa::path(get, path = "/api/v1/auditlogEntryReport", tag = "cloud", responses((status = 200, body = ReportStatus)))]
+async fn report_status(
+    State(state): State<AppState>,
+    ApiSession(p): ApiSession,
+) -> Json<ReportStatus> {
+    let report = state.reports.get(p.admin.id);
+    Json(ReportStatus {
+        status: report.as_ref().map(|_| "COMPLETE"),
+        progress_items_complete: report.as_ref().map_or(0, |r| r.rows),
+        progress_end_time: report.as_ref().map(|r| r.finished_at.0),
+        error_message: None,
+        error_code: None,
+    })
+}
+
+/// Cancel (discard) the admin's audit log report.
+#[utoipa::path(delete, path = "/api/v1/auditlogEntryReport", tag = "cloud", responses((status = 204)))]
+async fn cancel_report(State(state): State<AppState>, ApiSession(p): ApiSession) -> StatusCode {
+    state.reports.remove(p.admin.id);
+    StatusCode::NO_CONTENT
+}
+
+/// The report as CSV.
+#[utoipa::path(get, path = "/api/v1/auditlogEntryReport/download", tag = "cloud",
+    responses((status = 200, content_type = "text/csv", body = String), (status = 404, body = ErrorBody)))]
+async fn download_report(
+    State(state): State<AppState>,
+    ApiSession(p): ApiSession,
+) -> ApiResult<Response> {
+    let report = state
+        .reports
+        .get(p.admin.id)
+        .ok_or_else(|| ApiError::NotFound("No audit log report; create one first".into()))?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+        report.csv,
+    )
+        .into_response())
+}

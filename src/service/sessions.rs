@@ -1,0 +1,245 @@
+//! Cloud service API sessions (§3.1): login with the obfuscated key, login name and password;
+//! the session check every API request (and `/authz`) goes through.
+
+use super::Services;
+use super::gate::RequestPass;
+use crate::crypto::token::{random_token, token_hash};
+use crate::domain::admin::{LoginName, Password};
+use crate::domain::audit::{Actor, AuditAction};
+use crate::domain::ids::OrgId;
+use crate::domain::org::{Disablement, SubscriptionState};
+use crate::store::{AdminRecord, StoreError, StoreResult};
+
+/// A login attempt as the client sent it.
+pub struct ApiLoginRequest<'a> {
+    pub api_key: &'a str,
+    pub username: &'a str,
+    pub password: &'a str,
+    pub timestamp_ms: i64,
+}
+
+pub enum ApiLoginOutcome {
+    /// The new session id, to be set as the `JSESSIONID` cookie.
+    Opened(String),
+    /// Anything wrong with the key, login, password or timestamp: one answer for all.
+    Failed,
+    Throttled {
+        retry_after_secs: u64,
+    },
+    /// All three were right, but the provider disabled the key.
+    KeyDisabled(Disablement),
+    /// All three were right, but the org has no enabled subscription.
+    NoSubscription,
+}
+
+/// Why a request with a session is refused.
+#[derive(Debug)]
+pub enum Denial {
+    /// No such session, or it ended (idle, lifetime, key change, logout).
+    SessionNotValid,
+    NoApiSubscription,
+    /// A write while the subscription is expired (R10).
+    SubscriptionExpired,
+}
+
+/// An authorized API caller. Holding it holds the org's gate open for reading, so a key
+/// change waits until this request is done (R7).
+pub struct ApiPrincipal {
+    pub admin: AdminRecord,
+    pub org_id: OrgId,
+    pub subscription: SubscriptionState,
+    pub session_hash: String,
+    pass: Option<RequestPass>,
+}
+
+impl ApiPrincipal {
+    /// Lets go of the gate, before this request itself changes the key.
+    pub fn release(&mut self) {
+        self.pass = None;
+    }
+}
+
+/// Whether a method changes anything (refused while the subscription is expired).
+pub fn is_write(method: &str) -> bool {
+    !matches!(
+        method.to_ascii_uppercase().as_str(),
+        "GET" | "HEAD" | "OPTIONS"
+    )
+}
+
+impl Services {
+    pub async fn api_login(
+        &self,
+        req: ApiLoginRequest<'_>,
+        client: Option<String>,
+    ) -> StoreResult<ApiLoginOutcome> {
+        let now = self.clock.now();
+        if let Err(secs) = self.throttle.check(req.username, client.as_deref(), now) {
+            return Ok(ApiLoginOutcome::Throttled {
+                retry_after_secs: secs,
+            });
+        }
+        let login = LoginName::parse("username", req.username).ok();
+        let admin = match &login {
+            Some(name) => self.store.find_admin_by_login(name).await?,
+            None => None,
+        };
+        // The password is always checked (against a decoy for unknown names), so every
+        // failure costs the same.
+        let password_ok = self
+            .hasher
+            .verify(
+                Password::for_login(req.password),
+                admin.as_ref().map(|a| a.password_hash.clone()),
+            )
+            .await;
+        let org = match &admin {
+            Some(a) => self.store.get_org(a.org_id).await?,
+            None => None,
+        };
+        let window_ms = self.settings.api_timestamp_window_secs * 1000;
+        let timestamp_ok = (req.timestamp_ms - now.0).abs() <= window_ms;
+        let key_ok = match org.as_ref().and_then(|o| o.key.as_ref().map(|k| (o, k))) {
+            Some((o, k)) => self
+                .store
+                .open_key(o.id, k)?
+                .matches_obfuscated(req.timestamp_ms, req.api_key),
+            None => false,
+        };
+        let admin_org = admin.as_ref().map(|a| a.org_id);
+        let failure_reason = match (&admin, password_ok, key_ok, timestamp_ok) {
+            (None, ..) => Some("UNKNOWN_LOGIN"),
+            (_, false, ..) => Some("BAD_PASSWORD"),
+            (_, _, false, _) => Some("BAD_KEY"),
+            (_, _, _, false) => Some("STALE_TIMESTAMP"),
+            _ => None,
+        };
+        let (Some(admin), Some(org), None) = (admin, org, failure_reason) else {
+            self.throttle
+                .record_failure(req.username, client.as_deref(), now);
+            let shown = login.map(|l| l.as_str().to_owned()).unwrap_or_default();
+            let ctx = self.ctx(Actor::Anonymous { login: shown }, client);
+            self.store
+                .append_audit(
+                    admin_org,
+                    AuditAction::LoginFailure,
+                    serde_json::json!({"via": "api", "reason": failure_reason.unwrap_or("UNKNOWN")}),
+                    &ctx,
+                )
+                .await?;
+            return Ok(ApiLoginOutcome::Failed);
+        };
+        let ctx = self.ctx(admin.actor(), client);
+        let refusal = match (org.subscription.state_at(now), org.key_presence()) {
+            (SubscriptionState::NotEnabled, _) => Some(ApiLoginOutcome::NoSubscription),
+            (_, crate::domain::org::KeyPresence::Disabled(d)) => {
+                Some(ApiLoginOutcome::KeyDisabled(d))
+            }
+            _ => None,
+        };
+        if let Some(outcome) = refusal {
+            let reason = match &outcome {
+                ApiLoginOutcome::NoSubscription => "NO_API_SUBSCRIPTION",
+                _ => "API_KEY_DISABLED",
+            };
+            self.store
+                .append_audit(
+                    Some(org.id),
+                    AuditAction::LoginFailure,
+                    serde_json::json!({"via": "api", "reason": reason}),
+                    &ctx,
+                )
+                .await?;
+            return Ok(outcome);
+        }
+        let token = random_token();
+        match self
+            .store
+            .create_api_session(&token_hash(&token), &admin, org.key_generation, now)
+            .await
+        {
+            Ok(()) => {}
+            // The key changed while this login was being checked: it was checked against
+            // a key that is no longer valid.
+            Err(StoreError::NotFound(_)) => return Ok(ApiLoginOutcome::Failed),
+            Err(e) => return Err(e),
+        }
+        self.store
+            .append_audit(
+                Some(org.id),
+                AuditAction::LoginSuccess,
+                serde_json::json!({"via": "api"}),
+                &ctx,
+            )
+            .await?;
+        Ok(ApiLoginOutcome::Opened(token))
+    }
+
+    /// Decides on a request carrying session `token` with HTTP `method`. On success the
+    /// principal holds the org's gate until it is dropped.
+    pub async fn authorize_api_request(
+        &self,
+        token: &str,
+        method: &str,
+    ) -> StoreResult<Result<ApiPrincipal, Denial>> {
+        let hash = token_hash(token);
+        let Some(first) = self.store.get_api_session(&hash).await? else {
+            return Ok(Err(Denial::SessionNotValid));
+        };
+        let pass = self.gate.enter(first.org_id).await;
+        // Read again under the gate: a key change that was under way has now committed.
+        let Some(view) = self.store.get_api_session(&hash).await? else {
+            return Ok(Err(Denial::SessionNotValid));
+        };
+        let now = self.clock.now();
+        let s = &self.settings;
+        let live = view.generation == view.current_generation
+            && view.key_present
+            && view.key_disabled.is_none()
+            && now.0 - view.last_seen_at.0 < s.api_idle_timeout_secs * 1000
+            && now.0 - view.created_at.0 < s.api_max_lifetime_secs * 1000;
+        if !live {
+            drop(pass);
+            self.store.delete_api_session(&hash).await?;
+            return Ok(Err(Denial::SessionNotValid));
+        }
+        let subscription = view.subscription.state_at(now);
+        match subscription {
+            SubscriptionState::NotEnabled => return Ok(Err(Denial::NoApiSubscription)),
+            SubscriptionState::Expired if is_write(method) => {
+                return Ok(Err(Denial::SubscriptionExpired));
+            }
+            _ => {}
+        }
+        // Idle time is tracked to within this granularity, to spare a write per request.
+        if now.0 - view.last_seen_at.0 >= 10_000 {
+            self.store.touch_api_session(&hash, now).await?;
+        }
+        Ok(Ok(ApiPrincipal {
+            admin: view.admin,
+            org_id: view.org_id,
+            subscription,
+            session_hash: hash,
+            pass: Some(pass),
+        }))
+    }
+
+    /// Ends the session behind `token` (logout), if there is one.
+    pub async fn end_api_session(&self, token: &str, client: Option<String>) -> StoreResult<bool> {
+        let hash = token_hash(token);
+        let Some(view) = self.store.get_api_session(&hash).await? else {
+            return Ok(false);
+        };
+        self.store.delete_api_session(&hash).await?;
+        let ctx = self.ctx(view.admin.actor(), client);
+        self.store
+            .append_audit(
+                Some(view.org_id),
+                AuditAction::Logout,
+                serde_json::json!({"via": "api"}),
+                &ctx,
+            )
+            .await?;
+        Ok(true)
+    }
+}
