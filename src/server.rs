@@ -42,7 +42,7 @@ impl App {
             .to_owned();
         let services = Arc::new(Services {
             store,
-            clock,
+            clock: clock.clone(),
             hasher: PasswordHasher::new(config.password_hash_concurrency),
             settings: Settings {
                 public_base_url,
@@ -55,6 +55,8 @@ impl App {
             gate: Default::default(),
             throttle: crate::service::throttle::LoginThrottle::new(config.login_throttle),
             reports: Default::default(),
+            rate_limits: crate::service::limits::RateLimits::new(clock.clone()),
+            meter: Default::default(),
         });
         let generated_provider_token = services
             .bootstrap_provider_token(config.provider_token.as_ref().map(|t| t.expose_secret()))
@@ -75,11 +77,28 @@ pub async fn serve(
     app: App,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let service = app
-        .router
-        .into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let services = app.services.clone();
+    let flusher = tokio::spawn({
+        let services = services.clone();
+        async move {
+            let mut tick = tokio::time::interval(USAGE_FLUSH_INTERVAL);
+            loop {
+                tick.tick().await;
+                if let Err(e) = services.flush_usage().await {
+                    tracing::warn!(error = %e, "usage flush failed; will retry");
+                }
+            }
+        }
+    });
+    let service = app.router.into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, service).with_graceful_shutdown(shutdown).await;
+    flusher.abort();
+    // Graceful shutdown loses no count.
+    services.flush_usage().await.map_err(|e| anyhow::anyhow!("final usage flush failed: {e}"))?;
+    served?;
     Ok(())
 }
+
+/// Usage counts are written this often: the most calls a crash can lose are those counted
+/// in one interval.
+pub const USAGE_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);

@@ -61,6 +61,20 @@ impl LoginName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// How the name typed in a failed login is written to the audit log. A name that belongs
+    /// to an admin is shown whole; any other may be a password typed into the wrong box, so
+    /// only its first three characters are kept, and nothing of a name that is not plausible.
+    pub fn shown_in_audit(typed: &str, known: bool) -> String {
+        match Self::parse("loginName", typed) {
+            Ok(name) if known => name.0,
+            Ok(name) => {
+                let head: String = name.0.chars().take(3).collect();
+                format!("{head}…")
+            }
+            Err(_) => String::new(),
+        }
+    }
 }
 
 /// A password as given by a person: 12 to 256 bytes (OWASP ASVS length rule).
@@ -131,6 +145,19 @@ mod tests {
                 .contains("found")
         );
         assert!(LoginName::parse("loginName", "ünï").is_err());
+    }
+
+    #[test]
+    fn failed_login_names_in_the_audit_log() {
+        assert_eq!(
+            LoginName::shown_in_audit("Admin@Acme.com", true),
+            "admin@acme.com"
+        );
+        assert_eq!(
+            LoginName::shown_in_audit("correct-horse-battery-staple", false),
+            "cor…"
+        );
+        assert_eq!(LoginName::shown_in_audit("a b", false), "");
     }
 
     #[test]

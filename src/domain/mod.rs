@@ -5,6 +5,7 @@ pub mod audit;
 pub mod ids;
 pub mod key;
 pub mod key_change;
+pub mod limits;
 pub mod org;
 pub mod policy;
 pub mod time;

@@ -2,7 +2,10 @@
 //! same service as the admin console), and the audit log report.
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, State};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::middleware::Next;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -17,22 +20,26 @@ use super::extract::{AppState, ClientAddr, JsonBody, cookie_value, parse_id};
 use crate::domain::key::ApiKeyValue;
 use crate::domain::time::Millis;
 use crate::service::keys::{KeyChangeRequest, KeyObject, Shown};
+use crate::service::limits::RateInfo;
 use crate::service::sessions::{ApiLoginOutcome, ApiLoginRequest, ApiPrincipal, Denial};
 
 pub const SESSION_COOKIE: &str = "JSESSIONID";
 pub const SESSION_HEADER: &str = "jsessionid";
 
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(zia_login, zia_status, zia_logout))
-        .routes(routes!(zcon_login, zcon_status, zcon_logout))
-        .routes(routes!(zia_logout_unprefixed))
-        .routes(routes!(zcon_logout_unprefixed))
+pub fn router(state: AppState) -> OpenApiRouter<AppState> {
+    let metered = OpenApiRouter::new()
         .routes(routes!(list_keys, add_key))
         .routes(routes!(get_key, edit_key, delete_key))
         .routes(routes!(regenerate_key))
         .routes(routes!(create_report, report_status, cancel_report))
         .routes(routes!(download_report))
+        .route_layer(axum::middleware::from_fn_with_state(state, api_guard));
+    OpenApiRouter::new()
+        .routes(routes!(zia_login, zia_status, zia_logout))
+        .routes(routes!(zcon_login, zcon_status, zcon_logout))
+        .routes(routes!(zia_logout_unprefixed))
+        .routes(routes!(zcon_logout_unprefixed))
+        .merge(metered)
 }
 
 /// The session id from the `JSESSIONID` cookie or the `JSessionID` header.
@@ -54,12 +61,72 @@ impl From<Denial> for ApiError {
             Denial::SessionNotValid => ApiError::SessionNotValid,
             Denial::NoApiSubscription => ApiError::NoApiSubscription,
             Denial::SubscriptionExpired => ApiError::SubscriptionExpired,
+            Denial::RateLimited(d) => ApiError::RateLimited { retry_after_secs: d.retry_after_secs },
+            Denial::KeyDisabled(d) => ApiError::ApiKeyDisabled { reason: d.reason.as_str(), note: d.note },
         }
     }
 }
 
-/// A request with a live session, authorized for its method (R7–R10).
+/// A request with a live session, authorized for its method (R7, R8, R10), not metered:
+/// only the session status endpoints use it.
 pub struct ApiSession(pub ApiPrincipal);
+
+/// The caller admitted by [`api_guard`]: session, rate limits and metering all passed.
+pub struct ApiCall(pub ApiPrincipal);
+
+#[derive(Clone)]
+struct AdmittedSlot(Arc<Mutex<Option<ApiPrincipal>>>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiCall {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let slot = parts.extensions.get::<AdmittedSlot>().ok_or(ApiError::SessionNotValid)?;
+        let principal = slot.0.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or(ApiError::SessionNotValid)?;
+        Ok(ApiCall(principal))
+    }
+}
+
+/// Sets `x-ratelimit-limit`, `x-ratelimit-remaining` and `x-ratelimit-reset`.
+pub fn rate_headers(headers: &mut HeaderMap, info: &RateInfo) {
+    headers.insert("x-ratelimit-limit", HeaderValue::from(info.limit));
+    headers.insert("x-ratelimit-remaining", HeaderValue::from(info.remaining));
+    headers.insert("x-ratelimit-reset", HeaderValue::from(info.reset_secs));
+}
+
+/// The decision as an HTTP error, with the rate-limit headers when it is a 429.
+pub fn denial_response(d: Denial) -> Response {
+    let info = match &d {
+        Denial::RateLimited(r) => Some(r.info),
+        _ => None,
+    };
+    let mut response = ApiError::from(d).into_response();
+    if let Some(info) = info {
+        rate_headers(response.headers_mut(), &info);
+    }
+    response
+}
+
+/// Every metered API call goes through here: the decision of
+/// `Services::authorize_api_request`, then the handler, then the rate-limit headers.
+async fn api_guard(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let token = session_token(&parts).map(str::to_owned);
+    req = Request::from_parts(parts, body);
+    let Some(token) = token else { return ApiError::SessionNotValid.into_response() };
+    let principal = match state.authorize_api_request(&token, req.method().as_str()).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(denial)) => return denial_response(denial),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let rate = principal.rate;
+    req.extensions_mut().insert(AdmittedSlot(Arc::new(Mutex::new(Some(principal)))));
+    let mut response = next.run(req).await;
+    if let Some(info) = rate {
+        rate_headers(response.headers_mut(), &info);
+    }
+    response
+}
 
 impl FromRequestParts<AppState> for ApiSession {
     type Rejection = ApiError;
@@ -289,7 +356,7 @@ fn some_key(key: Option<KeyObject>) -> ApiResult<KeyObject> {
     responses((status = 200, body = [KeyObject]), (status = 401, body = ErrorBody)))]
 async fn list_keys(
     State(state): State<AppState>,
-    ApiSession(p): ApiSession,
+    ApiCall(p): ApiCall,
 ) -> ApiResult<Json<Vec<KeyObject>>> {
     let org = state.admin_org(&p.admin).await?;
     Ok(Json(
@@ -302,7 +369,7 @@ async fn list_keys(
     responses((status = 200, body = KeyObject), (status = 404, body = ErrorBody)))]
 async fn get_key(
     State(state): State<AppState>,
-    ApiSession(p): ApiSession,
+    ApiCall(p): ApiCall,
     Path(id): Path<String>,
 ) -> ApiResult<Json<KeyObject>> {
     Ok(Json(key_by_id(&state, &p, &id).await?))
@@ -314,7 +381,7 @@ async fn get_key(
 async fn add_key(
     State(state): State<AppState>,
     ClientAddr(c): ClientAddr,
-    ApiSession(p): ApiSession,
+    ApiCall(p): ApiCall,
 ) -> ApiResult<Response> {
     let key = some_key(change(&state, p, KeyChangeRequest::Add, c).await?)?;
     Ok((StatusCode::CREATED, Json(key)).into_response())
@@ -332,7 +399,7 @@ pub struct EditBody {
 async fn edit_key(
     State(state): State<AppState>,
     ClientAddr(c): ClientAddr,
-    ApiSession(p): ApiSession,
+    ApiCall(p): ApiCall,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<EditBody>,
 ) -> ApiResult<Json<KeyObject>> {
@@ -349,7 +416,7 @@ async fn edit_key(
 async fn delete_key(
     State(state): State<AppState>,
     ClientAddr(c): ClientAddr,
-    ApiSession(p): ApiSession,
+    ApiCall(p): ApiCall,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     key_by_id(&state, &p, &id).await?;
@@ -363,7 +430,7 @@ async fn delete_key(
 async fn regenerate_key(
     State(state): State<AppState>,
     ClientAddr(c): ClientAddr,
-    ApiSession(p): ApiSession,
+    ApiCall(p): ApiCall,
     Path(id): Path<String>,
 ) -> ApiResult<Json<KeyObject>> {
     key_by_id(&state, &p, &id).await?;
@@ -401,7 +468,7 @@ pub struct ReportStatus {
     responses((status = 204), (status = 400, body = ErrorBody)))]
 async fn create_report(
     State(state): State<AppState>,
-    ApiSession(p): ApiSession,
+    ApiCall(p): ApiCall,
     JsonBody(body): JsonBody<ReportBody>,
 ) -> ApiResult<StatusCode> {
     let from = epoch_millis("startTime", &body.start_time)?;
@@ -419,7 +486,7 @@ async fn create_report(
 #[utoipa::path(get, path = "/api/v1/auditlogEntryReport", tag = "cloud", responses((status = 200, body = ReportStatus)))]
 async fn report_status(
     State(state): State<AppState>,
-    ApiSession(p): ApiSession,
+    ApiCall(p): ApiCall,
 ) -> Json<ReportStatus> {
     let report = state.reports.get(p.admin.id);
     Json(ReportStatus {
@@ -433,7 +500,7 @@ async fn report_status(
 
 /// Cancel (discard) the admin's audit log report.
 #[utoipa::path(delete, path = "/api/v1/auditlogEntryReport", tag = "cloud", responses((status = 204)))]
-async fn cancel_report(State(state): State<AppState>, ApiSession(p): ApiSession) -> StatusCode {
+async fn cancel_report(State(state): State<AppState>, ApiCall(p): ApiCall) -> StatusCode {
     state.reports.remove(p.admin.id);
     StatusCode::NO_CONTENT
 }
@@ -443,7 +510,7 @@ async fn cancel_report(State(state): State<AppState>, ApiSession(p): ApiSession)
     responses((status = 200, content_type = "text/csv", body = String), (status = 404, body = ErrorBody)))]
 async fn download_report(
     State(state): State<AppState>,
-    ApiSession(p): ApiSession,
+    ApiCall(p): ApiCall,
 ) -> ApiResult<Response> {
     let report = state
         .reports

@@ -29,21 +29,29 @@ fn describe_json_error(path: String, err: &serde_json::Error) -> ApiError {
         Some(i) => text[..i].to_string(),
         None => text,
     };
-    let from_backticks = || reason.split('`').nth(1).map(str::to_owned);
-    let field = if path == "." || path.is_empty() {
-        if reason.starts_with("missing field") || reason.starts_with("unknown field") {
-            from_backticks().unwrap_or_else(|| "body".into())
+    let missing = reason.starts_with("missing field");
+    let unknown = reason.starts_with("unknown field");
+    let name = reason.split('`').nth(1).unwrap_or_default().to_owned();
+    let top = path == "." || path.is_empty();
+    let field = if missing || unknown {
+        // serde_path_to_error's path ends at an unknown key already, and at the parent of a
+        // missing one.
+        let already = unknown && (path == name || path.ends_with(&format!(".{name}")));
+        if already {
+            path
+        } else if top {
+            if name.is_empty() { "body".into() } else { name }
         } else {
-            "body".into()
+            format!("{path}.{name}")
         }
-    } else if reason.starts_with("missing field") || reason.starts_with("unknown field") {
-        format!("{path}.{}", from_backticks().unwrap_or_default())
+    } else if top {
+        "body".into()
     } else {
         path
     };
-    let reason = if reason.starts_with("missing field") {
+    let reason = if missing {
         "is required".to_string()
-    } else if reason.starts_with("unknown field") {
+    } else if unknown {
         let expected = reason
             .split("expected")
             .nth(1)
@@ -53,22 +61,82 @@ fn describe_json_error(path: String, err: &serde_json::Error) -> ApiError {
     } else {
         reason
     };
-    ApiError::invalid(field, reason)
+    ApiError::invalid(shorten(&field, 100), shorten(&elide_quoted(&reason), 400))
+}
+
+/// Cuts `s` to at most `max` characters.
+fn shorten(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+/// serde quotes the offending value in its messages (`invalid type: string "…"`): cut long
+/// quoted values so that an error never echoes a large input back.
+fn elide_quoted(reason: &str) -> String {
+    const MAX: usize = 32;
+    let mut out = String::with_capacity(reason.len().min(512));
+    let mut quote: Option<char> = None;
+    let (mut inside, mut escaped) = (0usize, false);
+    for c in reason.chars() {
+        match quote {
+            None => {
+                if c == '"' || c == '`' {
+                    quote = Some(c);
+                    inside = 0;
+                }
+                out.push(c);
+            }
+            Some(q) if c == q && !escaped => {
+                quote = None;
+                out.push(c);
+            }
+            Some(q) => {
+                escaped = !escaped && q == '"' && c == '\\';
+                inside += 1;
+                if inside <= MAX {
+                    out.push(c);
+                } else if inside == MAX + 1 {
+                    out.push('…');
+                }
+            }
+        }
+    }
+    out
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid("body", "is empty; send a JSON object"));
     }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        describe_json_error(path, e.inner())
+        let inner = e.inner();
+        // serde_json reports some type errors (an array where an enum goes) as syntax errors:
+        // when the document itself is valid JSON, it is the value at `path` that is wrong.
+        if inner.is_syntax()
+            && !inner.to_string().contains("recursion limit")
+            && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+        {
+            let field = if path == "." || path.is_empty() {
+                "body".to_owned()
+            } else {
+                shorten(&path, 100)
+            };
+            return ApiError::invalid(field, "has the wrong type");
+        }
+        describe_json_error(path, inner)
     })?;
+    // One document and nothing after it (`serde_json::from_slice` checks this; a bare
+    // `Deserializer` does not).
+    de.end()
+        .map_err(|e| ApiError::invalid("body", format!("is not valid JSON ({e})")))?;
     Ok(value)
 }
 
-/// A JSON body: `application/json` (or `+json`) required (415), size-limited (413),
+/// A JSON object body: `application/json` (or `+json`) required (415), size-limited (413),
 /// and a 400 that names the field otherwise.
 pub struct JsonBody<T>(pub T);
 
@@ -96,6 +164,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ApiError::invalid("body", "could not be read")
             }
         })?;
+        // serde reads a struct from an array of its fields in order too; a body is an object.
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|b| *b != b'{') {
+            return Err(ApiError::invalid("body", "must be a JSON object"));
+        }
         parse_json(&bytes).map(JsonBody)
     }
 }
@@ -111,6 +184,29 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
         serde_urlencoded::from_str(query)
             .map(QueryParams)
             .map_err(|e| ApiError::invalid("query", e.to_string()))
+    }
+}
+
+/// Path parameters, like axum's `Path`, but a parameter that does not decode (bad
+/// percent-encoding, not UTF-8) is a JSON 400 naming the path instead of axum's plain text.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::extract::rejection::PathRejection;
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(PathRejection::FailedToDeserializePathParams(_)) => Err(ApiError::invalid(
+                "path",
+                "a path parameter is not valid (bad percent-encoding or not UTF-8)",
+            )),
+            Err(other) => Err(ApiError::Internal(anyhow::anyhow!(
+                "path parameters: {}",
+                other.body_text()
+            ))),
+        }
     }
 }
 
@@ -166,8 +262,10 @@ impl FromRequestParts<AppState> for ProviderAuth {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
             .ok_or(ApiError::AuthenticationFailed)?;
         let token_id = state

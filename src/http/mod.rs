@@ -1,6 +1,7 @@
 //! HTTP: one router per feature, merged here with the cross-cutting layers.
 
 pub mod cloud;
+pub mod authz;
 pub mod console;
 pub mod error;
 pub mod extract;
@@ -24,23 +25,26 @@ use extract::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
+    paths(authz::authz),
     info(title = "keygate", description = "One cloud service API key per organization (Zscaler ZIA / Cloud Connector compatible)"),
     tags(
         (name = "provider", description = "Provider API, bearer token"),
         (name = "console", description = "Admin console API, login name + password"),
         (name = "cloud", description = "Zscaler-compatible cloud service API, JSESSIONID session"),
         (name = "operations", description = "Health and readiness"),
+        (name = "authz", description = "Decisions for a reverse proxy in front of the provider's own API"),
     )
 )]
 struct ApiDoc;
 
 /// The routers of every feature and the OpenAPI document they describe.
-pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+pub fn routes(state: AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(health::router())
         .merge(provider::router())
         .merge(console::router())
-        .merge(cloud::router())
+        .merge(cloud::router(state.clone()))
+        .merge(authz::router())
         .split_for_parts()
 }
 
@@ -69,7 +73,7 @@ fn security_headers<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Rout
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    let (routes, openapi) = routes();
+    let (routes, openapi) = routes(state.clone());
     let openapi = Arc::new(openapi);
     let router = routes
         .route(

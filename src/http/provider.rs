@@ -1,7 +1,7 @@
 //! Provider API (`/provider/v1`), bearer token.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use secrecy::{ExposeSecret, SecretString};
@@ -12,18 +12,19 @@ use utoipa_axum::routes;
 
 use super::console::AdminSummary;
 use super::error::{ApiResult, ErrorBody};
-use super::extract::{AppState, ClientAddr, JsonBody, ProviderAuth, QueryParams, parse_id};
+use super::extract::{AppState, ClientAddr, JsonBody, Path, ProviderAuth, QueryParams, parse_id};
 use super::views::{AuditPage, PageQuery, SubscriptionView};
 use crate::domain::FieldError;
 use crate::domain::admin::{LoginName, Password, Role};
 use crate::domain::audit::Actor;
 use crate::domain::ids::{AdminId, OrgId};
+use crate::domain::limits::RateRule;
 use crate::domain::org::{
     CallThreshold, DisableReason, Disablement, KeyStatus, OrgName, Subscription,
 };
 use crate::service::keys::{KeyObject, Shown};
 use crate::service::orgs::{AdminInput, OrgInput};
-use crate::store::{AuditFilter, OrgRecord};
+use crate::store::{AuditFilter, OrgRecord, UsageRow};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -35,6 +36,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(add_admin))
         .routes(routes!(remove_admin))
         .routes(routes!(org_audit))
+        .routes(routes!(set_limits))
+        .routes(routes!(usage))
 }
 
 fn actor(auth: &ProviderAuth) -> Actor {
@@ -72,13 +75,13 @@ pub struct SubscriptionBody {
 
 impl SubscriptionBody {
     fn parse(self, prefix: &str) -> Result<Subscription, FieldError> {
-        if let Some(t) = self.expires_at {
-            if !(0..=253_402_300_799).contains(&t) {
-                return Err(FieldError::new(
-                    format!("{prefix}expiresAt"),
-                    "must be Unix seconds between 0 and 253402300799 (year 9999)",
-                ));
-            }
+        if let Some(t) = self.expires_at
+            && !(0..=253_402_300_799).contains(&t)
+        {
+            return Err(FieldError::new(
+                format!("{prefix}expiresAt"),
+                "must be Unix seconds between 0 and 253402300799 (year 9999)",
+            ));
         }
         Ok(Subscription {
             enabled: self.enabled,
@@ -108,6 +111,10 @@ pub struct OrgView {
     created_at: i64,
     subscription: SubscriptionView,
     call_threshold: Option<CallThreshold>,
+    /// Per-org rate limits; null = the deployment defaults.
+    rate_limits: Option<Vec<RateRule>>,
+    /// Calls in the current metering period.
+    usage: CurrentUsage,
     key_generation: i64,
     api_key: Option<KeyObject>,
     /// `ENABLED`, `DISABLED` or `NONE`.
@@ -115,6 +122,28 @@ pub struct OrgView {
     key_disabled_reason: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     admins: Option<Vec<AdminSummary>>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CurrentUsage {
+    period_seconds: i64,
+    /// Unix seconds.
+    period_start: i64,
+    calls: i64,
+    /// Calls left before the threshold trips; null without a threshold.
+    remaining: Option<i64>,
+}
+
+async fn current_usage(state: &AppState, org: &OrgRecord) -> ApiResult<CurrentUsage> {
+    let (period_seconds, period_start, calls) =
+        state.current_usage(org.id, org.call_threshold).await?;
+    Ok(CurrentUsage {
+        period_seconds,
+        period_start,
+        calls,
+        remaining: org.call_threshold.map(|t| (t.calls - calls).max(0)),
+    })
 }
 
 async fn org_view(state: &AppState, org: &OrgRecord, with_admins: bool) -> ApiResult<OrgView> {
@@ -145,6 +174,11 @@ async fn org_view(state: &AppState, org: &OrgRecord, with_admins: bool) -> ApiRe
             state: sub.as_str(),
         },
         call_threshold: org.call_threshold,
+        rate_limits: org
+            .rate_limits
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r).ok()),
+        usage: current_usage(state, org).await?,
         key_generation: org.key_generation,
         api_key: state.key_object(org, Shown::Masked)?,
         key_status: match (&org.key, status.enabled) {
@@ -380,5 +414,72 @@ async fn org_audit(
         page: page.number,
         page_size: page.size,
         total,
+    }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitsBody {
+    /// null = no threshold.
+    #[serde(default)]
+    call_threshold: Option<CallThreshold>,
+    /// null = the deployment defaults (ZIA's).
+    #[serde(default)]
+    rate_limits: Option<Vec<RateRule>>,
+}
+
+/// Set the org's call threshold (R9) and rate limits.
+#[utoipa::path(put, path = "/provider/v1/orgs/{id}/limits", tag = "provider", params(("id" = i64, Path)),
+    request_body = LimitsBody, responses((status = 200, body = OrgView), (status = 400, body = ErrorBody)))]
+async fn set_limits(
+    State(state): State<AppState>,
+    auth: ProviderAuth,
+    ClientAddr(client): ClientAddr,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<LimitsBody>,
+) -> ApiResult<Json<OrgView>> {
+    let org = load_org(&state, &id).await?;
+    let threshold = body
+        .call_threshold
+        .map(|t| t.validate("callThreshold"))
+        .transpose()?;
+    let rules = body
+        .rate_limits
+        .map(|r| RateRule::validate_all(r, "rateLimits"))
+        .transpose()?;
+    let stored = rules
+        .map(|r| serde_json::to_string(&r))
+        .transpose()
+        .map_err(|e| super::error::ApiError::Internal(e.into()))?;
+    let org = state
+        .set_limits(org.id, threshold, stored, actor(&auth), client)
+        .await?;
+    Ok(Json(org_view(&state, &org, true).await?))
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageView {
+    org_id: OrgId,
+    call_threshold: Option<CallThreshold>,
+    current: CurrentUsage,
+    /// Stored periods, newest first (written every second).
+    history: Vec<UsageRow>,
+}
+
+/// The org's API calls per period, against its threshold.
+#[utoipa::path(get, path = "/provider/v1/orgs/{id}/usage", tag = "provider", params(("id" = i64, Path)),
+    responses((status = 200, body = UsageView), (status = 404, body = ErrorBody)))]
+async fn usage(
+    State(state): State<AppState>,
+    _auth: ProviderAuth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<UsageView>> {
+    let org = load_org(&state, &id).await?;
+    Ok(Json(UsageView {
+        org_id: org.id,
+        call_threshold: org.call_threshold,
+        current: current_usage(&state, &org).await?,
+        history: state.store.list_usage(org.id, 48).await?,
     }))
 }

@@ -73,11 +73,9 @@ impl Services {
             }
             other => {
                 self.throttle.record_failure(login, client.as_deref(), now);
-                // The name as typed, cut short: it may be a mistyped password, so never all of it
-                // if it is long, and never anything when it is not a plausible login name.
-                let shown = LoginName::parse("loginName", login)
-                    .map(|l| l.as_str().to_owned())
-                    .unwrap_or_default();
+                // The name as typed, cut short unless it is an admin's: it may be a mistyped
+                // password.
+                let shown = LoginName::shown_in_audit(login, other.is_some());
                 let ctx = self.ctx(Actor::Anonymous { login: shown }, client);
                 self.store
                     .append_audit(

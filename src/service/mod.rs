@@ -3,6 +3,8 @@
 pub mod auth;
 pub mod gate;
 pub mod keys;
+pub mod limits;
+pub mod meter;
 pub mod orgs;
 pub mod reports;
 pub mod sessions;
@@ -35,6 +37,8 @@ pub struct Services {
     pub gate: gate::OrgGate,
     pub throttle: throttle::LoginThrottle,
     pub reports: reports::ReportStore,
+    pub rate_limits: limits::RateLimits,
+    pub meter: meter::Meter,
 }
 
 impl Services {

@@ -99,10 +99,17 @@ impl Services {
         client: Option<String>,
     ) -> StoreResult<OrgRecord> {
         let _pass = self.gate.change(org).await;
+        let before = self.store.get_org(org).await?.ok_or(StoreError::NotFound("org"))?;
         let ctx = self.ctx(actor, client);
-        self.store
-            .provider_key_action(org, ProviderKeyAction::Enable, &ctx)
-            .await
+        let after = self.store.provider_key_action(org, ProviderKeyAction::Enable, &ctx).await?;
+        // Re-enabling after R9 starts the period's count afresh; otherwise the very next call
+        // would trip the threshold again.
+        let tripped = before.key.as_ref().and_then(|k| k.disabled.as_ref()).map(|d| d.reason)
+            == Some(crate::domain::org::DisableReason::CallThresholdExceeded);
+        if tripped {
+            self.reset_usage(org, after.call_threshold).await?;
+        }
+        Ok(after)
     }
 
     pub async fn add_admin(
@@ -127,5 +134,19 @@ impl Services {
         let _pass = self.gate.change(org).await;
         let ctx = self.ctx(actor, client);
         self.store.remove_admin(org, admin, &ctx).await
+    }
+}
+
+impl Services {
+    pub async fn set_limits(
+        &self,
+        org: OrgId,
+        threshold: Option<CallThreshold>,
+        rate_limits: Option<String>,
+        actor: Actor,
+        client: Option<String>,
+    ) -> StoreResult<OrgRecord> {
+        let ctx = self.ctx(actor, client);
+        self.store.set_limits(org, threshold, rate_limits, &ctx).await
     }
 }

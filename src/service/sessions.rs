@@ -7,8 +7,9 @@ use crate::crypto::token::{random_token, token_hash};
 use crate::domain::admin::{LoginName, Password};
 use crate::domain::audit::{Actor, AuditAction};
 use crate::domain::ids::OrgId;
-use crate::domain::org::{Disablement, SubscriptionState};
-use crate::store::{AdminRecord, StoreError, StoreResult};
+use super::limits::{RateDenied, RateInfo};
+use crate::domain::org::{CallThreshold, DisableReason, Disablement, SubscriptionState};
+use crate::store::{AdminRecord, ProviderKeyAction, StoreError, StoreResult};
 
 /// A login attempt as the client sent it.
 pub struct ApiLoginRequest<'a> {
@@ -40,6 +41,10 @@ pub enum Denial {
     NoApiSubscription,
     /// A write while the subscription is expired (R10).
     SubscriptionExpired,
+    /// Over one of the org's rate limits.
+    RateLimited(RateDenied),
+    /// This call exceeded the org's call threshold and the key is now disabled (R9).
+    KeyDisabled(Disablement),
 }
 
 /// An authorized API caller. Holding it holds the org's gate open for reading, so a key
@@ -49,6 +54,10 @@ pub struct ApiPrincipal {
     pub org_id: OrgId,
     pub subscription: SubscriptionState,
     pub session_hash: String,
+    /// The rate-limit state after this call was admitted (for the `x-ratelimit-*` headers).
+    pub rate: Option<RateInfo>,
+    call_threshold: Option<CallThreshold>,
+    rate_limits: Option<String>,
     pass: Option<RequestPass>,
 }
 
@@ -117,7 +126,8 @@ impl Services {
         let (Some(admin), Some(org), None) = (admin, org, failure_reason) else {
             self.throttle
                 .record_failure(req.username, client.as_deref(), now);
-            let shown = login.map(|l| l.as_str().to_owned()).unwrap_or_default();
+            // Cut short unless it names an admin: it may be a password in the wrong box.
+            let shown = LoginName::shown_in_audit(req.username, admin_org.is_some());
             let ctx = self.ctx(Actor::Anonymous { login: shown }, client);
             self.store
                 .append_audit(
@@ -175,13 +185,41 @@ impl Services {
         Ok(ApiLoginOutcome::Opened(token))
     }
 
-    /// Decides on a request carrying session `token` with HTTP `method`. On success the
-    /// principal holds the org's gate until it is dropped.
-    pub async fn authorize_api_request(
-        &self,
-        token: &str,
-        method: &str,
-    ) -> StoreResult<Result<ApiPrincipal, Denial>> {
+    /// The whole decision on an API call (and an `/authz` sub-request): a live session
+    /// (R7, R8, R10), then the org's rate limits, then metering and the call threshold (R9).
+    pub async fn authorize_api_request(&self, token: &str, method: &str) -> StoreResult<Result<ApiPrincipal, Denial>> {
+        let mut principal = match self.check_api_session(token, method).await? {
+            Ok(p) => p,
+            Err(d) => return Ok(Err(d)),
+        };
+        match self.rate_limits.check(principal.org_id, principal.rate_limits.as_deref(), method) {
+            Ok(info) => principal.rate = info,
+            Err(denied) => return Ok(Err(Denial::RateLimited(denied))),
+        }
+        let calls = self.count_call(principal.org_id, principal.call_threshold).await?;
+        if let Some(t) = principal.call_threshold.filter(|t| calls > t.calls) {
+            principal.release();
+            let disablement = Disablement {
+                reason: DisableReason::CallThresholdExceeded,
+                note: Some(format!("more than {} calls in {} seconds", t.calls, t.period_seconds)),
+            };
+            self.auto_disable(principal.org_id, disablement.clone()).await?;
+            return Ok(Err(Denial::KeyDisabled(disablement)));
+        }
+        Ok(Ok(principal))
+    }
+
+    /// R9: the system disables the key; its sessions end with the generation bump.
+    async fn auto_disable(&self, org: OrgId, d: Disablement) -> StoreResult<()> {
+        let _pass = self.gate.change(org).await;
+        let ctx = self.ctx(Actor::System, None);
+        self.store.provider_key_action(org, ProviderKeyAction::AutoDisable(d), &ctx).await?;
+        Ok(())
+    }
+
+    /// Decides on a request carrying session `token` with HTTP `method`, without counting it.
+    /// On success the principal holds the org's gate until it is dropped.
+    pub async fn check_api_session(&self, token: &str, method: &str) -> StoreResult<Result<ApiPrincipal, Denial>> {
         let hash = token_hash(token);
         let Some(first) = self.store.get_api_session(&hash).await? else {
             return Ok(Err(Denial::SessionNotValid));
@@ -220,6 +258,9 @@ impl Services {
             org_id: view.org_id,
             subscription,
             session_hash: hash,
+            rate: None,
+            call_threshold: view.call_threshold,
+            rate_limits: view.rate_limits,
             pass: Some(pass),
         }))
     }

@@ -59,6 +59,8 @@ pub struct OrgRecord {
     pub name: String,
     pub subscription: Subscription,
     pub call_threshold: Option<CallThreshold>,
+    /// Per-org rate limits as stored (JSON list of `RateRule`); `None` = deployment default.
+    pub rate_limits: Option<String>,
     pub key_generation: i64,
     pub created_at: Millis,
     pub key: Option<KeyRecord>,
@@ -178,10 +180,24 @@ pub struct ApiSessionView {
     pub subscription: Subscription,
     pub key_present: bool,
     pub key_disabled: Option<Disablement>,
+    pub call_threshold: Option<CallThreshold>,
+    pub rate_limits: Option<String>,
+}
+
+/// Calls counted for one org in one period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageRow {
+    pub period_seconds: i64,
+    /// Unix seconds.
+    pub period_start: i64,
+    pub calls: i64,
 }
 
 pub enum ProviderKeyAction {
     Disable(Disablement),
+    /// The system's disable (R9): does nothing if the key is already disabled.
+    AutoDisable(Disablement),
     Enable,
 }
 
@@ -277,6 +293,22 @@ pub trait Store: Send + Sync + 'static {
     async fn get_console_session(&self, id_hash: &str) -> StoreResult<Option<ConsoleSession>>;
     async fn touch_console_session(&self, id_hash: &str, now: Millis) -> StoreResult<()>;
     async fn delete_console_session(&self, id_hash: &str) -> StoreResult<()>;
+
+    // --- limits and usage
+    /// Sets the call threshold and rate limits (`None` = deployment default), audited.
+    async fn set_limits(
+        &self,
+        org: OrgId,
+        threshold: Option<CallThreshold>,
+        rate_limits: Option<String>,
+        ctx: &Ctx,
+    ) -> StoreResult<OrgRecord>;
+    /// Adds counted calls: `(org, period_seconds, period_start, calls)`.
+    async fn add_usage(&self, deltas: &[(OrgId, i64, i64, i64)]) -> StoreResult<()>;
+    async fn usage_calls(&self, org: OrgId, period_seconds: i64, period_start: i64) -> StoreResult<i64>;
+    async fn set_usage(&self, org: OrgId, period_seconds: i64, period_start: i64, calls: i64) -> StoreResult<()>;
+    /// The org's most recent periods, newest first.
+    async fn list_usage(&self, org: OrgId, limit: u32) -> StoreResult<Vec<UsageRow>>;
 
     // --- cloud service API sessions (stored as hashes); every key change deletes the org's
     async fn create_api_session(

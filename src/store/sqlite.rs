@@ -39,7 +39,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 const ORG_SELECT: &str = "SELECT o.id, o.name, o.subscription_enabled, o.subscription_expires_at, \
-    o.call_threshold_calls, o.call_threshold_period_s, o.key_generation, o.created_at, \
+    o.call_threshold_calls, o.call_threshold_period_s, o.rate_limits, o.key_generation, o.created_at, \
     k.id AS key_id, k.sealed, k.disabled_reason, k.disabled_note, k.modified_at, \
     k.modified_by_id, k.modified_by_name \
     FROM orgs o LEFT JOIN api_keys k ON k.org_id = o.id";
@@ -85,6 +85,7 @@ fn org_from_row(row: &SqliteRow) -> StoreResult<OrgRecord> {
                 calls,
                 period_seconds,
             }),
+        rate_limits: row.try_get("rate_limits").map_err(get)?,
         key_generation: row.try_get("key_generation").map_err(get)?,
         created_at: Millis(row.try_get("created_at").map_err(get)?),
         key,
@@ -418,7 +419,16 @@ impl Store for SqliteStore {
         let before = load_org_required(&mut tx, org).await?;
         let key = before.key.as_ref().ok_or(StoreError::NotFound("key"))?;
         let suffix = self.open_key(org, key)?.suffix();
+        let action = match action {
+            ProviderKeyAction::AutoDisable(_) if key.disabled.is_some() => {
+                tx.rollback().await.map_err(map_err)?;
+                return Ok(before);
+            }
+            ProviderKeyAction::AutoDisable(d) => ProviderKeyAction::Disable(d),
+            other => other,
+        };
         match action {
+            ProviderKeyAction::AutoDisable(_) => unreachable!("mapped to Disable above"),
             ProviderKeyAction::Disable(d) => {
                 sqlx::query(
                     "UPDATE api_keys SET disabled_reason = ?, disabled_note = ? WHERE org_id = ?",
@@ -847,6 +857,7 @@ impl Store for SqliteStore {
         let row = sqlx::query(
             "SELECT s.generation, s.created_at AS s_created, s.last_seen_at, \
                     o.key_generation, o.subscription_enabled, o.subscription_expires_at, \
+                    o.call_threshold_calls, o.call_threshold_period_s, o.rate_limits, \
                     a.id, a.org_id, a.login_name, a.password_hash, a.role, \
                     k.id AS key_id, k.disabled_reason, k.disabled_note \
              FROM api_sessions s JOIN orgs o ON o.id = s.org_id JOIN admins a ON a.id = s.admin_id \
@@ -859,7 +870,11 @@ impl Store for SqliteStore {
         let Some(r) = row else { return Ok(None) };
         let get = |e: sqlx::Error| StoreError::Internal(e.into());
         let reason: Option<String> = r.try_get("disabled_reason").map_err(get)?;
+        let calls: Option<i64> = r.try_get("call_threshold_calls").map_err(get)?;
+        let period: Option<i64> = r.try_get("call_threshold_period_s").map_err(get)?;
         Ok(Some(ApiSessionView {
+            call_threshold: calls.zip(period).map(|(calls, period_seconds)| CallThreshold { calls, period_seconds }),
+            rate_limits: r.try_get("rate_limits").map_err(get)?,
             org_id: OrgId(r.try_get("org_id").map_err(get)?),
             admin: admin_from_row(&r)?,
             generation: r.try_get("generation").map_err(get)?,
@@ -900,5 +915,108 @@ impl Store for SqliteStore {
             .await
             .map_err(map_err)?;
         Ok(())
+    }
+
+    async fn set_limits(
+        &self,
+        org: OrgId,
+        threshold: Option<CallThreshold>,
+        rate_limits: Option<String>,
+        ctx: &Ctx,
+    ) -> StoreResult<OrgRecord> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let before = load_org_required(&mut tx, org).await?;
+        sqlx::query(
+            "UPDATE orgs SET call_threshold_calls = ?, call_threshold_period_s = ?, rate_limits = ? WHERE id = ?",
+        )
+        .bind(threshold.map(|t| t.calls))
+        .bind(threshold.map(|t| t.period_seconds))
+        .bind(&rate_limits)
+        .bind(org.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let rules: Option<serde_json::Value> = rate_limits.as_deref().and_then(|r| serde_json::from_str(r).ok());
+        let previous: Option<serde_json::Value> = before.rate_limits.as_deref().and_then(|r| serde_json::from_str(r).ok());
+        insert_audit(
+            &mut tx,
+            Some(org),
+            AuditAction::LimitsUpdate,
+            None,
+            serde_json::json!({
+                "callThreshold": threshold, "rateLimits": rules,
+                "previous": {"callThreshold": before.call_threshold, "rateLimits": previous},
+            }),
+            ctx,
+        )
+        .await?;
+        let record = load_org_required(&mut tx, org).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(record)
+    }
+
+    async fn add_usage(&self, deltas: &[(OrgId, i64, i64, i64)]) -> StoreResult<()> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        for (org, period, start, calls) in deltas {
+            sqlx::query(
+                "INSERT INTO usage_counters (org_id, period_seconds, period_start, calls) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (org_id, period_seconds, period_start) DO UPDATE SET calls = calls + excluded.calls",
+            )
+            .bind(org.0)
+            .bind(period)
+            .bind(start)
+            .bind(calls)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn usage_calls(&self, org: OrgId, period_seconds: i64, period_start: i64) -> StoreResult<i64> {
+        let calls: Option<i64> = sqlx::query_scalar(
+            "SELECT calls FROM usage_counters WHERE org_id = ? AND period_seconds = ? AND period_start = ?",
+        )
+        .bind(org.0)
+        .bind(period_seconds)
+        .bind(period_start)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(map_err)?;
+        Ok(calls.unwrap_or(0))
+    }
+
+    async fn set_usage(&self, org: OrgId, period_seconds: i64, period_start: i64, calls: i64) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO usage_counters (org_id, period_seconds, period_start, calls) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (org_id, period_seconds, period_start) DO UPDATE SET calls = excluded.calls",
+        )
+        .bind(org.0)
+        .bind(period_seconds)
+        .bind(period_start)
+        .bind(calls)
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn list_usage(&self, org: OrgId, limit: u32) -> StoreResult<Vec<UsageRow>> {
+        let rows = sqlx::query(
+            "SELECT period_seconds, period_start, calls FROM usage_counters WHERE org_id = ? \
+             ORDER BY period_start DESC, period_seconds LIMIT ?",
+        )
+        .bind(org.0)
+        .bind(limit as i64)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| UsageRow { period_seconds: r.get(0), period_start: r.get(1), calls: r.get(2) })
+            .collect())
     }
 }

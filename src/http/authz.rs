@@ -1,0 +1,71 @@
+//! `/authz`: a reverse proxy's sub-request (nginx `auth_request`, Traefik ForwardAuth, Envoy
+//! ext_authz HTTP) decided exactly as an API call: the same `authorize_api_request`.
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use utoipa_axum::router::OpenApiRouter;
+
+use super::cloud::{SESSION_COOKIE, SESSION_HEADER, denial_response, rate_headers};
+use super::error::{ApiError, ErrorBody};
+use super::extract::AppState;
+
+/// Any method: Envoy's ext_authz sends the sub-request with the original method. (Its
+/// OpenAPI entry is listed in `http::ApiDoc`, since `routes!` would register GET only.)
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().route("/authz", axum::routing::any(authz))
+}
+
+/// The original method: `X-Original-Method` (nginx), `X-Forwarded-Method` (Traefik), else the
+/// sub-request's own method (Envoy forwards the original method as it is).
+fn original_method(req: &Request) -> String {
+    ["x-original-method", "x-forwarded-method"]
+        .iter()
+        .find_map(|h| req.headers().get(*h).and_then(|v| v.to_str().ok()))
+        .map(|m| m.trim().to_ascii_uppercase())
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| req.method().as_str().to_owned())
+}
+
+fn session(req: &Request) -> Option<String> {
+    let from_cookie = req
+        .headers()
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_owned());
+    from_cookie
+        .or_else(|| req.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned))
+        .filter(|t| !t.trim().is_empty())
+}
+
+/// 204 with `X-Keygate-Org-Id` and `X-Keygate-Admin` when the call may go through; otherwise
+/// 401/403/429 with the API's codes.
+#[utoipa::path(get, path = "/authz", tag = "authz",
+    params(
+        ("X-Original-Method" = Option<String>, Header, description = "the method of the request being decided"),
+        ("X-Forwarded-Method" = Option<String>, Header, description = "same, as Traefik sends it"),
+    ),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn authz(State(state): State<AppState>, req: Request) -> Response {
+    let Some(token) = session(&req) else { return ApiError::SessionNotValid.into_response() };
+    let method = original_method(&req);
+    match state.authorize_api_request(&token, &method).await {
+        Ok(Ok(principal)) => {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-keygate-org-id", HeaderValue::from(principal.org_id.0));
+            if let Ok(v) = HeaderValue::from_str(&principal.admin.login) {
+                headers.insert("x-keygate-admin", v);
+            }
+            if let Some(info) = principal.rate {
+                rate_headers(&mut headers, &info);
+            }
+            (StatusCode::NO_CONTENT, headers).into_response()
+        }
+        Ok(Err(denial)) => denial_response(denial),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}

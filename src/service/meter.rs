@@ -1,0 +1,150 @@
+//! Metering (R9): calls are counted in memory on the request path and written to the store
+//! in the background (`flush`, every second, and once more on graceful shutdown). A crash
+//! loses at most the calls counted since the last flush; on one node the in-memory count is
+//! the authority, so a threshold trips exactly when it is exceeded.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::Services;
+use crate::domain::ids::OrgId;
+use crate::domain::org::CallThreshold;
+use crate::domain::time::Millis;
+use crate::store::StoreResult;
+
+/// Periods of orgs without a threshold are counted by the hour.
+pub const DEFAULT_PERIOD_SECS: i64 = 3600;
+
+#[derive(Debug, Clone, Copy)]
+struct Counter {
+    period_seconds: i64,
+    period_start: i64,
+    /// Calls in the period, persisted or not.
+    calls: i64,
+    /// Calls not yet written to the store.
+    unflushed: i64,
+}
+
+#[derive(Default)]
+pub struct Meter {
+    counters: Mutex<HashMap<OrgId, Counter>>,
+    /// Unflushed calls of periods that have ended.
+    pending: Mutex<Vec<(OrgId, i64, i64, i64)>>,
+}
+
+/// The period a call at `now` falls in: `(period_seconds, period_start)`.
+pub fn period_of(threshold: Option<CallThreshold>, now: Millis) -> (i64, i64) {
+    let period = threshold.map(|t| t.period_seconds).unwrap_or(DEFAULT_PERIOD_SECS).max(1);
+    let secs = now.as_secs();
+    (period, secs - secs.rem_euclid(period))
+}
+
+impl Meter {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<OrgId, Counter>> {
+        self.counters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts one call if the org's counter is current; `None` when it must be loaded first.
+    fn try_count(&self, org: OrgId, period: (i64, i64)) -> Option<i64> {
+        let mut counters = self.lock();
+        let c = counters.get_mut(&org)?;
+        if (c.period_seconds, c.period_start) != period {
+            return None;
+        }
+        c.calls += 1;
+        c.unflushed += 1;
+        Some(c.calls)
+    }
+
+    /// Installs a counter for the current period starting from `persisted` calls, then counts.
+    fn install_and_count(&self, org: OrgId, period: (i64, i64), persisted: i64) -> i64 {
+        let mut counters = self.lock();
+        match counters.get_mut(&org) {
+            Some(c) if (c.period_seconds, c.period_start) == period => {}
+            other => {
+                if let Some(old) = other.filter(|c| c.unflushed > 0) {
+                    self.pending.lock().unwrap_or_else(|e| e.into_inner()).push((
+                        org,
+                        old.period_seconds,
+                        old.period_start,
+                        old.unflushed,
+                    ));
+                }
+                counters.insert(
+                    org,
+                    Counter { period_seconds: period.0, period_start: period.1, calls: persisted, unflushed: 0 },
+                );
+            }
+        }
+        let c = counters.get_mut(&org).expect("just inserted");
+        c.calls += 1;
+        c.unflushed += 1;
+        c.calls
+    }
+
+    /// Takes every unflushed count, to be written.
+    fn drain(&self) -> Vec<(OrgId, i64, i64, i64)> {
+        let mut out = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        for (org, c) in self.lock().iter_mut() {
+            if c.unflushed > 0 {
+                out.push((*org, c.period_seconds, c.period_start, c.unflushed));
+                c.unflushed = 0;
+            }
+        }
+        out
+    }
+
+    /// Puts counts back after a failed write, so they are tried again.
+    fn restore(&self, deltas: Vec<(OrgId, i64, i64, i64)>) {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).extend(deltas);
+    }
+
+    /// The in-memory count of the org's current period, if it is loaded.
+    pub fn current(&self, org: OrgId, period: (i64, i64)) -> Option<i64> {
+        self.lock().get(&org).filter(|c| (c.period_seconds, c.period_start) == period).map(|c| c.calls)
+    }
+
+    fn reset(&self, org: OrgId, period: (i64, i64)) {
+        self.lock().insert(org, Counter { period_seconds: period.0, period_start: period.1, calls: 0, unflushed: 0 });
+    }
+}
+
+impl Services {
+    /// Counts one call of `org`; returns the calls in the current period including this one.
+    pub async fn count_call(&self, org: OrgId, threshold: Option<CallThreshold>) -> StoreResult<i64> {
+        let period = period_of(threshold, self.clock.now());
+        if let Some(n) = self.meter.try_count(org, period) {
+            return Ok(n);
+        }
+        let persisted = self.store.usage_calls(org, period.0, period.1).await?;
+        Ok(self.meter.install_and_count(org, period, persisted))
+    }
+
+    /// Writes the counts gathered since the last flush.
+    pub async fn flush_usage(&self) -> StoreResult<()> {
+        let deltas = self.meter.drain();
+        if let Err(e) = self.store.add_usage(&deltas).await {
+            self.meter.restore(deltas);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Starts the org's current period from zero (on re-enable after R9).
+    pub async fn reset_usage(&self, org: OrgId, threshold: Option<CallThreshold>) -> StoreResult<()> {
+        let period = period_of(threshold, self.clock.now());
+        self.flush_usage().await?;
+        self.meter.reset(org, period);
+        self.store.set_usage(org, period.0, period.1, 0).await
+    }
+
+    /// The calls of the org's current period: the in-memory count, else the stored one.
+    pub async fn current_usage(&self, org: OrgId, threshold: Option<CallThreshold>) -> StoreResult<(i64, i64, i64)> {
+        let period = period_of(threshold, self.clock.now());
+        let calls = match self.meter.current(org, period) {
+            Some(n) => n,
+            None => self.store.usage_calls(org, period.0, period.1).await?,
+        };
+        Ok((period.0, period.1, calls))
+    }
+}
