@@ -14,6 +14,8 @@ use crate::domain::key::ApiKeyValue;
 
 const SEAL_VERSION: u8 = 1;
 const NONCE_LEN: usize = 12;
+const CHECK_AAD: &[u8] = b"keygate/master-key-check/v1";
+const CHECK_PLAINTEXT: &[u8] = b"keygate master key check";
 
 /// The 256-bit master key. `Debug` is redacted; the bytes are wiped on drop.
 pub struct MasterKey(Zeroizing<[u8; 32]>);
@@ -92,18 +94,22 @@ impl KeyCipher {
     }
 
     pub fn seal(&self, org: OrgId, key: &ApiKeyValue) -> Vec<u8> {
+        self.seal_raw(&aad(org), key.as_bytes())
+    }
+
+    /// A value sealed for no org, stored beside the data to tell whether a master key is the
+    /// one the data was sealed with.
+    pub fn seal_check(&self) -> Vec<u8> {
+        self.seal_raw(CHECK_AAD, CHECK_PLAINTEXT)
+    }
+
+    pub fn opens_check(&self, sealed: &[u8]) -> bool {
+        self.open_raw(CHECK_AAD, sealed).is_some_and(|p| p.as_slice() == CHECK_PLAINTEXT)
+    }
+
+    fn seal_raw(&self, aad: &[u8], msg: &[u8]) -> Vec<u8> {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
-        let aad = aad(org);
-        let ct = self
-            .aead
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: key.as_bytes(),
-                    aad: &aad,
-                },
-            )
-            .expect("AES-GCM encryption of 12 bytes cannot fail");
+        let ct = self.aead.encrypt(&nonce, Payload { msg, aad }).expect("AES-GCM encryption of a short value cannot fail");
         let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
         out.push(SEAL_VERSION);
         out.extend_from_slice(&nonce);
@@ -111,25 +117,17 @@ impl KeyCipher {
         out
     }
 
-    /// `None` when the blob was not sealed for this org with this master key.
-    pub fn open(&self, org: OrgId, sealed: &[u8]) -> Option<ApiKeyValue> {
+    fn open_raw(&self, aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         if sealed.len() < 1 + NONCE_LEN || sealed[0] != SEAL_VERSION {
             return None;
         }
         let nonce = Nonce::from_slice(&sealed[1..1 + NONCE_LEN]);
-        let aad = aad(org);
-        let plain = Zeroizing::new(
-            self.aead
-                .decrypt(
-                    nonce,
-                    Payload {
-                        msg: &sealed[1 + NONCE_LEN..],
-                        aad: &aad,
-                    },
-                )
-                .ok()?,
-        );
-        ApiKeyValue::from_trusted_bytes(&plain)
+        self.aead.decrypt(nonce, Payload { msg: &sealed[1 + NONCE_LEN..], aad }).ok().map(Zeroizing::new)
+    }
+
+    /// `None` when the blob was not sealed for this org with this master key.
+    pub fn open(&self, org: OrgId, sealed: &[u8]) -> Option<ApiKeyValue> {
+        ApiKeyValue::from_trusted_bytes(&self.open_raw(&aad(org), sealed)?)
     }
 }
 

@@ -178,6 +178,22 @@ impl SqliteStore {
             .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let check: Option<Vec<u8>> = sqlx::query_scalar("SELECT value FROM meta WHERE name = 'master_key_check'")
+            .fetch_optional(&writer)
+            .await?;
+        match check {
+            Some(sealed) if !cipher.opens_check(&sealed) => anyhow::bail!(
+                "the master key does not match this database (was KEYGATE_MASTER_KEY or {} changed?)",
+                dir.join("master.key").display()
+            ),
+            Some(_) => {}
+            None => {
+                sqlx::query("INSERT INTO meta (name, value) VALUES ('master_key_check', ?)")
+                    .bind(cipher.seal_check())
+                    .execute(&writer)
+                    .await?;
+            }
+        }
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))

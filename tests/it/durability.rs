@@ -1009,44 +1009,14 @@ async fn master_key_file_is_private_and_a_wrong_master_key_reveals_nothing() {
         rand::thread_rng().fill(&mut bytes);
         base64::engine::general_purpose::STANDARD.encode(bytes)
     };
+    // The server refuses to start rather than fail on every key later.
     match start_with_env(&data, &log, &[("KEYGATE_MASTER_KEY", wrong.as_str())]) {
-        Err(exit) => eprintln!("wrong master key: refused to start ({exit})"),
-        Ok(mut p) => {
-            let mut seen = Vec::new();
-            match login_at(&p.base, "full@mk", PASSWORD).await {
-                Err((s, b)) => seen.push(format!("login: {s} {b}")),
-                Ok(admin) => {
-                    seen.push("login: 200".into());
-                    let got = admin.key().await;
-                    seen.push(format!("GET apiKey: {} {}", got.0, got.1));
-                    let got = admin
-                        .send(Method::POST, "/admin/v1/apiKey/reveal", None)
-                        .await;
-                    seen.push(format!("reveal: {} {}", got.0, got.1));
-                    let got = try_change(&admin, &Op::Regenerate).await.expect("request");
-                    seen.push(format!("regenerate: {} {}", got.0, got.1));
-                    let got = try_change(&admin, &Op::Edit(random_key()))
-                        .await
-                        .expect("request");
-                    seen.push(format!("edit: {} {}", got.0, got.1));
-                }
-            }
-            let got = provider_at(
-                &p.base,
-                Method::GET,
-                &format!("/provider/v1/orgs/{org_id}"),
-                None,
-            )
-            .await;
-            seen.push(format!("provider GET org: {} {}", got.0, got.1));
-            eprintln!("wrong master key:\n  {}", seen.join("\n  "));
-            for line in &seen {
-                assert!(!line.contains(&key), "the real key was revealed: {line}");
-            }
-            let status = sigterm_and_wait(&mut p, Duration::from_secs(20)).await;
-            assert!(status.success(), "{status}");
-        }
+        Err(exit) => assert!(!exit.ends_with("exit status: 0"), "refused start must exit non-zero: {exit}"),
+        Ok(_) => panic!("keygate started with a master key that does not match its database"),
     }
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(log_text.contains("the master key does not match this database"), "no clear error in the log");
+    assert!(!log_text.contains(&key), "the real key reached the log");
     assert_eq!(
         std::fs::read(&master_path).unwrap(),
         master,
@@ -1082,7 +1052,6 @@ async fn master_key_file_is_private_and_a_wrong_master_key_reveals_nothing() {
 /// in plaintext, and is shown in the org's audit trail. `src/service/auth.rs` says the name is
 /// "cut short ... never all of it if it is long", but the code keeps all of it.
 #[tokio::test]
-#[ignore = "server bug: src/service/auth.rs:76-81 stores the whole mistyped login name (a password) in the audit log"]
 async fn password_typed_as_login_name_is_not_stored_whole() {
     let server = TestServer::start().await;
     server.create_org("typo").await;
@@ -1102,7 +1071,6 @@ async fn password_typed_as_login_name_is_not_stored_whole() {
 /// REPLACE conflict resolution deletes the old row without firing `audit_log_no_delete`
 /// (SQLite fires delete triggers on REPLACE only under `PRAGMA recursive_triggers`).
 #[tokio::test]
-#[ignore = "server bug: migrations/sqlite/0001_core.sql has no trigger against REPLACE on audit_log"]
 async fn database_refuses_audit_replace() {
     let server = TestServer::start().await;
     let org = server.create_org("replace").await;
