@@ -9,6 +9,9 @@ use secrecy::SecretString;
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// `postgres://…` selects the PostgreSQL store (many nodes); unset = embedded SQLite in
+    /// `data_dir`.
+    pub database_url: Option<SecretString>,
     /// Base URL clients see, without `/api/v1`; defaults to `http://{listen}`.
     pub public_base_url: Option<String>,
     /// Provider bearer token to accept (stored hashed).
@@ -34,6 +37,7 @@ impl Config {
         Self {
             listen,
             data_dir,
+            database_url: None,
             public_base_url: None,
             provider_token: None,
             master_key: None,

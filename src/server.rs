@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::crypto::{KeyCipher, MasterKey, PasswordHasher};
 use crate::service::{Services, Settings};
 use crate::store::Store;
+use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 
 pub struct App {
@@ -33,7 +34,17 @@ impl App {
             None => MasterKey::load_or_create(&config.data_dir.join("master.key"))?,
         };
         let cipher = Arc::new(KeyCipher::new(&master));
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir, cipher).await?);
+        let store: Arc<dyn Store> = match &config.database_url {
+            Some(url) if url.expose_secret().starts_with("postgres://") || url.expose_secret().starts_with("postgresql://") => {
+                let hint = match &config.master_key {
+                    Some(_) => std::path::PathBuf::from("KEYGATE_MASTER_KEY"),
+                    None => config.data_dir.join("master.key"),
+                };
+                Arc::new(PostgresStore::open(url.expose_secret(), cipher, &hint).await.context("cannot open the PostgreSQL store")?)
+            }
+            Some(_) => anyhow::bail!("KEYGATE_DATABASE_URL must be a postgres:// URL (unset it for the embedded SQLite store)"),
+            None => Arc::new(SqliteStore::open(&config.data_dir, cipher).await?),
+        };
         let public_base_url = config
             .public_base_url
             .clone()

@@ -51,6 +51,9 @@ pub struct ServeArgs {
     /// Where the embedded database and the master key file live.
     #[arg(long, env = "KEYGATE_DATA_DIR", default_value = "./keygate-data")]
     pub data_dir: PathBuf,
+    /// `postgres://…` to share one PostgreSQL database between nodes; default: embedded SQLite.
+    #[arg(long, env = "KEYGATE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<SecretString>,
     /// Base URL clients reach this service at (shown with the key); default http://LISTEN.
     #[arg(long, env = "KEYGATE_PUBLIC_BASE_URL")]
     pub public_base_url: Option<String>,
@@ -91,6 +94,7 @@ impl ServeArgs {
     fn config(&self, listen: SocketAddr) -> Config {
         let mut c = Config::new(listen, self.data_dir.clone());
         c.public_base_url = self.public_base_url.clone();
+        c.database_url = self.database_url.clone();
         c.provider_token = self.provider_token.clone();
         c.master_key = self.master_key.clone();
         c.console_idle_timeout_secs = self.console_idle_timeout_secs;

@@ -1,0 +1,1013 @@
+//! The SQL both stores share. SQLite and PostgreSQL accept the same statements here (`$N`
+//! parameters, `RETURNING`, `ON CONFLICT`), so one body of code serves both; `sql_store!`
+//! instantiates it for each database's row and connection types. The differences are
+//! passed in: how a write transaction locks an org row, and the case-insensitive `LIKE`.
+
+use super::*;
+
+pub(super) fn map_err(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            StoreError::Unavailable(e.into())
+        }
+        other => StoreError::Internal(other.into()),
+    }
+}
+
+pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+pub(super) const ORG_SELECT: &str = "SELECT o.id, o.name, o.subscription_enabled, o.subscription_expires_at, \
+    o.call_threshold_calls, o.call_threshold_period_s, o.rate_limits, o.key_generation, o.created_at, \
+    k.id AS key_id, k.sealed, k.disabled_reason, k.disabled_note, k.modified_at, \
+    k.modified_by_id, k.modified_by_name \
+    FROM orgs o LEFT JOIN api_keys k ON k.org_id = o.id";
+
+pub(super) fn subscription_json(s: &Subscription) -> serde_json::Value {
+    serde_json::json!({ "enabled": s.enabled, "expiresAt": s.expires_at })
+}
+
+/// The store implementation over one database's types:
+/// `sql_store!(Type, RowType, ConnectionType, lock_org: Option<&str>, like: &str)`.
+macro_rules! sql_store {
+    ($store:ident, $row:ty, $conn:ty, $lock_org:expr, $like:expr) => {
+        use $crate::store::sql::{ORG_SELECT, is_unique_violation, map_err, subscription_json};
+
+        const LIKE: &str = $like;
+
+fn org_from_row(row: &$row) -> StoreResult<OrgRecord> {
+    let get = |e: sqlx::Error| StoreError::Internal(e.into());
+    let key_id: Option<i64> = row.try_get("key_id").map_err(get)?;
+    let key = match key_id {
+        None => None,
+        Some(id) => {
+            let reason: Option<String> = row.try_get("disabled_reason").map_err(get)?;
+            let disabled = match reason {
+                None => None,
+                Some(r) => Some(Disablement {
+                    reason: crate::domain::org::DisableReason::from_db(&r).ok_or_else(|| {
+                        StoreError::Internal(anyhow::anyhow!("unknown disabled_reason in database"))
+                    })?,
+                    note: row.try_get("disabled_note").map_err(get)?,
+                }),
+            };
+            Some(KeyRecord {
+                id: KeyId(id),
+                sealed: row.try_get("sealed").map_err(get)?,
+                disabled,
+                modified_at: Millis(row.try_get("modified_at").map_err(get)?),
+                modified_by_id: row.try_get("modified_by_id").map_err(get)?,
+                modified_by_name: row.try_get("modified_by_name").map_err(get)?,
+            })
+        }
+    };
+    let calls: Option<i64> = row.try_get("call_threshold_calls").map_err(get)?;
+    let period: Option<i64> = row.try_get("call_threshold_period_s").map_err(get)?;
+    Ok(OrgRecord {
+        id: OrgId(row.try_get("id").map_err(get)?),
+        name: row.try_get("name").map_err(get)?,
+        subscription: Subscription {
+            enabled: row.try_get::<bool, _>("subscription_enabled").map_err(get)?,
+            expires_at: row.try_get("subscription_expires_at").map_err(get)?,
+        },
+        call_threshold: calls
+            .zip(period)
+            .map(|(calls, period_seconds)| CallThreshold {
+                calls,
+                period_seconds,
+            }),
+        rate_limits: row.try_get("rate_limits").map_err(get)?,
+        key_generation: row.try_get("key_generation").map_err(get)?,
+        created_at: Millis(row.try_get("created_at").map_err(get)?),
+        key,
+    })
+}
+
+fn admin_from_row(row: &$row) -> StoreResult<AdminRecord> {
+    let get = |e: sqlx::Error| StoreError::Internal(e.into());
+    let role: String = row.try_get("role").map_err(get)?;
+    Ok(AdminRecord {
+        id: AdminId(row.try_get("id").map_err(get)?),
+        org_id: OrgId(row.try_get("org_id").map_err(get)?),
+        login: row.try_get("login_name").map_err(get)?,
+        role: Role::from_db(&role)
+            .ok_or_else(|| StoreError::Internal(anyhow::anyhow!("unknown role in database")))?,
+        password_hash: row.try_get("password_hash").map_err(get)?,
+    })
+}
+
+async fn load_org(conn: &mut $conn, id: OrgId) -> StoreResult<Option<OrgRecord>> {
+    let row = sqlx::query(&format!("{ORG_SELECT} WHERE o.id = $1"))
+        .bind(id.0)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    row.as_ref().map(org_from_row).transpose()
+}
+
+/// Within a write transaction: the org, locked against concurrent changes until commit.
+async fn load_org_required(conn: &mut $conn, id: OrgId) -> StoreResult<OrgRecord> {
+    if let Some(lock) = $lock_org {
+        sqlx::query(lock).bind(id.0).execute(&mut *conn).await.map_err(map_err)?;
+    }
+    load_org(conn, id).await?.ok_or(StoreError::NotFound("org"))
+}
+
+async fn insert_audit(
+    conn: &mut $conn,
+    org: Option<OrgId>,
+    action: AuditAction,
+    key_suffix: Option<String>,
+    details: serde_json::Value,
+    ctx: &Ctx,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (at, org_id, actor_kind, actor_id, actor_name, action, key_suffix, details, client_addr) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(ctx.now.0)
+    .bind(org.map(|o| o.0))
+    .bind(ctx.actor.kind())
+    .bind(ctx.actor.id())
+    .bind(ctx.actor.name())
+    .bind(action.as_str())
+    .bind(key_suffix)
+    .bind(details.to_string())
+    .bind(ctx.client_addr.as_deref())
+    .execute(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+/// Every key change ends the org's API sessions (R7): they were opened with the old key.
+async fn bump_generation(conn: &mut $conn, org: OrgId) -> StoreResult<i64> {
+    sqlx::query("DELETE FROM api_sessions WHERE org_id = $1")
+        .bind(org.0)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    sqlx::query_scalar(
+        "UPDATE orgs SET key_generation = key_generation + 1 WHERE id = $1 RETURNING key_generation",
+    )
+    .bind(org.0)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(map_err)
+}
+
+
+impl $store {
+    /// Refuses a master key that does not open the check value sealed at first start, so a
+    /// wrong key fails the start instead of every key operation later.
+    async fn verify_master_key(&self, where_it_lives: &str) -> anyhow::Result<()> {
+        let check: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE name = 'master_key_check'").fetch_optional(&self.writer).await?;
+        match check {
+            Some(sealed) if !self.cipher.opens_check(&sealed) => anyhow::bail!(
+                "the master key does not match this database (was KEYGATE_MASTER_KEY or {where_it_lives} changed?)"
+            ),
+            Some(_) => Ok(()),
+            None => {
+                sqlx::query("INSERT INTO meta (name, value) VALUES ('master_key_check', $1) ON CONFLICT DO NOTHING")
+                    .bind(self.cipher.seal_check())
+                    .execute(&self.writer)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn insert_admin(
+        conn: &mut $conn,
+        org: OrgId,
+        admin: &NewAdmin,
+        now: Millis,
+    ) -> StoreResult<AdminId> {
+        let res = sqlx::query(
+            "INSERT INTO admins (org_id, login_name, password_hash, role, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(org.0)
+        .bind(admin.login.as_str())
+        .bind(&admin.password_hash)
+        .bind(admin.role.as_str())
+        .bind(now.0)
+        .fetch_one(&mut *conn)
+        .await;
+        match res {
+            Ok(row) => Ok(AdminId(row.get::<i64, _>(0))),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::LoginNameTaken(admin.login.as_str().to_owned()))
+            }
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    async fn insert_key(
+        &self,
+        conn: &mut $conn,
+        org: OrgId,
+        value: &ApiKeyValue,
+        ctx: &Ctx,
+    ) -> StoreResult<()> {
+        let res = sqlx::query(
+            "INSERT INTO api_keys (org_id, sealed, modified_at, modified_by_id, modified_by_name) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(org.0)
+        .bind(self.cipher.seal(org, value))
+        .bind(ctx.now.0)
+        .bind(ctx.actor.id())
+        .bind(ctx.actor.name())
+        .execute(&mut *conn)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            // R1 held by the database even if a caller's check was wrong.
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::Refused(Refusal::KeyAlreadyExists))
+            }
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    async fn provision(
+        &self,
+        conn: &mut $conn,
+        org: OrgId,
+        value: &ApiKeyValue,
+        ctx: &Ctx,
+    ) -> StoreResult<()> {
+        self.insert_key(conn, org, value, ctx).await?;
+        let generation = bump_generation(conn, org).await?;
+        insert_audit(
+            conn,
+            Some(org),
+            AuditAction::KeyProvision,
+            Some(value.suffix()),
+            serde_json::json!({ "generation": generation }),
+            ctx,
+        )
+        .await
+    }
+}
+
+
+#[async_trait]
+impl Store for $store {
+    async fn ready(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn create_org(
+        &self,
+        org: NewOrg,
+        provision: ApiKeyValue,
+        ctx: &Ctx,
+    ) -> StoreResult<OrgRecord> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO orgs (name, subscription_enabled, subscription_expires_at, call_threshold_calls, \
+             call_threshold_period_s, created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(org.name.as_str())
+        .bind(org.subscription.enabled)
+        .bind(org.subscription.expires_at)
+        .bind(org.call_threshold.map(|t| t.calls))
+        .bind(org.call_threshold.map(|t| t.period_seconds))
+        .bind(ctx.now.0)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let org_id = OrgId(id);
+        insert_audit(
+            &mut tx,
+            Some(org_id),
+            AuditAction::OrgCreate,
+            None,
+            serde_json::json!({
+                "name": org.name.as_str(),
+                "subscription": subscription_json(&org.subscription),
+                "callThreshold": org.call_threshold,
+            }),
+            ctx,
+        )
+        .await?;
+        for admin in &org.admins {
+            let admin_id = Self::insert_admin(&mut tx, org_id, admin, ctx.now).await?;
+            insert_audit(
+                &mut tx,
+                Some(org_id),
+                AuditAction::AdminAdd,
+                None,
+                serde_json::json!({ "adminId": admin_id, "loginName": admin.login.as_str(), "role": admin.role }),
+                ctx,
+            )
+            .await?;
+        }
+        if org.subscription.enabled {
+            self.provision(&mut tx, org_id, &provision, ctx).await?;
+        }
+        let record = load_org_required(&mut tx, org_id).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(record)
+    }
+
+    async fn get_org(&self, id: OrgId) -> StoreResult<Option<OrgRecord>> {
+        let mut conn = self.reader.acquire().await.map_err(map_err)?;
+        load_org(&mut conn, id).await
+    }
+
+    async fn list_orgs(
+        &self,
+        page: Page,
+        name_contains: Option<&str>,
+    ) -> StoreResult<(Vec<OrgRecord>, i64)> {
+        let pattern = name_contains.map(|s| {
+            let escaped = s
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        });
+        let rows = sqlx::query(&format!(
+            "{ORG_SELECT} WHERE ($1 IS NULL OR o.name {LIKE} $1 ESCAPE '\\') ORDER BY o.id LIMIT $2 OFFSET $3"
+        ))
+        .bind(&pattern)
+        .bind(page.size as i64)
+        .bind(page.offset())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        let total: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM orgs o WHERE ($1 IS NULL OR o.name {LIKE} $1 ESCAPE '\\')"
+        ))
+        .bind(&pattern)
+        .fetch_one(&self.reader)
+        .await
+        .map_err(map_err)?;
+        let orgs = rows
+            .iter()
+            .map(org_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok((orgs, total))
+    }
+
+    async fn set_subscription(
+        &self,
+        org: OrgId,
+        subscription: Subscription,
+        provision: ApiKeyValue,
+        ctx: &Ctx,
+    ) -> StoreResult<OrgRecord> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let before = load_org_required(&mut tx, org).await?;
+        sqlx::query(
+            "UPDATE orgs SET subscription_enabled = $1, subscription_expires_at = $2 WHERE id = $3",
+        )
+        .bind(subscription.enabled)
+        .bind(subscription.expires_at)
+        .bind(org.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        insert_audit(
+            &mut tx,
+            Some(org),
+            AuditAction::SubscriptionUpdate,
+            None,
+            serde_json::json!({
+                "previous": subscription_json(&before.subscription),
+                "subscription": subscription_json(&subscription),
+            }),
+            ctx,
+        )
+        .await?;
+        if subscription.enabled && !before.subscription.enabled && before.key.is_none() {
+            self.provision(&mut tx, org, &provision, ctx).await?;
+        }
+        let record = load_org_required(&mut tx, org).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(record)
+    }
+
+    async fn provider_key_action(
+        &self,
+        org: OrgId,
+        action: ProviderKeyAction,
+        ctx: &Ctx,
+    ) -> StoreResult<OrgRecord> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let before = load_org_required(&mut tx, org).await?;
+        let key = before.key.as_ref().ok_or(StoreError::NotFound("key"))?;
+        let suffix = self.open_key(org, key)?.suffix();
+        let action = match action {
+            ProviderKeyAction::AutoDisable(_) if key.disabled.is_some() => {
+                tx.rollback().await.map_err(map_err)?;
+                return Ok(before);
+            }
+            ProviderKeyAction::AutoDisable(d) => ProviderKeyAction::Disable(d),
+            other => other,
+        };
+        match action {
+            ProviderKeyAction::AutoDisable(_) => unreachable!("mapped to Disable above"),
+            ProviderKeyAction::Disable(d) => {
+                sqlx::query(
+                    "UPDATE api_keys SET disabled_reason = $1, disabled_note = $2 WHERE org_id = $3",
+                )
+                .bind(d.reason.as_str())
+                .bind(&d.note)
+                .bind(org.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                let generation = bump_generation(&mut tx, org).await?;
+                insert_audit(
+                    &mut tx,
+                    Some(org),
+                    AuditAction::KeyDisable,
+                    Some(suffix),
+                    serde_json::json!({ "reason": d.reason, "note": d.note, "generation": generation }),
+                    ctx,
+                )
+                .await?;
+            }
+            ProviderKeyAction::Enable => {
+                if key.disabled.is_none() {
+                    // Already enabled: nothing changes, so nothing to audit.
+                    tx.rollback().await.map_err(map_err)?;
+                    return Ok(before);
+                }
+                sqlx::query("UPDATE api_keys SET disabled_reason = NULL, disabled_note = NULL WHERE org_id = $1")
+                    .bind(org.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                let generation = bump_generation(&mut tx, org).await?;
+                insert_audit(
+                    &mut tx,
+                    Some(org),
+                    AuditAction::KeyEnable,
+                    Some(suffix),
+                    serde_json::json!({ "generation": generation }),
+                    ctx,
+                )
+                .await?;
+            }
+        }
+        let record = load_org_required(&mut tx, org).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(record)
+    }
+
+    async fn add_admin(&self, org: OrgId, admin: NewAdmin, ctx: &Ctx) -> StoreResult<AdminRecord> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        load_org_required(&mut tx, org).await?;
+        let id = Self::insert_admin(&mut tx, org, &admin, ctx.now).await?;
+        insert_audit(
+            &mut tx,
+            Some(org),
+            AuditAction::AdminAdd,
+            None,
+            serde_json::json!({ "adminId": id, "loginName": admin.login.as_str(), "role": admin.role }),
+            ctx,
+        )
+        .await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(AdminRecord {
+            id,
+            org_id: org,
+            login: admin.login.as_str().to_owned(),
+            role: admin.role,
+            password_hash: admin.password_hash,
+        })
+    }
+
+    async fn remove_admin(&self, org: OrgId, admin: AdminId, ctx: &Ctx) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let row = sqlx::query("SELECT * FROM admins WHERE id = $1 AND org_id = $2")
+            .bind(admin.0)
+            .bind(org.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let record = admin_from_row(&row.ok_or(StoreError::NotFound("admin"))?)?;
+        for table in ["console_sessions", "api_sessions"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE admin_id = $1"))
+                .bind(admin.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        sqlx::query("DELETE FROM admins WHERE id = $1")
+            .bind(admin.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        insert_audit(
+            &mut tx,
+            Some(org),
+            AuditAction::AdminRemove,
+            None,
+            serde_json::json!({ "adminId": admin, "loginName": record.login, "role": record.role }),
+            ctx,
+        )
+        .await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn list_admins(&self, org: OrgId) -> StoreResult<Vec<AdminRecord>> {
+        let rows = sqlx::query("SELECT * FROM admins WHERE org_id = $1 ORDER BY id")
+            .bind(org.0)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(admin_from_row).collect()
+    }
+
+    async fn find_admin_by_login(&self, login: &LoginName) -> StoreResult<Option<AdminRecord>> {
+        let row = sqlx::query("SELECT * FROM admins WHERE login_name = $1")
+            .bind(login.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(admin_from_row).transpose()
+    }
+
+    async fn get_admin(&self, id: AdminId) -> StoreResult<Option<AdminRecord>> {
+        let row = sqlx::query("SELECT * FROM admins WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(admin_from_row).transpose()
+    }
+
+    async fn change_key(
+        &self,
+        org: OrgId,
+        admin: AdminId,
+        change: KeyChange,
+        ctx: &Ctx,
+    ) -> StoreResult<OrgRecord> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        // The admin's role is read inside the transaction: a demotion or removal that
+        // committed first wins.
+        let admin_row = sqlx::query("SELECT * FROM admins WHERE id = $1 AND org_id = $2")
+            .bind(admin.0)
+            .bind(org.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let admin = admin_from_row(&admin_row.ok_or(StoreError::Refused(Refusal::NotAuthorized))?)?;
+        let before = load_org_required(&mut tx, org).await?;
+        let current = before
+            .key
+            .as_ref()
+            .map(|k| self.open_key(org, k))
+            .transpose()?;
+        key_change::decide(
+            &change,
+            admin.role,
+            before.subscription.state_at(ctx.now),
+            &before.key_presence(),
+            current.as_ref(),
+        )
+        .map_err(StoreError::Refused)?;
+
+        let (action, suffix) = match &change {
+            KeyChange::Add(value) => {
+                self.insert_key(&mut tx, org, value, ctx).await?;
+                (AuditAction::KeyAdd, value.suffix())
+            }
+            KeyChange::Edit(value) | KeyChange::Regenerate(value) => {
+                sqlx::query(
+                    "UPDATE api_keys SET sealed = $1, modified_at = $2, modified_by_id = $3, modified_by_name = $4 \
+                     WHERE org_id = $5",
+                )
+                .bind(self.cipher.seal(org, value))
+                .bind(ctx.now.0)
+                .bind(ctx.actor.id())
+                .bind(ctx.actor.name())
+                .bind(org.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                let action = if matches!(change, KeyChange::Edit(_)) {
+                    AuditAction::KeyEdit
+                } else {
+                    AuditAction::KeyRegenerate
+                };
+                (action, value.suffix())
+            }
+            KeyChange::Delete => {
+                sqlx::query("DELETE FROM api_keys WHERE org_id = $1")
+                    .bind(org.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                let old = current
+                    .as_ref()
+                    .map(ApiKeyValue::suffix)
+                    .unwrap_or_default();
+                (AuditAction::KeyDelete, old)
+            }
+        };
+        let generation = bump_generation(&mut tx, org).await?;
+        insert_audit(
+            &mut tx,
+            Some(org),
+            action,
+            Some(suffix),
+            serde_json::json!({
+                "previousKeySuffix": current.as_ref().map(ApiKeyValue::suffix),
+                "generation": generation,
+            }),
+            ctx,
+        )
+        .await?;
+        let record = load_org_required(&mut tx, org).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(record)
+    }
+
+    async fn reveal_key(&self, org: OrgId, ctx: &Ctx) -> StoreResult<ApiKeyValue> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let record = load_org_required(&mut tx, org).await?;
+        let key = record
+            .key
+            .as_ref()
+            .ok_or(StoreError::Refused(Refusal::NoKey))?;
+        let value = self.open_key(org, key)?;
+        insert_audit(
+            &mut tx,
+            Some(org),
+            AuditAction::KeyReveal,
+            Some(value.suffix()),
+            serde_json::json!({}),
+            ctx,
+        )
+        .await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(value)
+    }
+
+    fn open_key(&self, org: OrgId, key: &KeyRecord) -> StoreResult<ApiKeyValue> {
+        self.cipher.open(org, &key.sealed).ok_or_else(|| {
+            StoreError::Internal(anyhow::anyhow!(
+                "a stored key does not open: wrong master key or damaged row"
+            ))
+        })
+    }
+
+    async fn append_audit(
+        &self,
+        org: Option<OrgId>,
+        action: AuditAction,
+        details: serde_json::Value,
+        ctx: &Ctx,
+    ) -> StoreResult<()> {
+        let mut conn = self.writer.acquire().await.map_err(map_err)?;
+        insert_audit(&mut conn, org, action, None, details, ctx).await
+    }
+
+    async fn list_audit(
+        &self,
+        filter: AuditFilter,
+        page: Page,
+    ) -> StoreResult<(Vec<AuditRecord>, i64)> {
+        const WHERE: &str = "WHERE ($1 IS NULL OR org_id = $1) AND ($2 IS NULL OR at >= $2) AND ($3 IS NULL OR at <= $3)";
+        let rows = sqlx::query(&format!(
+            "SELECT * FROM audit_log {WHERE} ORDER BY id DESC LIMIT $4 OFFSET $5"
+        ))
+        .bind(filter.org.map(|o| o.0))
+        .bind(filter.from.map(|m| m.0))
+        .bind(filter.to.map(|m| m.0))
+        .bind(page.size as i64)
+        .bind(page.offset())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM audit_log {WHERE}"))
+            .bind(filter.org.map(|o| o.0))
+            .bind(filter.from.map(|m| m.0))
+            .bind(filter.to.map(|m| m.0))
+            .fetch_one(&self.reader)
+            .await
+            .map_err(map_err)?;
+        let get = |e: sqlx::Error| StoreError::Internal(e.into());
+        let records = rows
+            .iter()
+            .map(|r| {
+                let details: String = r.try_get("details").map_err(get)?;
+                Ok(AuditRecord {
+                    id: AuditId(r.try_get("id").map_err(get)?),
+                    time: r.try_get("at").map_err(get)?,
+                    org_id: r
+                        .try_get::<Option<i64>, _>("org_id")
+                        .map_err(get)?
+                        .map(OrgId),
+                    actor_type: r.try_get("actor_kind").map_err(get)?,
+                    actor_id: r.try_get("actor_id").map_err(get)?,
+                    actor_name: r.try_get("actor_name").map_err(get)?,
+                    action: r.try_get("action").map_err(get)?,
+                    key_suffix: r.try_get("key_suffix").map_err(get)?,
+                    details: serde_json::from_str(&details).unwrap_or(serde_json::Value::Null),
+                    client_address: r.try_get("client_addr").map_err(get)?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok((records, total))
+    }
+
+    async fn add_provider_token(
+        &self,
+        token_hash: &str,
+        label: &str,
+        now: Millis,
+    ) -> StoreResult<()> {
+        sqlx::query("INSERT INTO provider_tokens (token_hash, label, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(token_hash)
+            .bind(label)
+            .bind(now.0)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn count_provider_tokens(&self) -> StoreResult<i64> {
+        sqlx::query_scalar("SELECT count(*) FROM provider_tokens")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn find_provider_token(&self, token_hash: &str) -> StoreResult<Option<i64>> {
+        sqlx::query_scalar("SELECT id FROM provider_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn create_console_session(
+        &self,
+        id_hash: &str,
+        admin: AdminId,
+        csrf_hash: &str,
+        now: Millis,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO console_sessions (id_hash, admin_id, csrf_hash, created_at, last_seen_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id_hash)
+        .bind(admin.0)
+        .bind(csrf_hash)
+        .bind(now.0)
+        .bind(now.0)
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn get_console_session(&self, id_hash: &str) -> StoreResult<Option<ConsoleSession>> {
+        let row = sqlx::query("SELECT admin_id, csrf_hash, created_at, last_seen_at FROM console_sessions WHERE id_hash = $1")
+            .bind(id_hash)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?;
+        Ok(row.map(|r| ConsoleSession {
+            admin_id: AdminId(r.get("admin_id")),
+            csrf_hash: r.get("csrf_hash"),
+            created_at: Millis(r.get("created_at")),
+            last_seen_at: Millis(r.get("last_seen_at")),
+        }))
+    }
+
+    async fn touch_console_session(&self, id_hash: &str, now: Millis) -> StoreResult<()> {
+        sqlx::query("UPDATE console_sessions SET last_seen_at = $1 WHERE id_hash = $2")
+            .bind(now.0)
+            .bind(id_hash)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn delete_console_session(&self, id_hash: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM console_sessions WHERE id_hash = $1")
+            .bind(id_hash)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn create_api_session(
+        &self,
+        id_hash: &str,
+        admin: &AdminRecord,
+        generation: i64,
+        now: Millis,
+    ) -> StoreResult<()> {
+        // Only if the generation is still current: a key change that committed after the
+        // login checked the key must not let this session through.
+        let res = sqlx::query(
+            "INSERT INTO api_sessions (id_hash, org_id, admin_id, generation, created_at, last_seen_at) \
+             SELECT $1, id, $2, key_generation, $3, $4 FROM orgs WHERE id = $5 AND key_generation = $6",
+        )
+        .bind(id_hash)
+        .bind(admin.id.0)
+        .bind(now.0)
+        .bind(now.0)
+        .bind(admin.org_id.0)
+        .bind(generation)
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        if res.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound("current key generation"))
+        }
+    }
+
+    async fn get_api_session(&self, id_hash: &str) -> StoreResult<Option<ApiSessionView>> {
+        let row = sqlx::query(
+            "SELECT s.generation, s.created_at AS s_created, s.last_seen_at, \
+                    o.key_generation, o.subscription_enabled, o.subscription_expires_at, \
+                    o.call_threshold_calls, o.call_threshold_period_s, o.rate_limits, \
+                    a.id, a.org_id, a.login_name, a.password_hash, a.role, \
+                    k.id AS key_id, k.disabled_reason, k.disabled_note \
+             FROM api_sessions s JOIN orgs o ON o.id = s.org_id JOIN admins a ON a.id = s.admin_id \
+             LEFT JOIN api_keys k ON k.org_id = s.org_id WHERE s.id_hash = $1",
+        )
+        .bind(id_hash)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(map_err)?;
+        let Some(r) = row else { return Ok(None) };
+        let get = |e: sqlx::Error| StoreError::Internal(e.into());
+        let reason: Option<String> = r.try_get("disabled_reason").map_err(get)?;
+        let calls: Option<i64> = r.try_get("call_threshold_calls").map_err(get)?;
+        let period: Option<i64> = r.try_get("call_threshold_period_s").map_err(get)?;
+        Ok(Some(ApiSessionView {
+            call_threshold: calls.zip(period).map(|(calls, period_seconds)| CallThreshold { calls, period_seconds }),
+            rate_limits: r.try_get("rate_limits").map_err(get)?,
+            org_id: OrgId(r.try_get("org_id").map_err(get)?),
+            admin: admin_from_row(&r)?,
+            generation: r.try_get("generation").map_err(get)?,
+            created_at: Millis(r.try_get("s_created").map_err(get)?),
+            last_seen_at: Millis(r.try_get("last_seen_at").map_err(get)?),
+            current_generation: r.try_get("key_generation").map_err(get)?,
+            subscription: Subscription {
+                enabled: r.try_get::<bool, _>("subscription_enabled").map_err(get)?,
+                expires_at: r.try_get("subscription_expires_at").map_err(get)?,
+            },
+            key_present: r
+                .try_get::<Option<i64>, _>("key_id")
+                .map_err(get)?
+                .is_some(),
+            key_disabled: reason
+                .and_then(|r0| crate::domain::org::DisableReason::from_db(&r0))
+                .map(|reason| Disablement {
+                    reason,
+                    note: r.try_get("disabled_note").ok().flatten(),
+                }),
+        }))
+    }
+
+    async fn touch_api_session(&self, id_hash: &str, now: Millis) -> StoreResult<()> {
+        sqlx::query("UPDATE api_sessions SET last_seen_at = $1 WHERE id_hash = $2")
+            .bind(now.0)
+            .bind(id_hash)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn delete_api_session(&self, id_hash: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM api_sessions WHERE id_hash = $1")
+            .bind(id_hash)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn set_limits(
+        &self,
+        org: OrgId,
+        threshold: Option<CallThreshold>,
+        rate_limits: Option<String>,
+        ctx: &Ctx,
+    ) -> StoreResult<OrgRecord> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let before = load_org_required(&mut tx, org).await?;
+        sqlx::query(
+            "UPDATE orgs SET call_threshold_calls = $1, call_threshold_period_s = $2, rate_limits = $3 WHERE id = $4",
+        )
+        .bind(threshold.map(|t| t.calls))
+        .bind(threshold.map(|t| t.period_seconds))
+        .bind(&rate_limits)
+        .bind(org.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let rules: Option<serde_json::Value> = rate_limits.as_deref().and_then(|r| serde_json::from_str(r).ok());
+        let previous: Option<serde_json::Value> = before.rate_limits.as_deref().and_then(|r| serde_json::from_str(r).ok());
+        insert_audit(
+            &mut tx,
+            Some(org),
+            AuditAction::LimitsUpdate,
+            None,
+            serde_json::json!({
+                "callThreshold": threshold, "rateLimits": rules,
+                "previous": {"callThreshold": before.call_threshold, "rateLimits": previous},
+            }),
+            ctx,
+        )
+        .await?;
+        let record = load_org_required(&mut tx, org).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(record)
+    }
+
+    async fn add_usage(&self, deltas: &[(OrgId, i64, i64, i64)]) -> StoreResult<()> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        for (org, period, start, calls) in deltas {
+            sqlx::query(
+                "INSERT INTO usage_counters (org_id, period_seconds, period_start, calls) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (org_id, period_seconds, period_start) DO UPDATE SET calls = usage_counters.calls + excluded.calls",
+            )
+            .bind(org.0)
+            .bind(period)
+            .bind(start)
+            .bind(calls)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn usage_calls(&self, org: OrgId, period_seconds: i64, period_start: i64) -> StoreResult<i64> {
+        let calls: Option<i64> = sqlx::query_scalar(
+            "SELECT calls FROM usage_counters WHERE org_id = $1 AND period_seconds = $2 AND period_start = $3",
+        )
+        .bind(org.0)
+        .bind(period_seconds)
+        .bind(period_start)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(map_err)?;
+        Ok(calls.unwrap_or(0))
+    }
+
+    async fn set_usage(&self, org: OrgId, period_seconds: i64, period_start: i64, calls: i64) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO usage_counters (org_id, period_seconds, period_start, calls) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (org_id, period_seconds, period_start) DO UPDATE SET calls = excluded.calls",
+        )
+        .bind(org.0)
+        .bind(period_seconds)
+        .bind(period_start)
+        .bind(calls)
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn list_usage(&self, org: OrgId, limit: u32) -> StoreResult<Vec<UsageRow>> {
+        let rows = sqlx::query(
+            "SELECT period_seconds, period_start, calls FROM usage_counters WHERE org_id = $1 \
+             ORDER BY period_start DESC, period_seconds LIMIT $2",
+        )
+        .bind(org.0)
+        .bind(limit as i64)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| UsageRow { period_seconds: r.get(0), period_start: r.get(1), calls: r.get(2) })
+            .collect())
+    }
+}
+
+    };
+}
+
+pub(crate) use sql_store;
