@@ -28,8 +28,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How many argon2id hashes may run at once.
     pub password_hash_concurrency: usize,
-    /// Marks cookies `Secure` (set when the public URL is https).
-    pub secure_cookies: bool,
+    /// argon2id cost; OWASP unless a test or benchmark builds the app itself.
+    pub password_hash_params: crate::crypto::password::HashParams,
 }
 
 impl Config {
@@ -51,7 +51,7 @@ impl Config {
             password_hash_concurrency: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
-            secure_cookies: false,
+            password_hash_params: Default::default(),
         }
     }
 }

@@ -54,7 +54,7 @@ impl App {
         let services = Arc::new(Services {
             store,
             clock: clock.clone(),
-            hasher: PasswordHasher::new(config.password_hash_concurrency),
+            hasher: PasswordHasher::with_params(config.password_hash_concurrency, config.password_hash_params),
             settings: Settings {
                 public_base_url,
                 console_idle_timeout_secs: config.console_idle_timeout_secs,

@@ -50,6 +50,11 @@ impl TestServer {
         let mut config = Config::new(addr, dir.path().to_path_buf());
         config.provider_token = Some(SecretString::from(PROVIDER_TOKEN));
         config.password_hash_concurrency = 2;
+        // Thousands of logins run in this suite; OWASP cost is tested in crypto::password.
+        config.password_hash_params = keygate::crypto::password::HashParams { m_kib: 1024, t: 1, p: 1 };
+        if let Some(url) = test_database_url(dir.path()).await {
+            config.database_url = Some(SecretString::from(url));
+        }
         tweak(&mut config);
         let clock = ManualClock::new(Millis::from_secs(T0_SECS));
         let app = App::build(&config, clock.clone())
@@ -77,8 +82,7 @@ impl TestServer {
         if let Some(task) = self.task.take() {
             task.await.expect("server task").expect("server ran");
         }
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        dir
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -330,5 +334,105 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- the store under test
+
+/// Set to a PostgreSQL URL (e.g. `postgres://postgres@127.0.0.1/test`) to run the whole suite
+/// on PostgreSQL: every server gets a fresh database named `kg_test_…`, remembered in its
+/// data directory so a restart on the same directory finds the same database. `.ci/run`
+/// drops them all after the run.
+pub const PG_ENV: &str = "KEYGATE_TEST_DATABASE_URL";
+
+pub fn on_postgres() -> bool {
+    std::env::var(PG_ENV).is_ok_and(|u| !u.is_empty())
+}
+
+async fn test_database_url(data_dir: &Path) -> Option<String> {
+    use sqlx::Connection;
+    let admin_url = std::env::var(PG_ENV).ok().filter(|u| !u.is_empty())?;
+    let marker = data_dir.join("test-database-name");
+    let (base, _) = admin_url.rsplit_once('/').expect("a database URL with a path");
+    if let Ok(name) = std::fs::read_to_string(&marker) {
+        return Some(format!("{base}/{name}"));
+    }
+    let name = format!("kg_test_{}", keygate::crypto::token::random_token()[..16].to_ascii_lowercase().replace(['-', '_'], "x"));
+    let mut conn = sqlx::PgConnection::connect(&admin_url).await.expect("connect to the PostgreSQL admin URL");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+    std::fs::write(&marker, &name).expect("remember the test database");
+    Some(format!("{base}/{name}"))
+}
+
+/// A direct connection to the database of a (stopped or running) test server, whichever
+/// store it used, for tests that check what the database itself holds or refuses. SQL uses
+/// `$N` parameters, which both databases accept.
+pub enum Db {
+    Sqlite(sqlx::SqliteConnection),
+    Pg(sqlx::PgConnection),
+}
+
+pub enum Arg {
+    I(i64),
+    B(Vec<u8>),
+}
+
+macro_rules! bind_all {
+    ($q:expr, $args:expr) => {{
+        let mut q = $q;
+        for a in $args {
+            q = match a {
+                Arg::I(i) => q.bind(*i),
+                Arg::B(b) => q.bind(b.clone()),
+            };
+        }
+        q
+    }};
+}
+
+impl Db {
+    pub async fn open(data_dir: &Path) -> Db {
+        use sqlx::Connection;
+        match std::fs::read_to_string(data_dir.join("test-database-name")) {
+            Ok(name) => {
+                let admin_url = std::env::var(PG_ENV).expect("a PostgreSQL test run");
+                let (base, _) = admin_url.rsplit_once('/').unwrap();
+                Db::Pg(sqlx::PgConnection::connect(&format!("{base}/{name}")).await.expect("connect"))
+            }
+            Err(_) => {
+                let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(data_dir.join("keygate.db"))
+                    .create_if_missing(false);
+                Db::Sqlite(sqlx::SqliteConnection::connect_with(&opts).await.expect("open keygate.db"))
+            }
+        }
+    }
+
+    pub async fn execute(&mut self, sql: &str, args: &[Arg]) -> Result<u64, sqlx::Error> {
+        match self {
+            Db::Sqlite(c) => bind_all!(sqlx::query(sql), args).execute(&mut *c).await.map(|r| r.rows_affected()),
+            Db::Pg(c) => bind_all!(sqlx::query(sql), args).execute(&mut *c).await.map(|r| r.rows_affected()),
+        }
+    }
+
+    pub async fn i64(&mut self, sql: &str, args: &[Arg]) -> i64 {
+        match self {
+            Db::Sqlite(c) => bind_all!(sqlx::query_scalar(sql), args).fetch_one(&mut *c).await.expect("query"),
+            Db::Pg(c) => bind_all!(sqlx::query_scalar(sql), args).fetch_one(&mut *c).await.expect("query"),
+        }
+    }
+
+    pub async fn strings(&mut self, sql: &str, args: &[Arg]) -> Vec<String> {
+        match self {
+            Db::Sqlite(c) => bind_all!(sqlx::query_scalar(sql), args).fetch_all(&mut *c).await.expect("query"),
+            Db::Pg(c) => bind_all!(sqlx::query_scalar(sql), args).fetch_all(&mut *c).await.expect("query"),
+        }
+    }
+
+    pub async fn id_and_text(&mut self, sql: &str, args: &[Arg]) -> Vec<(i64, String)> {
+        match self {
+            Db::Sqlite(c) => bind_all!(sqlx::query_as(sql), args).fetch_all(&mut *c).await.expect("query"),
+            Db::Pg(c) => bind_all!(sqlx::query_as(sql), args).fetch_all(&mut *c).await.expect("query"),
+        }
     }
 }
