@@ -94,6 +94,25 @@ impl Meter {
         out
     }
 
+    /// After a flush: every node's counts are in the store, so the store's total for the
+    /// period plus what this node counted since is the deployment-wide count (R9 across
+    /// nodes, at most one flush interval behind).
+    fn sync(&self, org: OrgId, period: (i64, i64), stored_total: i64) {
+        if let Some(c) = self.lock().get_mut(&org) {
+            if (c.period_seconds, c.period_start) == period {
+                c.calls = stored_total + c.unflushed;
+            }
+        }
+    }
+
+    /// The counters of periods still running at `now`; ended, fully written ones are dropped
+    /// so the map holds only active orgs.
+    fn current_periods(&self, now: Millis) -> Vec<(OrgId, (i64, i64))> {
+        let mut counters = self.lock();
+        counters.retain(|_, c| c.unflushed > 0 || now.as_secs() < c.period_start + c.period_seconds);
+        counters.iter().map(|(o, c)| (*o, (c.period_seconds, c.period_start))).collect()
+    }
+
     /// Puts counts back after a failed write, so they are tried again.
     fn restore(&self, deltas: Vec<(OrgId, i64, i64, i64)>) {
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).extend(deltas);
@@ -120,12 +139,17 @@ impl Services {
         Ok(self.meter.install_and_count(org, period, persisted))
     }
 
-    /// Writes the counts gathered since the last flush.
+    /// Writes the counts gathered since the last flush, then reads back each active org's
+    /// deployment-wide total (other nodes flush theirs too).
     pub async fn flush_usage(&self) -> StoreResult<()> {
         let deltas = self.meter.drain();
         if let Err(e) = self.store.add_usage(&deltas).await {
             self.meter.restore(deltas);
             return Err(e);
+        }
+        for (org, period) in self.meter.current_periods(self.clock.now()) {
+            let total = self.store.usage_calls(org, period.0, period.1).await?;
+            self.meter.sync(org, period, total);
         }
         Ok(())
     }
