@@ -68,6 +68,8 @@ impl App {
             reports: Default::default(),
             rate_limits: crate::service::limits::RateLimits::new(clock.clone()),
             meter: Default::default(),
+            // Exact only while this process owns the database: the embedded store.
+            cache: crate::service::cache::ViewCache::new(config.database_url.is_none()),
         });
         let generated_provider_token = services
             .bootstrap_provider_token(config.provider_token.as_ref().map(|t| t.expose_secret()))
@@ -98,12 +100,15 @@ pub async fn serve(
                 if let Err(e) = services.flush_usage().await {
                     tracing::warn!(error = %e, "usage flush failed; will retry");
                 }
+                let s = &services.settings;
+                services.cache.sweep(services.clock.now(), s.api_idle_timeout_secs, s.api_max_lifetime_secs);
             }
         }
     });
     let service = app.router.into_make_service_with_connect_info::<SocketAddr>();
     let served = axum::serve(listener, service).with_graceful_shutdown(shutdown).await;
     flusher.abort();
+    let _ = flusher.await;
     // Graceful shutdown loses no count.
     services.flush_usage().await.map_err(|e| anyhow::anyhow!("final usage flush failed: {e}"))?;
     served?;

@@ -327,7 +327,7 @@ async fn zcon_logout_unprefixed(
 /// The org's key if its id is `raw_id`; 404 otherwise.
 async fn key_by_id(state: &AppState, p: &ApiPrincipal, raw_id: &str) -> ApiResult<KeyObject> {
     let id = parse_id("id", raw_id)?;
-    let org = state.admin_org(&p.admin).await?;
+    let org = state.org_for_request(&p).await?;
     match state.key_object(&org, Shown::Full)? {
         Some(k) if k.id == id => Ok(k),
         _ => Err(ApiError::NotFound(format!("No API key with id {id}"))),
@@ -358,7 +358,7 @@ async fn list_keys(
     State(state): State<AppState>,
     ApiCall(p): ApiCall,
 ) -> ApiResult<Json<Vec<KeyObject>>> {
-    let org = state.admin_org(&p.admin).await?;
+    let org = state.org_for_request(&p).await?;
     Ok(Json(
         state.key_object(&org, Shown::Full)?.into_iter().collect(),
     ))

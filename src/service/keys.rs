@@ -88,11 +88,26 @@ impl Services {
         }))
     }
 
+    /// The admin's org, from the cache if it holds it. Never fills the cache: only a caller
+    /// holding the org's gate may (see `org_for_request`).
     pub async fn admin_org(&self, admin: &AdminRecord) -> StoreResult<OrgRecord> {
-        self.store
-            .get_org(admin.org_id)
-            .await?
-            .ok_or(StoreError::NotFound("org"))
+        match self.cache.org(admin.org_id) {
+            Some(org) => Ok(org),
+            None => self.store.get_org(admin.org_id).await?.ok_or(StoreError::NotFound("org")),
+        }
+    }
+
+    /// The org of an admitted API call, filling the cache: the call holds the org's gate, so
+    /// no change can commit between the read and the fill.
+    pub async fn org_for_request(&self, p: &crate::service::sessions::ApiPrincipal) -> StoreResult<OrgRecord> {
+        if let Some(org) = self.cache.org(p.org_id) {
+            return Ok(org);
+        }
+        let org = self.store.get_org(p.org_id).await?.ok_or(StoreError::NotFound("org"))?;
+        if p.holds_gate() {
+            self.cache.put_org(&org);
+        }
+        Ok(org)
     }
 
     /// Applies an admin's change and returns the key afterwards (`None` after a delete).
@@ -110,7 +125,7 @@ impl Services {
             }
             KeyChangeRequest::Delete => KeyChange::Delete,
         };
-        let _pass = self.gate.change(admin.org_id).await;
+        let _pass = self.begin_change(admin.org_id).await;
         let ctx: Ctx = self.ctx(admin.actor(), client_addr);
         let org = self
             .store

@@ -1,6 +1,7 @@
 //! The operations both HTTP APIs (and the CLI's demo) share: one implementation of every rule.
 
 pub mod auth;
+pub mod cache;
 pub mod gate;
 pub mod keys;
 pub mod limits;
@@ -39,6 +40,7 @@ pub struct Services {
     pub reports: reports::ReportStore,
     pub rate_limits: limits::RateLimits,
     pub meter: meter::Meter,
+    pub cache: cache::ViewCache,
 }
 
 impl Services {
@@ -52,5 +54,26 @@ impl Services {
 
     pub fn api_base_url(&self) -> String {
         format!("{}/api/v1", self.settings.public_base_url)
+    }
+}
+
+/// Held by every change to an org: the org's gate for writing, and on drop (after the
+/// change committed or failed, before the gate opens) the org's cached entries are forgotten.
+pub struct ChangeGuard<'a> {
+    services: &'a Services,
+    org: crate::domain::ids::OrgId,
+    _pass: gate::ChangePass,
+}
+
+impl Drop for ChangeGuard<'_> {
+    fn drop(&mut self) {
+        self.services.cache.forget_org(self.org);
+    }
+}
+
+impl Services {
+    pub async fn begin_change(&self, org: crate::domain::ids::OrgId) -> ChangeGuard<'_> {
+        let pass = self.gate.change(org).await;
+        ChangeGuard { services: self, org, _pass: pass }
     }
 }

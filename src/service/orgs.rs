@@ -66,7 +66,7 @@ impl Services {
         actor: Actor,
         client: Option<String>,
     ) -> StoreResult<OrgRecord> {
-        let _pass = self.gate.change(org).await;
+        let _pass = self.begin_change(org).await;
         let ctx = self.ctx(actor, client);
         self.store
             .set_subscription(
@@ -85,7 +85,7 @@ impl Services {
         actor: Actor,
         client: Option<String>,
     ) -> StoreResult<OrgRecord> {
-        let _pass = self.gate.change(org).await;
+        let _pass = self.begin_change(org).await;
         let ctx = self.ctx(actor, client);
         self.store
             .provider_key_action(org, ProviderKeyAction::Disable(d), &ctx)
@@ -98,7 +98,7 @@ impl Services {
         actor: Actor,
         client: Option<String>,
     ) -> StoreResult<OrgRecord> {
-        let _pass = self.gate.change(org).await;
+        let _pass = self.begin_change(org).await;
         let before = self.store.get_org(org).await?.ok_or(StoreError::NotFound("org"))?;
         let ctx = self.ctx(actor, client);
         let after = self.store.provider_key_action(org, ProviderKeyAction::Enable, &ctx).await?;
@@ -131,7 +131,7 @@ impl Services {
         actor: Actor,
         client: Option<String>,
     ) -> StoreResult<()> {
-        let _pass = self.gate.change(org).await;
+        let _pass = self.begin_change(org).await;
         let ctx = self.ctx(actor, client);
         self.store.remove_admin(org, admin, &ctx).await
     }
@@ -146,6 +146,7 @@ impl Services {
         actor: Actor,
         client: Option<String>,
     ) -> StoreResult<OrgRecord> {
+        let _change = self.begin_change(org).await;
         let ctx = self.ctx(actor, client);
         self.store.set_limits(org, threshold, rate_limits, &ctx).await
     }

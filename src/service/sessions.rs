@@ -62,6 +62,10 @@ pub struct ApiPrincipal {
 }
 
 impl ApiPrincipal {
+    pub fn holds_gate(&self) -> bool {
+        self.pass.is_some()
+    }
+
     /// Lets go of the gate, before this request itself changes the key.
     pub fn release(&mut self) {
         self.pass = None;
@@ -211,7 +215,7 @@ impl Services {
 
     /// R9: the system disables the key; its sessions end with the generation bump.
     async fn auto_disable(&self, org: OrgId, d: Disablement) -> StoreResult<()> {
-        let _pass = self.gate.change(org).await;
+        let _pass = self.begin_change(org).await;
         let ctx = self.ctx(Actor::System, None);
         self.store.provider_key_action(org, ProviderKeyAction::AutoDisable(d), &ctx).await?;
         Ok(())
@@ -221,13 +225,25 @@ impl Services {
     /// On success the principal holds the org's gate until it is dropped.
     pub async fn check_api_session(&self, token: &str, method: &str) -> StoreResult<Result<ApiPrincipal, Denial>> {
         let hash = token_hash(token);
-        let Some(first) = self.store.get_api_session(&hash).await? else {
-            return Ok(Err(Denial::SessionNotValid));
+        let org_id = match self.cache.session(&hash) {
+            Some(v) => v.org_id,
+            None => match self.store.get_api_session(&hash).await? {
+                Some(v) => v.org_id,
+                None => return Ok(Err(Denial::SessionNotValid)),
+            },
         };
-        let pass = self.gate.enter(first.org_id).await;
-        // Read again under the gate: a key change that was under way has now committed.
-        let Some(view) = self.store.get_api_session(&hash).await? else {
-            return Ok(Err(Denial::SessionNotValid));
+        let pass = self.gate.enter(org_id).await;
+        // Read again under the gate: a key change that was under way has now committed (and
+        // forgotten the org's cached sessions).
+        let view = match self.cache.session(&hash) {
+            Some(v) => v,
+            None => match self.store.get_api_session(&hash).await? {
+                Some(v) => {
+                    self.cache.put_session(&hash, &v);
+                    v
+                }
+                None => return Ok(Err(Denial::SessionNotValid)),
+            },
         };
         let now = self.clock.now();
         let s = &self.settings;
@@ -238,6 +254,7 @@ impl Services {
             && now.0 - view.created_at.0 < s.api_max_lifetime_secs * 1000;
         if !live {
             drop(pass);
+            self.cache.forget_session(&hash);
             self.store.delete_api_session(&hash).await?;
             return Ok(Err(Denial::SessionNotValid));
         }
@@ -252,6 +269,7 @@ impl Services {
         // Idle time is tracked to within this granularity, to spare a write per request.
         if now.0 - view.last_seen_at.0 >= 10_000 {
             self.store.touch_api_session(&hash, now).await?;
+            self.cache.touch_session(&hash, now);
         }
         Ok(Ok(ApiPrincipal {
             admin: view.admin,
@@ -271,7 +289,12 @@ impl Services {
         let Some(view) = self.store.get_api_session(&hash).await? else {
             return Ok(false);
         };
-        self.store.delete_api_session(&hash).await?;
+        {
+            // As a change: a request of the org that read this session before the delete
+            // must not put it back in the cache after it.
+            let _change = self.begin_change(view.org_id).await;
+            self.store.delete_api_session(&hash).await?;
+        }
         let ctx = self.ctx(view.admin.actor(), client);
         self.store
             .append_audit(

@@ -21,11 +21,33 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     cipher: Arc<KeyCipher>,
+    /// Held for the life of the store: one process per data directory, which is what lets
+    /// the services cache sessions exactly.
+    _dir_lock: std::fs::File,
+}
+
+/// Takes `dir/keygate.lock` exclusively, or fails if another keygate holds it.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("keygate.lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a file descriptor we own; no memory is shared.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            anyhow::bail!(
+                "the data directory {} is in use by another keygate process (for several nodes, use PostgreSQL)",
+                dir.display()
+            );
+        }
+    }
+    Ok(file)
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) `dir/keygate.db` and applies the migrations.
     pub async fn open(dir: &Path, cipher: Arc<KeyCipher>) -> anyhow::Result<Self> {
+        let dir_lock = lock_data_dir(dir)?;
         let path = dir.join("keygate.db");
         let opts = SqliteConnectOptions::from_str("sqlite://")?
             .filename(&path)
@@ -45,7 +67,7 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts)
             .await?;
-        let store = Self { writer, reader, cipher };
+        let store = Self { writer, reader, cipher, _dir_lock: dir_lock };
         store.verify_master_key(&dir.join("master.key").display().to_string()).await?;
         Ok(store)
     }

@@ -1,0 +1,81 @@
+//! Exact per-node cache of API sessions and org records, for the embedded store only.
+//!
+//! It is exact because one process owns an embedded database (the data directory is locked),
+//! and every change that can affect a session or an org goes through `OrgGate::change`,
+//! which forgets the org's entries after the commit and before releasing the gate; a
+//! request fills or reads the cache only while holding the same gate for reading. So a
+//! cached entry is never older than the last change answered. With PostgreSQL other nodes
+//! change the data, so the cache is off and every request reads the database.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::domain::ids::OrgId;
+use crate::domain::time::Millis;
+use crate::store::{ApiSessionView, OrgRecord};
+
+pub struct ViewCache {
+    enabled: bool,
+    sessions: Mutex<HashMap<String, ApiSessionView>>,
+    orgs: Mutex<HashMap<OrgId, OrgRecord>>,
+}
+
+impl ViewCache {
+    pub fn new(enabled: bool) -> Self {
+        Self { enabled, sessions: Mutex::new(HashMap::new()), orgs: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn session(&self, hash: &str) -> Option<ApiSessionView> {
+        if !self.enabled {
+            return None;
+        }
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(hash).cloned()
+    }
+
+    pub fn put_session(&self, hash: &str, view: &ApiSessionView) {
+        if self.enabled {
+            self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(hash.to_owned(), view.clone());
+        }
+    }
+
+    pub fn touch_session(&self, hash: &str, now: Millis) {
+        if let Some(v) = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get_mut(hash) {
+            v.last_seen_at = now;
+        }
+    }
+
+    pub fn forget_session(&self, hash: &str) {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(hash);
+    }
+
+    pub fn org(&self, id: OrgId) -> Option<OrgRecord> {
+        if !self.enabled {
+            return None;
+        }
+        self.orgs.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
+    }
+
+    pub fn put_org(&self, org: &OrgRecord) {
+        if self.enabled {
+            self.orgs.lock().unwrap_or_else(|e| e.into_inner()).insert(org.id, org.clone());
+        }
+    }
+
+    /// Called by every change to an org (key, subscription, limits, admins) while it holds
+    /// the org's gate for writing.
+    pub fn forget_org(&self, id: OrgId) {
+        self.orgs.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, v| v.org_id != id);
+    }
+
+    /// Drops sessions that can no longer be valid, so memory follows live sessions only.
+    pub fn sweep(&self, now: Millis, idle_secs: i64, lifetime_secs: i64) {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, v| {
+            now.0 - v.last_seen_at.0 < idle_secs * 1000 && now.0 - v.created_at.0 < lifetime_secs * 1000
+        });
+    }
+}
