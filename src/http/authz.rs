@@ -9,11 +9,38 @@ use utoipa_axum::router::OpenApiRouter;
 use super::cloud::{SESSION_COOKIE, SESSION_HEADER, denial_response, rate_headers};
 use super::error::{ApiError, ErrorBody};
 use super::extract::AppState;
+use crate::service::sessions::Denial;
+
+/// The refusal's `code`, also sent as the `X-Keygate-Code` header: a proxy cannot pass the
+/// sub-request's body on (nginx `auth_request` keeps only its status and headers), but it can
+/// put this header into the answer it makes itself.
+pub const CODE_HEADER: &str = "x-keygate-code";
+
+fn denial_code(d: &Denial) -> &'static str {
+    match d {
+        Denial::SessionNotValid => "SESSION_NOT_VALID",
+        Denial::NoApiSubscription => "NO_API_SUBSCRIPTION",
+        Denial::SubscriptionExpired => "SUBSCRIPTION_EXPIRED",
+        Denial::NotAuthorized => "NOT_AUTHORIZED",
+        Denial::RateLimited(_) => "RATE_LIMIT_EXCEEDED",
+        Denial::KeyDisabled(_) => "API_KEY_DISABLED",
+    }
+}
+
+fn refused(d: Denial) -> Response {
+    let code = HeaderValue::from_static(denial_code(&d));
+    let mut response = denial_response(d);
+    response.headers_mut().insert(CODE_HEADER, code);
+    response
+}
 
 /// Any method: Envoy's ext_authz sends the sub-request with the original method. (Its
 /// OpenAPI entry is listed in `http::ApiDoc`, since `routes!` would register GET only.)
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().route("/authz", axum::routing::any(authz))
+    OpenApiRouter::new()
+        .route("/authz", axum::routing::any(authz))
+        // Envoy's `path_prefix` appends the original path.
+        .route("/authz/{*original_path}", axum::routing::any(authz))
 }
 
 /// The original method: `X-Original-Method` (nginx), `X-Forwarded-Method` (Traefik), else the
@@ -38,12 +65,17 @@ fn session(req: &Request) -> Option<String> {
         .find(|(k, _)| *k == SESSION_COOKIE)
         .map(|(_, v)| v.to_owned());
     from_cookie
-        .or_else(|| req.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned))
+        .or_else(|| {
+            req.headers()
+                .get(SESSION_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
         .filter(|t| !t.trim().is_empty())
 }
 
 /// 204 with `X-Keygate-Org-Id` and `X-Keygate-Admin` when the call may go through; otherwise
-/// 401/403/429 with the API's codes.
+/// 401/403/429 with the API's codes, in the body and in `X-Keygate-Code`.
 #[utoipa::path(get, path = "/authz", tag = "authz",
     params(
         ("X-Original-Method" = Option<String>, Header, description = "the method of the request being decided"),
@@ -51,7 +83,9 @@ fn session(req: &Request) -> Option<String> {
     ),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn authz(State(state): State<AppState>, req: Request) -> Response {
-    let Some(token) = session(&req) else { return ApiError::SessionNotValid.into_response() };
+    let Some(token) = session(&req) else {
+        return refused(Denial::SessionNotValid);
+    };
     let method = original_method(&req);
     match state.authorize_api_request(&token, &method).await {
         Ok(Ok(principal)) => {
@@ -65,7 +99,7 @@ pub async fn authz(State(state): State<AppState>, req: Request) -> Response {
             }
             (StatusCode::NO_CONTENT, headers).into_response()
         }
-        Ok(Err(denial)) => denial_response(denial),
+        Ok(Err(denial)) => refused(denial),
         Err(e) => ApiError::from(e).into_response(),
     }
 }

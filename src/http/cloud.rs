@@ -61,6 +61,7 @@ impl From<Denial> for ApiError {
             Denial::SessionNotValid => ApiError::SessionNotValid,
             Denial::NoApiSubscription => ApiError::NoApiSubscription,
             Denial::SubscriptionExpired => ApiError::SubscriptionExpired,
+            Denial::NotAuthorized => ApiError::NotAuthorized,
             Denial::RateLimited(d) => ApiError::RateLimited { retry_after_secs: d.retry_after_secs },
             Denial::KeyDisabled(d) => ApiError::ApiKeyDisabled { reason: d.reason.as_str(), note: d.note },
         }
@@ -327,7 +328,7 @@ async fn zcon_logout_unprefixed(
 /// The org's key if its id is `raw_id`; 404 otherwise.
 async fn key_by_id(state: &AppState, p: &ApiPrincipal, raw_id: &str) -> ApiResult<KeyObject> {
     let id = parse_id("id", raw_id)?;
-    let org = state.org_for_request(&p).await?;
+    let org = state.org_for_request(p).await?;
     match state.key_object(&org, Shown::Full)? {
         Some(k) if k.id == id => Ok(k),
         _ => Err(ApiError::NotFound(format!("No API key with id {id}"))),

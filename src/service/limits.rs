@@ -1,12 +1,14 @@
 //! Per-org rate limits (GCRA, `governor`) driven by the injectable clock.
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::middleware::StateInformationMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
+use governor::nanos::Nanos;
+use governor::state::{NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 
 use crate::clock::SharedClock;
@@ -24,7 +26,28 @@ impl governor::clock::Clock for GovernorClock {
     }
 }
 
-type Limiter = RateLimiter<NotKeyed, InMemoryState, GovernorClock, StateInformationMiddleware>;
+/// One rule's GCRA state (governor's theoretical arrival time; 0 = none yet), kept where
+/// [`RateLimits::check`] can put it back: a request refused by one rule must not spend the
+/// allowance of the rules checked before it.
+#[derive(Clone, Default)]
+struct RuleState(Arc<AtomicU64>);
+
+impl StateStore for RuleState {
+    type Key = NotKeyed;
+
+    fn measure_and_replace<T, F, E>(&self, _key: &NotKeyed, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        // An org's rules are only checked under its lock (`OrgLimiters::lock`): no other writer.
+        let prev = self.0.load(Ordering::Acquire);
+        let (out, next) = f(NonZeroU64::new(prev).map(|n| Nanos::from(n.get())))?;
+        self.0.store(next.into(), Ordering::Release);
+        Ok(out)
+    }
+}
+
+type Limiter = RateLimiter<NotKeyed, RuleState, GovernorClock, StateInformationMiddleware>;
 
 /// What the `x-ratelimit-*` headers say: the rule closest to refusing this request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +67,9 @@ pub struct RateDenied {
 struct OrgLimiters {
     /// The rules as stored (JSON, or empty for the defaults), to notice a change.
     source: String,
-    rules: Vec<(RateRule, Limiter)>,
+    rules: Vec<(RateRule, Limiter, RuleState)>,
+    /// Held while a request is checked against the rules, so it can be undone as a whole.
+    lock: Mutex<()>,
 }
 
 pub struct RateLimits {
@@ -55,7 +80,9 @@ pub struct RateLimits {
 fn quota(rule: &RateRule) -> Quota {
     let limit = NonZeroU32::new(rule.limit.max(1)).unwrap_or(NonZeroU32::MIN);
     let per_cell = Duration::from_secs(rule.period_seconds.max(1) as u64) / limit.get();
-    Quota::with_period(per_cell.max(Duration::from_nanos(1))).expect("non-zero period").allow_burst(limit)
+    Quota::with_period(per_cell.max(Duration::from_nanos(1)))
+        .expect("non-zero period")
+        .allow_burst(limit)
 }
 
 fn ceil_secs(d: Duration) -> u64 {
@@ -64,7 +91,10 @@ fn ceil_secs(d: Duration) -> u64 {
 
 impl RateLimits {
     pub fn new(clock: SharedClock) -> Self {
-        Self { clock: GovernorClock(clock), orgs: Mutex::new(HashMap::new()) }
+        Self {
+            clock: GovernorClock(clock),
+            orgs: Mutex::new(HashMap::new()),
+        }
     }
 
     fn limiters(&self, org: OrgId, stored: Option<&str>) -> Arc<OrgLimiters> {
@@ -75,30 +105,44 @@ impl RateLimits {
         }
         // Stored rules were validated when the provider set them; fall back to the defaults
         // rather than run unlimited if they ever fail to parse.
-        let rules = stored.and_then(|s| serde_json::from_str::<Vec<RateRule>>(s).ok()).unwrap_or_else(RateRule::defaults);
+        let rules = stored
+            .and_then(|s| serde_json::from_str::<Vec<RateRule>>(s).ok())
+            .unwrap_or_else(RateRule::defaults);
         let built = Arc::new(OrgLimiters {
             source: source.to_owned(),
             rules: rules
                 .into_iter()
                 .map(|r| {
-                    let l = RateLimiter::direct_with_clock(quota(&r), &self.clock).with_middleware::<StateInformationMiddleware>();
-                    (r, l)
+                    let state = RuleState::default();
+                    let l = Limiter::new(quota(&r), state.clone(), &self.clock);
+                    (r, l, state)
                 })
                 .collect(),
+            lock: Mutex::new(()),
         });
         orgs.insert(org, built.clone());
         built
     }
 
-    /// Takes one request of `method` from each rule that applies to it.
-    pub fn check(&self, org: OrgId, stored_rules: Option<&str>, method: &str) -> Result<Option<RateInfo>, RateDenied> {
+    /// Takes one request of `method` from each rule that applies to it, or from none of them
+    /// when one refuses it.
+    pub fn check(
+        &self,
+        org: OrgId,
+        stored_rules: Option<&str>,
+        method: &str,
+    ) -> Result<Option<RateInfo>, RateDenied> {
         let limiters = self.limiters(org, stored_rules);
         let class = RateRule::class_of(method);
+        let _one_at_a_time = limiters.lock.lock().unwrap_or_else(|e| e.into_inner());
         let now = governor::clock::Clock::now(&self.clock);
         let mut tightest: Option<RateInfo> = None;
-        for (rule, limiter) in limiters.rules.iter().filter(|(r, _)| r.applies_to(class)) {
+        let mut taken: Vec<(&RuleState, u64)> = Vec::new();
+        for (rule, limiter, state) in limiters.rules.iter().filter(|(r, ..)| r.applies_to(class)) {
+            let before = state.0.load(Ordering::Acquire);
             match limiter.check() {
                 Ok(snapshot) => {
+                    taken.push((state, before));
                     let remaining = snapshot.remaining_burst_capacity();
                     let used = rule.limit.saturating_sub(remaining);
                     let info = RateInfo {
@@ -111,6 +155,10 @@ impl RateLimits {
                     }
                 }
                 Err(not_until) => {
+                    // Refused: give back what the rules before this one took.
+                    for (state, before) in taken {
+                        state.0.store(before, Ordering::Release);
+                    }
                     let wait = not_until.wait_time_from(now);
                     let retry = ceil_secs(wait).max(1);
                     let info = RateInfo {
@@ -118,7 +166,10 @@ impl RateLimits {
                         remaining: 0,
                         reset_secs: ceil_secs(quota(rule).replenish_interval() * rule.limit),
                     };
-                    return Err(RateDenied { info, retry_after_secs: retry });
+                    return Err(RateDenied {
+                        info,
+                        retry_after_secs: retry,
+                    });
                 }
             }
         }
@@ -127,6 +178,9 @@ impl RateLimits {
 
     /// Forgets an org's limiters (its rules changed).
     pub fn forget(&self, org: OrgId) {
-        self.orgs.lock().unwrap_or_else(|e| e.into_inner()).remove(&org);
+        self.orgs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&org);
     }
 }

@@ -41,6 +41,8 @@ pub enum Denial {
     NoApiSubscription,
     /// A write while the subscription is expired (R10).
     SubscriptionExpired,
+    /// A write by a view-only admin.
+    NotAuthorized,
     /// Over one of the org's rate limits.
     RateLimited(RateDenied),
     /// This call exceeded the org's call threshold and the key is now disabled (R9).
@@ -265,6 +267,10 @@ impl Services {
                 return Ok(Err(Denial::SubscriptionExpired));
             }
             _ => {}
+        }
+        // A view-only admin makes read-only calls (§1), here and behind `/authz` alike.
+        if view.admin.role == crate::domain::admin::Role::ViewOnly && is_write(method) {
+            return Ok(Err(Denial::NotAuthorized));
         }
         // Idle time is tracked to within this granularity, to spare a write per request.
         if now.0 - view.last_seen_at.0 >= 10_000 {

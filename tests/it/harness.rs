@@ -436,3 +436,114 @@ impl Db {
         }
     }
 }
+
+// ---------------------------------------------------------------- nodes of one deployment
+
+/// How an in-process node's usage counts reach the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flush {
+    /// As `keygate serve` does it: every second, and once more at shutdown.
+    Periodic,
+    /// Only when the test calls `services.flush_usage()`: the test decides what each node
+    /// has written and read back.
+    Manual,
+}
+
+impl TestServer {
+    /// One node of a multi-node deployment: an in-process server on port 0 with its own data
+    /// directory and manual clock. The caller points it at the shared database in `tweak`
+    /// (`database_url`, `master_key`); no database is created for it. Returns the node and
+    /// its services (for `flush_usage`).
+    pub async fn start_node(
+        flush: Flush,
+        tweak: impl FnOnce(&mut Config),
+    ) -> (TestServer, Arc<keygate::service::Services>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let mut config = Config::new(addr, dir.path().to_path_buf());
+        config.provider_token = Some(SecretString::from(PROVIDER_TOKEN));
+        config.password_hash_concurrency = 2;
+        config.password_hash_params = keygate::crypto::password::HashParams {
+            m_kib: 1024,
+            t: 1,
+            p: 1,
+        };
+        tweak(&mut config);
+        let clock = ManualClock::new(Millis::from_secs(T0_SECS));
+        let app = App::build(&config, clock.clone())
+            .await
+            .expect("node builds");
+        let services = app.services.clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        let stopped = async move {
+            let _ = rx.await;
+        };
+        let task = match flush {
+            Flush::Periodic => tokio::spawn(serve(listener, app, stopped)),
+            Flush::Manual => tokio::spawn(async move {
+                let service = app
+                    .router
+                    .into_make_service_with_connect_info::<std::net::SocketAddr>();
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(stopped)
+                    .await?;
+                Ok(())
+            }),
+        };
+        let node = TestServer {
+            base: format!("http://{addr}"),
+            clock,
+            dir,
+            http: Client::new(),
+            shutdown: Some(tx),
+            task: Some(task),
+        };
+        (node, services)
+    }
+}
+
+impl Process {
+    /// Like [`Process::start`] with extra environment (`KEYGATE_DATABASE_URL`,
+    /// `KEYGATE_MASTER_KEY`, `RUST_LOG` …), which overrides the defaults.
+    pub fn start_with(data_dir: &Path, log_path: &Path, envs: &[(&str, &str)]) -> Process {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .expect("log file");
+        let mut child = Command::new(binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("KEYGATE_PROVIDER_TOKEN", PROVIDER_TOKEN)
+            .env("RUST_LOG", "trace")
+            .envs(envs.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn keygate");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(rest) = line.strip_prefix("keygate listening on ") {
+                        break rest.trim().to_owned();
+                    }
+                }
+                _ => {
+                    let status = child.wait().expect("wait");
+                    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+                    panic!("keygate exited before listening ({status}); log:\n{log}");
+                }
+            }
+        };
+        Process {
+            child,
+            base,
+            log_path: log_path.to_path_buf(),
+        }
+    }
+}
