@@ -6,6 +6,7 @@ pub mod console;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod pages;
 pub mod provider;
 pub mod views;
 
@@ -76,6 +77,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let (routes, openapi) = routes(state.clone());
     let openapi = Arc::new(openapi);
     let router = routes
+        .merge(pages::router())
         .route(
             "/openapi.json",
             get(move || async move { axum::Json(openapi.as_ref().clone()) }),

@@ -1,11 +1,13 @@
 //! The one integration-test binary: every suite is a module here.
 
+mod browser;
 mod cli_client;
 mod cloud_api;
 mod durability;
 mod enforcement;
 mod harness;
 mod input;
+mod multinode;
 mod nginx;
 mod race;
 mod rules;

@@ -1,0 +1,981 @@
+//! The provider console: sign in with the provider token, then the orgs table (paged,
+//! searchable) and each org's page with its key, subscription, limits, admins and audit.
+//! Every action is a confirmed form post that calls the same `Services` method as the
+//! provider API.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use super::common::{
+    AuditRow, Chrome, LOGIN_CSRF_COOKIE, RawForm, api_message, cookie, cookie_in, forbidden,
+    format_millis, format_secs, html, login_csrf, login_csrf_ok, page_count, page_number,
+    parse_utc, read_form, reason_label, same_origin, see_other,
+};
+use super::provider_sessions::{ProviderSession, ProviderSessions, Timeouts};
+use crate::crypto::token::ct_str_eq;
+use crate::domain::FieldError;
+use crate::domain::admin::{LoginName, Password, Role};
+use crate::domain::audit::{Actor, AuditAction};
+use crate::domain::ids::{AdminId, OrgId};
+use crate::domain::org::{
+    CallThreshold, DisableReason, Disablement, KeyStatus, OrgName, Subscription, SubscriptionState,
+};
+use crate::http::error::ApiError;
+use crate::http::extract::{AppState, ClientAddr, parse_id};
+use crate::service::keys::Shown;
+use crate::service::orgs::{AdminInput, OrgInput};
+use crate::store::{AuditFilter, OrgRecord, Page, StoreError};
+
+const AREA: &str = "console";
+const SESSION_COOKIE: &str = "keygate_provider";
+const ORG_PAGE_SIZE: u32 = 20;
+const AUDIT_PAGE_SIZE: u32 = 10;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/console", get(|| async { see_other("/console/orgs") }))
+        .route("/console/login", get(login_page).post(login))
+        .route("/console/logout", post(logout))
+        .route("/console/orgs", get(orgs_page).post(create_org))
+        .route("/console/orgs/{id}", get(org_page))
+        .route("/console/orgs/{id}/key/disable", post(disable_key))
+        .route("/console/orgs/{id}/key/enable", post(enable_key))
+        .route("/console/orgs/{id}/subscription", post(subscription))
+        .route("/console/orgs/{id}/limits", post(limits))
+        .route("/console/orgs/{id}/admins", post(add_admin))
+        .route(
+            "/console/orgs/{id}/admins/{admin_id}/remove",
+            post(remove_admin),
+        )
+}
+
+fn timeouts(state: &AppState) -> Timeouts {
+    Timeouts {
+        idle_secs: state.settings.console_idle_timeout_secs,
+        lifetime_secs: state.settings.console_max_lifetime_secs,
+    }
+}
+
+fn sessions(parts: &Parts) -> Option<Arc<ProviderSessions>> {
+    parts.extensions.get::<Arc<ProviderSessions>>().cloned()
+}
+
+/// A signed-in provider operator.
+pub struct ProviderUser {
+    session: ProviderSession,
+}
+
+impl ProviderUser {
+    fn actor(&self) -> Actor {
+        Actor::Provider {
+            token_id: self.session.token_id,
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for ProviderUser {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let to_login = || see_other("/console/login");
+        let cookie = cookie_in(&parts.headers, SESSION_COOKIE).ok_or_else(to_login)?;
+        let store = sessions(parts).ok_or_else(to_login)?;
+        let session = store
+            .resolve(cookie, state.clock.now(), &timeouts(state))
+            .ok_or_else(to_login)?;
+        Ok(ProviderUser { session })
+    }
+}
+
+/// A form post from a signed-in operator: from this site, with the session's CSRF token.
+pub struct ConsolePost {
+    user: ProviderUser,
+    form: RawForm,
+}
+
+impl FromRequest<AppState> for ConsolePost {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        if !same_origin(&parts.headers, &state.settings) {
+            return Err(forbidden(AREA));
+        }
+        let user = ProviderUser::from_request_parts(&mut parts, state).await?;
+        let form = read_form(body, AREA).await?;
+        if form.csrf.is_empty() || !ct_str_eq(&user.session.csrf, &form.csrf) {
+            return Err(forbidden(AREA));
+        }
+        Ok(ConsolePost { user, form })
+    }
+}
+
+async fn error_page(e: ApiError) -> Response {
+    let (status, text) = api_message(e).await;
+    super::common::message(status, AREA, "Something went wrong", &text)
+}
+
+// ------------------------------------------------------------------ login and logout
+
+#[derive(Template)]
+#[template(path = "console/login.html")]
+struct LoginPage {
+    chrome: Chrome,
+    notice: Option<&'static str>,
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    token: Option<SecretString>,
+}
+
+fn login_response(
+    status: StatusCode,
+    headers: &HeaderMap,
+    state: &AppState,
+    notice: Option<&'static str>,
+    error: Option<String>,
+) -> Response {
+    let (csrf, fresh) = login_csrf(headers);
+    let page = LoginPage {
+        chrome: Chrome::new(AREA, "Provider sign in", csrf.clone()),
+        notice,
+        error,
+    };
+    let mut response = html(status, &page);
+    if fresh {
+        response.headers_mut().append(
+            header::SET_COOKIE,
+            cookie(&state.settings, LOGIN_CSRF_COOKIE, &csrf, "/", 3600),
+        );
+    }
+    response
+}
+
+async fn login_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let notice = match q.get("done").map(String::as_str) {
+        Some("logged_out") => Some("You have logged out."),
+        _ => None,
+    };
+    login_response(StatusCode::OK, &headers, &state, notice, None)
+}
+
+/// Checks the typed token like the provider API's bearer check, with failures throttled per
+/// client address and every attempt audited.
+async fn login(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    if !same_origin(&parts.headers, &state.settings) {
+        return forbidden(AREA);
+    }
+    let form = match read_form(body, AREA).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if !login_csrf_ok(&parts.headers, &form.csrf) {
+        return forbidden(AREA);
+    }
+    let fields: LoginForm = match form.fields(AREA) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let Some(store) = sessions(&parts) else {
+        return error_page(ApiError::Internal(anyhow::anyhow!(
+            "provider sessions missing"
+        )))
+        .await;
+    };
+    let now = state.clock.now();
+    let throttle_name = format!("provider-console@{}", client.as_deref().unwrap_or("-"));
+    let refused = if let Err(retry_after_secs) =
+        state.throttle.check(&throttle_name, client.as_deref(), now)
+    {
+        ApiError::RateLimited { retry_after_secs }
+    } else {
+        let token = fields
+            .token
+            .as_ref()
+            .map(|t| t.expose_secret().trim().to_owned())
+            .unwrap_or_default();
+        let found = if token.is_empty() {
+            Ok(None)
+        } else {
+            state.provider_token_id(&token).await
+        };
+        match found {
+            Err(e) => ApiError::from(e),
+            Ok(Some(token_id)) => {
+                let actor = Actor::Provider { token_id };
+                let ctx = state.ctx(actor, client);
+                let details = serde_json::json!({"via": "provider_console"});
+                if let Err(e) = state
+                    .store
+                    .append_audit(None, AuditAction::LoginSuccess, details, &ctx)
+                    .await
+                {
+                    return error_page(e.into()).await;
+                }
+                let value = store.open(token_id, now, &timeouts(&state));
+                let mut response = see_other("/console/orgs");
+                response.headers_mut().append(
+                    header::SET_COOKIE,
+                    cookie(
+                        &state.settings,
+                        SESSION_COOKIE,
+                        &value,
+                        "/console",
+                        state.settings.console_max_lifetime_secs,
+                    ),
+                );
+                return response;
+            }
+            Ok(None) => {
+                state
+                    .throttle
+                    .record_failure(&throttle_name, client.as_deref(), now);
+                let ctx = state.ctx(
+                    Actor::Anonymous {
+                        login: String::new(),
+                    },
+                    client,
+                );
+                let details = serde_json::json!({"via": "provider_console"});
+                if let Err(e) = state
+                    .store
+                    .append_audit(None, AuditAction::LoginFailure, details, &ctx)
+                    .await
+                {
+                    return error_page(e.into()).await;
+                }
+                ApiError::AuthenticationFailed
+            }
+        }
+    };
+    let retry_after = match &refused {
+        ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+        _ => None,
+    };
+    let (status, text) = api_message(refused).await;
+    let mut response = login_response(status, &parts.headers, &state, None, Some(text));
+    if let Some(secs) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    Extension(store): Extension<Arc<ProviderSessions>>,
+    post: ConsolePost,
+) -> Response {
+    store.end(&post.user.session.id_hash);
+    let ctx = state.ctx(post.user.actor(), client);
+    let details = serde_json::json!({"via": "provider_console"});
+    if let Err(e) = state
+        .store
+        .append_audit(None, AuditAction::Logout, details, &ctx)
+        .await
+    {
+        return error_page(e.into()).await;
+    }
+    let mut response = see_other("/console/login?done=logged_out");
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        cookie(&state.settings, SESSION_COOKIE, "", "/console", 0),
+    );
+    response
+}
+
+// ------------------------------------------------------------------ shared views
+
+/// Subscription, key status and usage of an org, as the table and the org page show them.
+struct OrgState {
+    sub_state: &'static str,
+    subscription: String,
+    /// `ENABLED`, `DISABLED` or `NONE`, as the provider API says.
+    key_status: &'static str,
+    key_reason: Option<String>,
+    key_note: Option<String>,
+    usage: String,
+    over_threshold: bool,
+}
+
+async fn org_state(state: &AppState, org: &OrgRecord) -> Result<OrgState, ApiError> {
+    let sub = org.subscription.state_at(state.clock.now());
+    let status = KeyStatus::of(&org.key_presence(), sub);
+    let (period, _start, calls) = state.current_usage(org.id, org.call_threshold).await?;
+    let (usage, over) = match org.call_threshold {
+        Some(t) => (
+            format!(
+                "{calls} / {} calls per {}",
+                t.calls,
+                period_label(t.period_seconds)
+            ),
+            calls >= t.calls,
+        ),
+        None => (
+            format!("{calls} calls this {} (no threshold)", period_label(period)),
+            false,
+        ),
+    };
+    Ok(OrgState {
+        sub_state: sub.as_str(),
+        subscription: match (sub, org.subscription.expires_at) {
+            (SubscriptionState::Active, Some(t)) => format!("Active until {}", format_secs(t)),
+            (SubscriptionState::Active, None) => "Active, no expiry".into(),
+            (SubscriptionState::Expired, Some(t)) => format!("Expired on {}", format_secs(t)),
+            (SubscriptionState::Expired, None) => "Expired".into(),
+            (SubscriptionState::NotEnabled, _) => "Not enabled".into(),
+        },
+        key_status: match (&org.key, status.enabled) {
+            (None, _) => "NONE",
+            (Some(_), true) => "ENABLED",
+            (Some(_), false) => "DISABLED",
+        },
+        key_reason: status.reason.map(|r| format!("{} ({r})", reason_label(r))),
+        key_note: status.note,
+        usage,
+        over_threshold: over,
+    })
+}
+
+fn period_label(secs: i64) -> String {
+    match secs {
+        3600 => "hour".into(),
+        86_400 => "day".into(),
+        60 => "minute".into(),
+        s if s % 86_400 == 0 => format!("{} days", s / 86_400),
+        s if s % 3600 == 0 => format!("{} hours", s / 3600),
+        s => format!("{s} s"),
+    }
+}
+
+// ------------------------------------------------------------------ the orgs table
+
+struct OrgRow {
+    id: OrgId,
+    name: String,
+    st: OrgState,
+}
+
+/// What the create form held, to show it again after an error (never the passwords).
+#[derive(Default, Deserialize)]
+struct CreateForm {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    full_login: String,
+    #[serde(default)]
+    full_password: Option<SecretString>,
+    #[serde(default)]
+    view_login: String,
+    #[serde(default)]
+    view_password: Option<SecretString>,
+    #[serde(default)]
+    subscription: Option<String>,
+    #[serde(default)]
+    expires_at: String,
+    #[serde(default)]
+    threshold_calls: String,
+    #[serde(default)]
+    threshold_period: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/orgs.html")]
+struct OrgsPage {
+    chrome: Chrome,
+    rows: Vec<OrgRow>,
+    search: String,
+    page: u32,
+    pages: u32,
+    total: i64,
+    notice: Option<&'static str>,
+    error: Option<String>,
+    form: CreateForm,
+    form_open: bool,
+    subscription_checked: bool,
+}
+
+async fn orgs_view(
+    state: &AppState,
+    user: &ProviderUser,
+    search: String,
+    page: u32,
+    notice: Option<&'static str>,
+    error: Option<String>,
+    form: Option<CreateForm>,
+) -> Result<OrgsPage, ApiError> {
+    let filter = Some(search.trim()).filter(|s| !s.is_empty());
+    let (orgs, total) = state
+        .store
+        .list_orgs(
+            Page {
+                number: page,
+                size: ORG_PAGE_SIZE,
+            },
+            filter,
+        )
+        .await?;
+    let mut rows = Vec::with_capacity(orgs.len());
+    for org in &orgs {
+        rows.push(OrgRow {
+            id: org.id,
+            name: org.name.clone(),
+            st: org_state(state, org).await?,
+        });
+    }
+    let form_open = form.is_some();
+    let form = form.unwrap_or_default();
+    let subscription_checked = !form_open || form.subscription.is_some();
+    Ok(OrgsPage {
+        chrome: Chrome::new(AREA, "Organizations", user.session.csrf.clone())
+            .signed_in("Service provider".into()),
+        rows,
+        search,
+        page,
+        pages: page_count(total, ORG_PAGE_SIZE),
+        total,
+        notice,
+        error,
+        form,
+        form_open,
+        subscription_checked,
+    })
+}
+
+async fn orgs_page(
+    State(state): State<AppState>,
+    user: ProviderUser,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let search: String = q
+        .get("search")
+        .map(|s| s.chars().take(200).collect())
+        .unwrap_or_default();
+    let notice = match q.get("done").map(String::as_str) {
+        Some("logged_in") => Some("Signed in."),
+        _ => None,
+    };
+    match orgs_view(
+        &state,
+        &user,
+        search,
+        page_number(q.get("page")),
+        notice,
+        None,
+        None,
+    )
+    .await
+    {
+        Ok(page) => html(StatusCode::OK, &page),
+        Err(e) => error_page(e).await,
+    }
+}
+
+fn optional_threshold(
+    calls: &str,
+    period: &str,
+    field: &str,
+) -> Result<Option<CallThreshold>, FieldError> {
+    let (calls, period) = (calls.trim(), period.trim());
+    if calls.is_empty() && period.is_empty() {
+        return Ok(None);
+    }
+    let number = |v: &str, name: &str| {
+        v.parse::<i64>()
+            .map_err(|_| FieldError::new(format!("{field}.{name}"), "must be a whole number"))
+    };
+    let t = CallThreshold {
+        calls: number(calls, "calls")?,
+        period_seconds: if period.is_empty() {
+            3600
+        } else {
+            number(period, "periodSeconds")?
+        },
+    };
+    t.validate(field).map(Some)
+}
+
+fn optional_expiry(raw: &str) -> Result<Option<i64>, FieldError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    parse_utc(raw)
+        .map(Some)
+        .map_err(|reason| FieldError::new("expiresAt", reason))
+}
+
+fn create_input(f: &CreateForm) -> Result<OrgInput, FieldError> {
+    let name = OrgName::parse("name", &f.name)?;
+    let secret = |p: &Option<SecretString>| {
+        p.as_ref()
+            .map(|s| s.expose_secret().to_owned())
+            .unwrap_or_default()
+    };
+    let mut admins = vec![AdminInput {
+        login: LoginName::parse("admins[0].loginName", f.full_login.trim())?,
+        password: Password::parse("admins[0].password", &secret(&f.full_password))?,
+        role: Role::Full,
+    }];
+    if !f.view_login.trim().is_empty() {
+        admins.push(AdminInput {
+            login: LoginName::parse("admins[1].loginName", f.view_login.trim())?,
+            password: Password::parse("admins[1].password", &secret(&f.view_password))?,
+            role: Role::ViewOnly,
+        });
+    }
+    Ok(OrgInput {
+        name,
+        subscription: Subscription {
+            enabled: f.subscription.is_some(),
+            expires_at: optional_expiry(&f.expires_at)?,
+        },
+        call_threshold: optional_threshold(
+            &f.threshold_calls,
+            &f.threshold_period,
+            "callThreshold",
+        )?,
+        admins,
+    })
+}
+
+async fn create_org(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    post: ConsolePost,
+) -> Response {
+    let mut form: CreateForm = match post.form.fields(AREA) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let created = match create_input(&form) {
+        Ok(input) => state
+            .create_org(input, post.user.actor(), client)
+            .await
+            .map_err(ApiError::from),
+        Err(e) => Err(ApiError::from(e)),
+    };
+    match created {
+        Ok(org) => see_other(&format!("/console/orgs/{}?done=created", org.id)),
+        Err(e) => {
+            let (status, text) = api_message(e).await;
+            form.full_password = None;
+            form.view_password = None;
+            match orgs_view(
+                &state,
+                &post.user,
+                String::new(),
+                1,
+                None,
+                Some(text),
+                Some(form),
+            )
+            .await
+            {
+                Ok(page) => html(status, &page),
+                Err(e) => error_page(e).await,
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ one org
+
+struct AdminRow {
+    id: AdminId,
+    login: String,
+    role: &'static str,
+}
+
+#[derive(Template)]
+#[template(path = "console/org.html")]
+struct OrgPage {
+    chrome: Chrome,
+    id: OrgId,
+    name: String,
+    created: String,
+    st: OrgState,
+    sub_enabled: bool,
+    sub_active: bool,
+    masked_key: Option<String>,
+    key_modified: String,
+    key_disabled: bool,
+    threshold_calls: String,
+    threshold_period: String,
+    rate_limits: String,
+    admins: Vec<AdminRow>,
+    audit: Vec<AuditRow>,
+    audit_total: i64,
+    page: u32,
+    pages: u32,
+    notice: Option<&'static str>,
+    error: Option<String>,
+}
+
+fn org_notice(code: Option<&str>) -> Option<&'static str> {
+    Some(match code? {
+        "created" => "The organization was created.",
+        "disabled" => "The organization's API key was disabled.",
+        "enabled" => "The organization's API key was re-enabled.",
+        "expired" => "The API subscription was expired.",
+        "renewed" => "The API subscription was renewed.",
+        "turned_off" => "The API subscription was turned off.",
+        "limits" => "The limits were saved.",
+        "admin_added" => "The admin was added.",
+        "admin_removed" => "The admin was removed.",
+        _ => return None,
+    })
+}
+
+async fn load_org(state: &AppState, raw_id: &str) -> Result<OrgRecord, ApiError> {
+    let id = OrgId(parse_id("id", raw_id)?);
+    Ok(state
+        .store
+        .get_org(id)
+        .await?
+        .ok_or(StoreError::NotFound("org"))?)
+}
+
+async fn org_view(
+    state: &AppState,
+    user: &ProviderUser,
+    org: &OrgRecord,
+    page: u32,
+    notice: Option<&'static str>,
+    error: Option<String>,
+) -> Result<OrgPage, ApiError> {
+    let st = org_state(state, org).await?;
+    let key = state.key_object(org, Shown::Masked)?;
+    let admins = state.store.list_admins(org.id).await?;
+    let (records, total) = state
+        .store
+        .list_audit(
+            AuditFilter {
+                org: Some(org.id),
+                ..Default::default()
+            },
+            Page {
+                number: page,
+                size: AUDIT_PAGE_SIZE,
+            },
+        )
+        .await?;
+    Ok(OrgPage {
+        chrome: Chrome::new(AREA, org.name.clone(), user.session.csrf.clone())
+            .signed_in("Service provider".into()),
+        id: org.id,
+        name: org.name.clone(),
+        created: format_millis(org.created_at.0),
+        sub_enabled: org.subscription.enabled,
+        sub_active: st.sub_state == SubscriptionState::Active.as_str(),
+        st,
+        masked_key: key.as_ref().map(|k| k.key_value.clone()),
+        key_modified: key
+            .as_ref()
+            .map(|k| {
+                format!(
+                    "{} by {}",
+                    format_secs(k.last_modified_time),
+                    k.last_modified_by.name
+                )
+            })
+            .unwrap_or_default(),
+        key_disabled: org.key.as_ref().is_some_and(|k| k.disabled.is_some()),
+        threshold_calls: org
+            .call_threshold
+            .map(|t| t.calls.to_string())
+            .unwrap_or_default(),
+        threshold_period: org
+            .call_threshold
+            .map(|t| t.period_seconds.to_string())
+            .unwrap_or_default(),
+        rate_limits: org
+            .rate_limits
+            .clone()
+            .unwrap_or_else(|| "deployment defaults".into()),
+        admins: admins
+            .into_iter()
+            .map(|a| AdminRow {
+                id: a.id,
+                login: a.login,
+                role: a.role.as_str(),
+            })
+            .collect(),
+        audit: records.iter().map(AuditRow::of).collect(),
+        audit_total: total,
+        page,
+        pages: page_count(total, AUDIT_PAGE_SIZE),
+        notice,
+        error,
+    })
+}
+
+async fn org_page(
+    State(state): State<AppState>,
+    user: ProviderUser,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let org = match load_org(&state, &id).await {
+        Ok(o) => o,
+        Err(e) => return error_page(e).await,
+    };
+    let notice = org_notice(q.get("done").map(String::as_str));
+    match org_view(
+        &state,
+        &user,
+        &org,
+        page_number(q.get("page")),
+        notice,
+        None,
+    )
+    .await
+    {
+        Ok(page) => html(StatusCode::OK, &page),
+        Err(e) => error_page(e).await,
+    }
+}
+
+/// Runs one provider action on the org named in the path: 303 back to its page on success,
+/// the page with the server's message otherwise.
+async fn org_action<F, Fut>(
+    state: &AppState,
+    user: &ProviderUser,
+    raw_id: &str,
+    done: &str,
+    action: F,
+) -> Response
+where
+    F: FnOnce(OrgRecord) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ApiError>>,
+{
+    let org = match load_org(state, raw_id).await {
+        Ok(o) => o,
+        Err(e) => return error_page(e).await,
+    };
+    let id = org.id;
+    match action(org).await {
+        Ok(()) => see_other(&format!("/console/orgs/{id}?done={done}")),
+        Err(e) => {
+            let (status, text) = api_message(e).await;
+            let org = match load_org(state, raw_id).await {
+                Ok(o) => o,
+                Err(e) => return error_page(e).await,
+            };
+            match org_view(state, user, &org, 1, None, Some(text)).await {
+                Ok(page) => html(status, &page),
+                Err(e) => error_page(e).await,
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct DisableForm {
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    note: String,
+}
+
+async fn disable_key(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    Path(id): Path<String>,
+    post: ConsolePost,
+) -> Response {
+    let fields: DisableForm = match post.form.fields(AREA) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let actor = post.user.actor();
+    let svc = state.clone();
+    org_action(&state, &post.user, &id, "disabled", |org| async move {
+        let reason = DisableReason::from_db(fields.reason.trim()).ok_or_else(|| {
+            FieldError::new(
+                "reason",
+                "must be CALL_THRESHOLD_EXCEEDED, TERMS_VIOLATION or OTHER",
+            )
+        })?;
+        let d = Disablement::parse(reason, Some(fields.note.as_str()))?;
+        svc.disable_key(org.id, d, actor, client).await?;
+        Ok(())
+    })
+    .await
+}
+
+async fn enable_key(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    Path(id): Path<String>,
+    post: ConsolePost,
+) -> Response {
+    let actor = post.user.actor();
+    let svc = state.clone();
+    org_action(&state, &post.user, &id, "enabled", |org| async move {
+        svc.enable_key(org.id, actor, client).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct SubscriptionForm {
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    expires_at: String,
+}
+
+/// Expire now, renew (until a date or for good), or turn the subscription off.
+async fn subscription(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    Path(id): Path<String>,
+    post: ConsolePost,
+) -> Response {
+    let fields: SubscriptionForm = match post.form.fields(AREA) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let done = match fields.action.as_str() {
+        "expire" => "expired",
+        "renew" => "renewed",
+        "off" => "turned_off",
+        _ => "",
+    };
+    let actor = post.user.actor();
+    let now = state.clock.now().as_secs();
+    let svc = state.clone();
+    org_action(&state, &post.user, &id, done, |org| async move {
+        let subscription = match fields.action.as_str() {
+            "expire" => Subscription {
+                enabled: true,
+                expires_at: Some(now),
+            },
+            "renew" => Subscription {
+                enabled: true,
+                expires_at: optional_expiry(&fields.expires_at)?,
+            },
+            "off" => Subscription {
+                enabled: false,
+                expires_at: org.subscription.expires_at,
+            },
+            _ => return Err(ApiError::invalid("action", "must be expire, renew or off")),
+        };
+        svc.set_subscription(org.id, subscription, actor, client)
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct LimitsForm {
+    #[serde(default)]
+    calls: String,
+    #[serde(default)]
+    period_seconds: String,
+}
+
+/// Sets the call threshold; the org's rate limits are kept as they are.
+async fn limits(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    Path(id): Path<String>,
+    post: ConsolePost,
+) -> Response {
+    let fields: LimitsForm = match post.form.fields(AREA) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let actor = post.user.actor();
+    let svc = state.clone();
+    org_action(&state, &post.user, &id, "limits", |org| async move {
+        let threshold = optional_threshold(&fields.calls, &fields.period_seconds, "callThreshold")?;
+        svc.set_limits(org.id, threshold, org.rate_limits.clone(), actor, client)
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct AdminForm {
+    #[serde(default)]
+    login_name: String,
+    #[serde(default)]
+    password: Option<SecretString>,
+    #[serde(default)]
+    role: String,
+}
+
+async fn add_admin(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    Path(id): Path<String>,
+    post: ConsolePost,
+) -> Response {
+    let fields: AdminForm = match post.form.fields(AREA) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let actor = post.user.actor();
+    let svc = state.clone();
+    org_action(&state, &post.user, &id, "admin_added", |org| async move {
+        let password = fields
+            .password
+            .as_ref()
+            .map(|p| p.expose_secret().to_owned())
+            .unwrap_or_default();
+        let input = AdminInput {
+            login: LoginName::parse("loginName", fields.login_name.trim())?,
+            password: Password::parse("password", &password)?,
+            role: Role::from_db(fields.role.trim())
+                .ok_or_else(|| FieldError::new("role", "must be FULL or VIEW_ONLY"))?,
+        };
+        svc.add_admin(org.id, input, actor, client).await?;
+        Ok(())
+    })
+    .await
+}
+
+async fn remove_admin(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    Path((id, admin_id)): Path<(String, String)>,
+    post: ConsolePost,
+) -> Response {
+    let actor = post.user.actor();
+    let svc = state.clone();
+    org_action(&state, &post.user, &id, "admin_removed", |org| async move {
+        let admin = AdminId(parse_id("adminId", &admin_id)?);
+        svc.remove_admin(org.id, admin, actor, client).await?;
+        Ok(())
+    })
+    .await
+}
