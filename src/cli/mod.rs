@@ -210,6 +210,8 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     println!("  URL:             http://{addr}");
     println!("  API base URL:    {}", svc.api_base_url());
+    println!("  admin portal:    http://{addr}/portal");
+    println!("  provider console: http://{addr}/console");
     println!("  admin login:     {login}");
     println!("  admin password:  {password}");
     println!("  API key:         {}", value.expose());
