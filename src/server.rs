@@ -65,7 +65,6 @@ impl App {
             },
             gate: Default::default(),
             throttle: crate::service::throttle::LoginThrottle::new(config.login_throttle),
-            reports: Default::default(),
             rate_limits: crate::service::limits::RateLimits::new(clock.clone()),
             meter: Default::default(),
             // Exact only while this process owns the database: the embedded store.

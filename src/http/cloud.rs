@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::middleware::Next;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -88,11 +88,16 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiCall {
     }
 }
 
+// Built once: a `&str` header name is parsed again on every insert.
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
 /// Sets `x-ratelimit-limit`, `x-ratelimit-remaining` and `x-ratelimit-reset`.
 pub fn rate_headers(headers: &mut HeaderMap, info: &RateInfo) {
-    headers.insert("x-ratelimit-limit", HeaderValue::from(info.limit));
-    headers.insert("x-ratelimit-remaining", HeaderValue::from(info.remaining));
-    headers.insert("x-ratelimit-reset", HeaderValue::from(info.reset_secs));
+    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(info.limit));
+    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(info.remaining));
+    headers.insert(RATELIMIT_RESET, HeaderValue::from(info.reset_secs));
 }
 
 /// The decision as an HTTP error, with the rate-limit headers when it is a 429.
@@ -343,7 +348,7 @@ async fn change(
     client: Option<String>,
 ) -> ApiResult<Option<KeyObject>> {
     p.release();
-    let (_, key) = state.change_key(&p.admin, req, client).await?;
+    let (_, key) = state.change_key_in_session(&p, req, client).await?;
     Ok(key)
 }
 
@@ -488,22 +493,22 @@ async fn create_report(
 async fn report_status(
     State(state): State<AppState>,
     ApiCall(p): ApiCall,
-) -> Json<ReportStatus> {
-    let report = state.reports.get(p.admin.id);
-    Json(ReportStatus {
+) -> ApiResult<Json<ReportStatus>> {
+    let report = state.audit_report(p.admin.id).await?;
+    Ok(Json(ReportStatus {
         status: report.as_ref().map(|_| "COMPLETE"),
         progress_items_complete: report.as_ref().map_or(0, |r| r.rows),
         progress_end_time: report.as_ref().map(|r| r.finished_at.0),
         error_message: None,
         error_code: None,
-    })
+    }))
 }
 
 /// Cancel (discard) the admin's audit log report.
 #[utoipa::path(delete, path = "/api/v1/auditlogEntryReport", tag = "cloud", responses((status = 204)))]
-async fn cancel_report(State(state): State<AppState>, ApiCall(p): ApiCall) -> StatusCode {
-    state.reports.remove(p.admin.id);
-    StatusCode::NO_CONTENT
+async fn cancel_report(State(state): State<AppState>, ApiCall(p): ApiCall) -> ApiResult<StatusCode> {
+    state.store.delete_audit_report(p.admin.id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The report as CSV.
@@ -514,8 +519,8 @@ async fn download_report(
     ApiCall(p): ApiCall,
 ) -> ApiResult<Response> {
     let report = state
-        .reports
-        .get(p.admin.id)
+        .audit_report(p.admin.id)
+        .await?
         .ok_or_else(|| ApiError::NotFound("No audit log report; create one first".into()))?;
     Ok((
         [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],

@@ -203,6 +203,7 @@ impl From<StoreError> for ApiError {
             StoreError::LoginNameTaken(l) => ApiError::LoginNameTaken(l),
             StoreError::Refused(r) => r.into(),
             StoreError::Unavailable(e) => ApiError::Unavailable(e),
+            StoreError::SessionEnded => ApiError::SessionNotValid,
             StoreError::Internal(e) => ApiError::Internal(e),
         }
     }

@@ -36,6 +36,15 @@ impl ViewCache {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(hash).cloned()
     }
 
+    /// The org of a cached session, without copying the session (the first look-up of every
+    /// API call, before it enters the org's gate).
+    pub fn session_org(&self, hash: &str) -> Option<OrgId> {
+        if !self.enabled {
+            return None;
+        }
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(hash).map(|v| v.org_id)
+    }
+
     pub fn put_session(&self, hash: &str, view: &ApiSessionView) {
         if self.enabled {
             self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(hash.to_owned(), view.clone());
@@ -45,6 +54,24 @@ impl ViewCache {
     pub fn touch_session(&self, hash: &str, now: Millis) {
         if let Some(v) = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get_mut(hash) {
             v.last_seen_at = now;
+        }
+    }
+
+    /// Whether this caller is the one to write the session's `last_seen_at` at `now`: true for
+    /// the first request that finds the cached one `every_ms` old (it is moved to `now` at
+    /// once, so the requests running beside it do not write it too), and always when there is
+    /// no cache to go by.
+    pub fn claim_touch(&self, hash: &str, now: Millis, every_ms: i64) -> bool {
+        if !self.enabled {
+            return true;
+        }
+        match self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get_mut(hash) {
+            Some(v) if now.0 - v.last_seen_at.0 < every_ms => false,
+            Some(v) => {
+                v.last_seen_at = now;
+                true
+            }
+            None => true,
         }
     }
 

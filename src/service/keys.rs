@@ -97,15 +97,24 @@ impl Services {
         }
     }
 
-    /// The org of an admitted API call, filling the cache: the call holds the org's gate, so
-    /// no change can commit between the read and the fill.
+    /// The org of an admitted API call. It must still be at the key generation the session
+    /// was opened under: on another node a change may have committed since this request was
+    /// admitted, and its data must not reach a session of the old key (R7 across nodes).
+    /// Fills the cache: the call holds the org's gate, so no change of this node can commit
+    /// between the read and the fill.
     pub async fn org_for_request(&self, p: &crate::service::sessions::ApiPrincipal) -> StoreResult<OrgRecord> {
-        if let Some(org) = self.cache.org(p.org_id) {
-            return Ok(org);
-        }
-        let org = self.store.get_org(p.org_id).await?.ok_or(StoreError::NotFound("org"))?;
-        if p.holds_gate() {
-            self.cache.put_org(&org);
+        let org = match self.cache.org(p.org_id) {
+            Some(org) => org,
+            None => {
+                let org = self.store.get_org(p.org_id).await?.ok_or(StoreError::NotFound("org"))?;
+                if p.holds_gate() {
+                    self.cache.put_org(&org);
+                }
+                org
+            }
+        };
+        if org.key_generation != p.generation {
+            return Err(StoreError::SessionEnded);
         }
         Ok(org)
     }
@@ -115,6 +124,27 @@ impl Services {
         &self,
         admin: &AdminRecord,
         request: KeyChangeRequest,
+        client_addr: Option<String>,
+    ) -> StoreResult<(OrgRecord, Option<KeyObject>)> {
+        self.apply_key_change(admin, request, None, client_addr).await
+    }
+
+    /// A change through a cloud service API session: applied only if the key is still the
+    /// one the session was opened with (any node may have changed it since).
+    pub async fn change_key_in_session(
+        &self,
+        p: &crate::service::sessions::ApiPrincipal,
+        request: KeyChangeRequest,
+        client_addr: Option<String>,
+    ) -> StoreResult<(OrgRecord, Option<KeyObject>)> {
+        self.apply_key_change(&p.admin, request, Some(p.generation), client_addr).await
+    }
+
+    async fn apply_key_change(
+        &self,
+        admin: &AdminRecord,
+        request: KeyChangeRequest,
+        expected_generation: Option<i64>,
         client_addr: Option<String>,
     ) -> StoreResult<(OrgRecord, Option<KeyObject>)> {
         let change = match request {
@@ -129,7 +159,7 @@ impl Services {
         let ctx: Ctx = self.ctx(admin.actor(), client_addr);
         let org = self
             .store
-            .change_key(admin.org_id, admin.id, change, &ctx)
+            .change_key(admin.org_id, admin.id, change, expected_generation, &ctx)
             .await?;
         let key = self.key_object(&org, Shown::Full)?;
         Ok((org, key))

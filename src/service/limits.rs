@@ -175,12 +175,4 @@ impl RateLimits {
         }
         Ok(tightest)
     }
-
-    /// Forgets an org's limiters (its rules changed).
-    pub fn forget(&self, org: OrgId) {
-        self.orgs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&org);
-    }
 }

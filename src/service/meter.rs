@@ -30,6 +30,10 @@ pub struct Meter {
     counters: Mutex<HashMap<OrgId, Counter>>,
     /// Unflushed calls of periods that have ended.
     pending: Mutex<Vec<(OrgId, i64, i64, i64)>>,
+    /// Held by a flush from taking the counts until it has read the totals back (and by a
+    /// reset), so a recount never reads the store while this node's counts are on their way
+    /// to it.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 /// The period a call at `now` falls in: `(period_seconds, period_start)`.
@@ -98,10 +102,8 @@ impl Meter {
     /// period plus what this node counted since is the deployment-wide count (R9 across
     /// nodes, at most one flush interval behind).
     fn sync(&self, org: OrgId, period: (i64, i64), stored_total: i64) {
-        if let Some(c) = self.lock().get_mut(&org) {
-            if (c.period_seconds, c.period_start) == period {
-                c.calls = stored_total + c.unflushed;
-            }
+        if let Some(c) = self.lock().get_mut(&org).filter(|c| (c.period_seconds, c.period_start) == period) {
+            c.calls = stored_total + c.unflushed;
         }
     }
 
@@ -132,16 +134,38 @@ impl Services {
     /// Counts one call of `org`; returns the calls in the current period including this one.
     pub async fn count_call(&self, org: OrgId, threshold: Option<CallThreshold>) -> StoreResult<i64> {
         let period = period_of(threshold, self.clock.now());
-        if let Some(n) = self.meter.try_count(org, period) {
-            return Ok(n);
+        let n = match self.meter.try_count(org, period) {
+            Some(n) => n,
+            None => {
+                let persisted = self.store.usage_calls(org, period.0, period.1).await?;
+                self.meter.install_and_count(org, period, persisted)
+            }
+        };
+        match threshold {
+            Some(t) if n > t.calls => self.recount(org, period).await,
+            _ => Ok(n),
         }
-        let persisted = self.store.usage_calls(org, period.0, period.1).await?;
-        Ok(self.meter.install_and_count(org, period, persisted))
+    }
+
+    /// This node's count went over the threshold: before the key is disabled for it, count
+    /// again from the deployment-wide total. The count may predate a reset that another node
+    /// made (a provider re-enabling the key there starts the period from zero); otherwise the
+    /// store only grows, so this never lowers a count that is not stale.
+    async fn recount(&self, org: OrgId, period: (i64, i64)) -> StoreResult<i64> {
+        let _flushing = self.meter.flushing.lock().await;
+        let total = self.store.usage_calls(org, period.0, period.1).await?;
+        self.meter.sync(org, period, total);
+        Ok(self.meter.current(org, period).unwrap_or(total))
     }
 
     /// Writes the counts gathered since the last flush, then reads back each active org's
     /// deployment-wide total (other nodes flush theirs too).
     pub async fn flush_usage(&self) -> StoreResult<()> {
+        let _flushing = self.meter.flushing.lock().await;
+        self.flush_locked().await
+    }
+
+    async fn flush_locked(&self) -> StoreResult<()> {
         let deltas = self.meter.drain();
         if let Err(e) = self.store.add_usage(&deltas).await {
             self.meter.restore(deltas);
@@ -157,7 +181,8 @@ impl Services {
     /// Starts the org's current period from zero (on re-enable after R9).
     pub async fn reset_usage(&self, org: OrgId, threshold: Option<CallThreshold>) -> StoreResult<()> {
         let period = period_of(threshold, self.clock.now());
-        self.flush_usage().await?;
+        let _flushing = self.meter.flushing.lock().await;
+        self.flush_locked().await?;
         self.meter.reset(org, period);
         self.store.set_usage(org, period.0, period.1, 0).await
     }

@@ -37,7 +37,6 @@ pub struct Services {
     pub settings: Settings,
     pub gate: gate::OrgGate,
     pub throttle: throttle::LoginThrottle,
-    pub reports: reports::ReportStore,
     pub rate_limits: limits::RateLimits,
     pub meter: meter::Meter,
     pub cache: cache::ViewCache,

@@ -1,8 +1,5 @@
 //! The ZIA audit log report (§3.3): one report per admin, built at once from the audit log
-//! and kept in memory until replaced, cancelled, or the process ends.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! and stored until replaced or cancelled, so any node serves it.
 
 use super::Services;
 use crate::domain::ids::AdminId;
@@ -12,39 +9,11 @@ use crate::store::{AuditFilter, Page, StoreError, StoreResult};
 /// The most rows one report holds.
 pub const MAX_REPORT_ROWS: u32 = 100_000;
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct AuditReport {
     pub csv: String,
     pub rows: usize,
     pub finished_at: Millis,
-}
-
-#[derive(Default)]
-pub struct ReportStore {
-    reports: Mutex<HashMap<AdminId, AuditReport>>,
-}
-
-impl ReportStore {
-    pub fn get(&self, admin: AdminId) -> Option<AuditReport> {
-        self.reports
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&admin)
-            .cloned()
-    }
-    pub fn put(&self, admin: AdminId, report: AuditReport) {
-        self.reports
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(admin, report);
-    }
-    pub fn remove(&self, admin: AdminId) -> bool {
-        self.reports
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&admin)
-            .is_some()
-    }
 }
 
 impl Services {
@@ -107,7 +76,11 @@ impl Services {
             rows: records.len(),
             finished_at: self.clock.now(),
         };
-        self.reports.put(admin, report.clone());
+        self.store.put_audit_report(admin, &report).await?;
         Ok(report)
+    }
+
+    pub async fn audit_report(&self, admin: AdminId) -> StoreResult<Option<AuditReport>> {
+        self.store.get_audit_report(admin).await
     }
 }

@@ -56,6 +56,8 @@ pub struct ApiPrincipal {
     pub org_id: OrgId,
     pub subscription: SubscriptionState,
     pub session_hash: String,
+    /// The org's key generation the session was opened under.
+    pub generation: i64,
     /// The rate-limit state after this call was admitted (for the `x-ratelimit-*` headers).
     pub rate: Option<RateInfo>,
     call_threshold: Option<CallThreshold>,
@@ -74,12 +76,12 @@ impl ApiPrincipal {
     }
 }
 
+/// A session's `last_seen_at` is written when it is at least this old (ms).
+const TOUCH_EVERY_MS: i64 = 10_000;
+
 /// Whether a method changes anything (refused while the subscription is expired).
 pub fn is_write(method: &str) -> bool {
-    !matches!(
-        method.to_ascii_uppercase().as_str(),
-        "GET" | "HEAD" | "OPTIONS"
-    )
+    !["GET", "HEAD", "OPTIONS"].iter().any(|m| method.eq_ignore_ascii_case(m))
 }
 
 impl Services {
@@ -227,8 +229,8 @@ impl Services {
     /// On success the principal holds the org's gate until it is dropped.
     pub async fn check_api_session(&self, token: &str, method: &str) -> StoreResult<Result<ApiPrincipal, Denial>> {
         let hash = token_hash(token);
-        let org_id = match self.cache.session(&hash) {
-            Some(v) => v.org_id,
+        let org_id = match self.cache.session_org(&hash) {
+            Some(org_id) => org_id,
             None => match self.store.get_api_session(&hash).await? {
                 Some(v) => v.org_id,
                 None => return Ok(Err(Denial::SessionNotValid)),
@@ -272,16 +274,29 @@ impl Services {
         if view.admin.role == crate::domain::admin::Role::ViewOnly && is_write(method) {
             return Ok(Err(Denial::NotAuthorized));
         }
-        // Idle time is tracked to within this granularity, to spare a write per request.
-        if now.0 - view.last_seen_at.0 >= 10_000 {
-            self.store.touch_api_session(&hash, now).await?;
-            self.cache.touch_session(&hash, now);
+        // Idle time is tracked to within this granularity, to spare a write per request. Only
+        // the first request to find it stale writes it (the others would queue on the same
+        // durable write). On the embedded store the cache is what idle time is judged by, and
+        // the stored value only outlives it across a restart, so the write is not waited for.
+        if now.0 - view.last_seen_at.0 >= TOUCH_EVERY_MS && self.cache.claim_touch(&hash, now, TOUCH_EVERY_MS) {
+            if self.cache.enabled() {
+                let store = self.store.clone();
+                let hash = hash.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = store.touch_api_session(&hash, now).await {
+                        tracing::warn!(error = %e, "could not record a session's last use");
+                    }
+                });
+            } else {
+                self.store.touch_api_session(&hash, now).await?;
+            }
         }
         Ok(Ok(ApiPrincipal {
             admin: view.admin,
             org_id: view.org_id,
             subscription,
             session_hash: hash,
+            generation: view.generation,
             rate: None,
             call_threshold: view.call_threshold,
             rate_limits: view.rate_limits,

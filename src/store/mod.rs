@@ -31,6 +31,10 @@ pub enum StoreError {
     Refused(Refusal),
     #[error("database unavailable: {0}")]
     Unavailable(anyhow::Error),
+    /// The key changed (on any node) after this API session's request was admitted: what
+    /// the request would now read belongs to the new key.
+    #[error("the session's key generation is no longer current")]
+    SessionEnded,
     #[error("internal store error: {0}")]
     Internal(anyhow::Error),
 }
@@ -247,11 +251,15 @@ pub trait Store: Send + Sync + 'static {
     async fn get_admin(&self, id: AdminId) -> StoreResult<Option<AdminRecord>>;
 
     // --- the key, as an admin changes it (R3-R6); the acting admin is `ctx.actor`
+    /// With `expected_generation` (a change through an API session), the change is refused
+    /// with `SessionEnded` unless the org is still at that generation when its row is locked:
+    /// a session of a replaced key must not change (and so learn) the current one.
     async fn change_key(
         &self,
         org: OrgId,
         admin: AdminId,
         change: KeyChange,
+        expected_generation: Option<i64>,
         ctx: &Ctx,
     ) -> StoreResult<OrgRecord>;
     /// Returns the full key value and writes the audit record of its reveal, together.
@@ -311,6 +319,11 @@ pub trait Store: Send + Sync + 'static {
     async fn set_usage(&self, org: OrgId, period_seconds: i64, period_start: i64, calls: i64) -> StoreResult<()>;
     /// The org's most recent periods, newest first.
     async fn list_usage(&self, org: OrgId, limit: u32) -> StoreResult<Vec<UsageRow>>;
+
+    // --- ZIA audit log reports, one per admin
+    async fn put_audit_report(&self, admin: AdminId, report: &crate::service::reports::AuditReport) -> StoreResult<()>;
+    async fn get_audit_report(&self, admin: AdminId) -> StoreResult<Option<crate::service::reports::AuditReport>>;
+    async fn delete_audit_report(&self, admin: AdminId) -> StoreResult<()>;
 
     // --- cloud service API sessions (stored as hashes); every key change deletes the org's
     async fn create_api_session(

@@ -501,7 +501,7 @@ impl Store for $store {
             .await
             .map_err(map_err)?;
         let record = admin_from_row(&row.ok_or(StoreError::NotFound("admin"))?)?;
-        for table in ["console_sessions", "api_sessions"] {
+        for table in ["console_sessions", "api_sessions", "audit_reports"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE admin_id = $1"))
                 .bind(admin.0)
                 .execute(&mut *tx)
@@ -558,6 +558,7 @@ impl Store for $store {
         org: OrgId,
         admin: AdminId,
         change: KeyChange,
+        expected_generation: Option<i64>,
         ctx: &Ctx,
     ) -> StoreResult<OrgRecord> {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
@@ -576,6 +577,9 @@ impl Store for $store {
             .as_ref()
             .map(|k| self.open_key(org, k))
             .transpose()?;
+        if expected_generation.is_some_and(|g| g != before.key_generation) {
+            return Err(StoreError::SessionEnded);
+        }
         key_change::decide(
             &change,
             admin.role,
@@ -812,6 +816,40 @@ impl Store for $store {
             .execute(&self.writer)
             .await
             .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn put_audit_report(&self, admin: AdminId, report: &crate::service::reports::AuditReport) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO audit_reports (admin_id, csv, rows_count, finished_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (admin_id) DO UPDATE SET csv = excluded.csv, rows_count = excluded.rows_count, \
+             finished_at = excluded.finished_at",
+        )
+        .bind(admin.0)
+        .bind(&report.csv)
+        .bind(report.rows as i64)
+        .bind(report.finished_at.0)
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn get_audit_report(&self, admin: AdminId) -> StoreResult<Option<crate::service::reports::AuditReport>> {
+        let row = sqlx::query("SELECT csv, rows_count, finished_at FROM audit_reports WHERE admin_id = $1")
+            .bind(admin.0)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?;
+        Ok(row.map(|r| crate::service::reports::AuditReport {
+            csv: r.get(0),
+            rows: r.get::<i64, _>(1) as usize,
+            finished_at: Millis(r.get(2)),
+        }))
+    }
+
+    async fn delete_audit_report(&self, admin: AdminId) -> StoreResult<()> {
+        sqlx::query("DELETE FROM audit_reports WHERE admin_id = $1").bind(admin.0).execute(&self.writer).await.map_err(map_err)?;
         Ok(())
     }
 
