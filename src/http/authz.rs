@@ -2,7 +2,7 @@
 //! ext_authz HTTP) decided exactly as an API call: the same `authorize_api_request`.
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -15,6 +15,9 @@ use crate::service::sessions::Denial;
 /// sub-request's body on (nginx `auth_request` keeps only its status and headers), but it can
 /// put this header into the answer it makes itself.
 pub const CODE_HEADER: &str = "x-keygate-code";
+
+const ORG_ID_HEADER: HeaderName = HeaderName::from_static("x-keygate-org-id");
+const ADMIN_HEADER: HeaderName = HeaderName::from_static("x-keygate-admin");
 
 fn denial_code(d: &Denial) -> &'static str {
     match d {
@@ -89,15 +92,17 @@ pub async fn authz(State(state): State<AppState>, req: Request) -> Response {
     let method = original_method(&req);
     match state.authorize_api_request(&token, &method).await {
         Ok(Ok(principal)) => {
-            let mut headers = HeaderMap::new();
-            headers.insert("x-keygate-org-id", HeaderValue::from(principal.org_id.0));
+            // Written straight into the response's own headers (no map to merge).
+            let mut response = StatusCode::NO_CONTENT.into_response();
+            let headers = response.headers_mut();
+            headers.insert(ORG_ID_HEADER, HeaderValue::from(principal.org_id.0));
             if let Ok(v) = HeaderValue::from_str(&principal.admin.login) {
-                headers.insert("x-keygate-admin", v);
+                headers.insert(ADMIN_HEADER, v);
             }
             if let Some(info) = principal.rate {
-                rate_headers(&mut headers, &info);
+                rate_headers(headers, &info);
             }
-            (StatusCode::NO_CONTENT, headers).into_response()
+            response
         }
         Ok(Err(denial)) => refused(denial),
         Err(e) => ApiError::from(e).into_response(),

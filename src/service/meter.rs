@@ -179,12 +179,16 @@ impl Services {
     }
 
     /// Starts the org's current period from zero (on re-enable after R9).
-    pub async fn reset_usage(&self, org: OrgId, threshold: Option<CallThreshold>) -> StoreResult<()> {
-        let period = period_of(threshold, self.clock.now());
+    /// Runs `change` after this node's counts are written, with no flush in between.
+    pub async fn with_usage_flushed<T>(&self, change: impl std::future::Future<Output = StoreResult<T>>) -> StoreResult<T> {
         let _flushing = self.meter.flushing.lock().await;
         self.flush_locked().await?;
-        self.meter.reset(org, period);
-        self.store.set_usage(org, period.0, period.1, 0).await
+        change.await
+    }
+
+    /// Restarts this node's count of the org's current period from zero.
+    pub fn restart_local_usage(&self, org: OrgId, threshold: Option<CallThreshold>) {
+        self.meter.reset(org, period_of(threshold, self.clock.now()));
     }
 
     /// The calls of the org's current period: the in-memory count, else the stored one.

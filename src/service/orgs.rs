@@ -99,16 +99,16 @@ impl Services {
         client: Option<String>,
     ) -> StoreResult<OrgRecord> {
         let _pass = self.begin_change(org).await;
-        let before = self.store.get_org(org).await?.ok_or(StoreError::NotFound("org"))?;
-        let ctx = self.ctx(actor, client);
-        let after = self.store.provider_key_action(org, ProviderKeyAction::Enable, &ctx).await?;
-        // Re-enabling after R9 starts the period's count afresh; otherwise the very next call
-        // would trip the threshold again.
-        let tripped = before.key.as_ref().and_then(|k| k.disabled.as_ref()).map(|d| d.reason)
-            == Some(crate::domain::org::DisableReason::CallThresholdExceeded);
-        if tripped {
-            self.reset_usage(org, after.call_threshold).await?;
-        }
+        // Re-enabling after R9 starts the period's count afresh (the store zeroes it in the
+        // enable's own transaction, so no node counts on from the old total); this node's
+        // counts are written first, and its in-memory count restarts after.
+        let after = self
+            .with_usage_flushed(async {
+                let ctx = self.ctx(actor, client);
+                self.store.provider_key_action(org, ProviderKeyAction::Enable, &ctx).await
+            })
+            .await?;
+        self.restart_local_usage(org, after.call_threshold);
         Ok(after)
     }
 

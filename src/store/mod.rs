@@ -316,7 +316,6 @@ pub trait Store: Send + Sync + 'static {
     /// Adds counted calls: `(org, period_seconds, period_start, calls)`.
     async fn add_usage(&self, deltas: &[(OrgId, i64, i64, i64)]) -> StoreResult<()>;
     async fn usage_calls(&self, org: OrgId, period_seconds: i64, period_start: i64) -> StoreResult<i64>;
-    async fn set_usage(&self, org: OrgId, period_seconds: i64, period_start: i64, calls: i64) -> StoreResult<()>;
     /// The org's most recent periods, newest first.
     async fn list_usage(&self, org: OrgId, limit: u32) -> StoreResult<Vec<UsageRow>>;
 

@@ -452,6 +452,23 @@ impl Store for $store {
                     .execute(&mut *tx)
                     .await
                     .map_err(map_err)?;
+                let tripped = key.disabled.as_ref().map(|d| d.reason)
+                    == Some(crate::domain::org::DisableReason::CallThresholdExceeded);
+                if tripped {
+                    // After R9 the period's count starts afresh, in the same transaction, so
+                    // no node trips the key again on the old total.
+                    let (period, start) = crate::service::meter::period_of(before.call_threshold, ctx.now);
+                    sqlx::query(
+                        "INSERT INTO usage_counters (org_id, period_seconds, period_start, calls) VALUES ($1, $2, $3, 0) \
+                         ON CONFLICT (org_id, period_seconds, period_start) DO UPDATE SET calls = 0",
+                    )
+                    .bind(org.0)
+                    .bind(period)
+                    .bind(start)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                }
                 let generation = bump_generation(&mut tx, org).await?;
                 insert_audit(
                     &mut tx,
@@ -1016,21 +1033,6 @@ impl Store for $store {
         .await
         .map_err(map_err)?;
         Ok(calls.unwrap_or(0))
-    }
-
-    async fn set_usage(&self, org: OrgId, period_seconds: i64, period_start: i64, calls: i64) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO usage_counters (org_id, period_seconds, period_start, calls) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (org_id, period_seconds, period_start) DO UPDATE SET calls = excluded.calls",
-        )
-        .bind(org.0)
-        .bind(period_seconds)
-        .bind(period_start)
-        .bind(calls)
-        .execute(&self.writer)
-        .await
-        .map_err(map_err)?;
-        Ok(())
     }
 
     async fn list_usage(&self, org: OrgId, limit: u32) -> StoreResult<Vec<UsageRow>> {
