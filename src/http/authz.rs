@@ -8,7 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use super::cloud::{SESSION_COOKIE, SESSION_HEADER, denial_response, rate_headers};
 use super::error::{ApiError, ErrorBody};
-use super::extract::AppState;
+use super::extract::{AppState, cookie_in};
 use crate::service::sessions::Denial;
 
 /// The refusal's `code`, also sent as the `X-Keygate-Code` header: a proxy cannot pass the
@@ -58,23 +58,11 @@ fn original_method(req: &Request) -> String {
 }
 
 fn session(req: &Request) -> Option<String> {
-    let from_cookie = req
-        .headers()
-        .get_all(axum::http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == SESSION_COOKIE)
-        .map(|(_, v)| v.to_owned());
-    from_cookie
-        .or_else(|| {
-            req.headers()
-                .get(SESSION_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        })
-        .filter(|t| !t.trim().is_empty())
+    cookie_in(req.headers(), SESSION_COOKIE)
+        .or_else(|| req.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
 }
 
 /// 204 with `X-Keygate-Org-Id` and `X-Keygate-Admin` when the call may go through; otherwise

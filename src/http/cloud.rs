@@ -16,7 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
-use super::extract::{AppState, ClientAddr, JsonBody, cookie_value, parse_id};
+use super::extract::{AppState, ClientAddr, JsonBody, cookie_in, parse_id};
 use crate::domain::key::ApiKeyValue;
 use crate::domain::time::Millis;
 use crate::service::keys::{KeyChangeRequest, KeyObject, Shown};
@@ -44,7 +44,7 @@ pub fn router(state: AppState) -> OpenApiRouter<AppState> {
 
 /// The session id from the `JSESSIONID` cookie or the `JSessionID` header.
 fn session_token(parts: &Parts) -> Option<&str> {
-    cookie_value(parts, SESSION_COOKIE)
+    cookie_in(&parts.headers, SESSION_COOKIE)
         .or_else(|| {
             parts
                 .headers

@@ -234,9 +234,9 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     }
 }
 
-pub fn cookie_value<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
-    parts
-        .headers
+/// A cookie's value from the request's `Cookie` headers; an empty value counts as absent.
+pub fn cookie_in<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -244,6 +244,7 @@ pub fn cookie_value<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
+        .filter(|v| !v.is_empty())
 }
 
 /// A provider operator, by bearer token.
@@ -287,7 +288,7 @@ impl FromRequestParts<AppState> for ConsoleAuth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let cookie = cookie_value(parts, CONSOLE_COOKIE).ok_or(ApiError::SessionNotValid)?;
+        let cookie = cookie_in(&parts.headers, CONSOLE_COOKIE).ok_or(ApiError::SessionNotValid)?;
         let resolved = state
             .resolve_console_session(cookie)
             .await?

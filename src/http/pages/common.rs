@@ -146,17 +146,7 @@ pub fn cookie(
     .unwrap_or_else(|_| HeaderValue::from_static("invalid=; Max-Age=0"))
 }
 
-pub fn cookie_in<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-        .filter(|v| !v.is_empty())
-}
+pub use crate::http::extract::cookie_in;
 
 /// The login form's CSRF token: the one already in its cookie, or a new one to set.
 pub fn login_csrf(headers: &HeaderMap) -> (String, bool) {
@@ -422,6 +412,24 @@ impl AuditRow {
             details,
         }
     }
+}
+
+/// What every login form goes through first: same origin, the login form's own CSRF token,
+/// then its fields (returned with the request's head).
+pub async fn login_fields<T: DeserializeOwned>(
+    settings: &Settings,
+    req: axum::extract::Request,
+    area: &'static str,
+) -> Result<(axum::http::request::Parts, T), Response> {
+    let (parts, body) = req.into_parts();
+    if !same_origin(&parts.headers, settings) {
+        return Err(forbidden(area));
+    }
+    let form = read_form(body, area).await?;
+    if !login_csrf_ok(&parts.headers, &form.csrf) {
+        return Err(forbidden(area));
+    }
+    Ok((parts, form.fields(area)?))
 }
 
 #[cfg(test)]

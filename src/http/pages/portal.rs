@@ -19,8 +19,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::common::{
-    AuditRow, Chrome, LOGIN_CSRF_COOKIE, RawForm, api_message, cookie, cookie_in, forbidden,
-    format_secs, html, login_csrf, login_csrf_ok, page_count, page_number, read_form, reason_label,
+    AuditRow, Chrome, LOGIN_CSRF_COOKIE, RawForm, api_message, cookie, cookie_in, forbidden, login_fields,
+    format_secs, html, login_csrf, page_count, page_number, read_form, reason_label,
     same_origin, see_other,
 };
 use crate::domain::admin::Role;
@@ -166,18 +166,7 @@ async fn login(
     ClientAddr(client): ClientAddr,
     req: Request,
 ) -> Response {
-    let (parts, body) = req.into_parts();
-    if !same_origin(&parts.headers, &state.settings) {
-        return forbidden(AREA);
-    }
-    let form = match read_form(body, AREA).await {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if !login_csrf_ok(&parts.headers, &form.csrf) {
-        return forbidden(AREA);
-    }
-    let fields: LoginForm = match form.fields(AREA) {
+    let (parts, fields): (_, LoginForm) = match login_fields(&state.settings, req, AREA).await {
         Ok(f) => f,
         Err(r) => return r,
     };
