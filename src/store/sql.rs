@@ -1005,8 +1005,11 @@ impl Store for $store {
         if deltas.is_empty() {
             return Ok(());
         }
+        // Rows are locked in one global order, so flushes of several nodes cannot deadlock.
+        let mut ordered = deltas.to_vec();
+        ordered.sort_unstable_by_key(|(org, period, start, _)| (org.0, *period, *start));
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        for (org, period, start, calls) in deltas {
+        for (org, period, start, calls) in &ordered {
             sqlx::query(
                 "INSERT INTO usage_counters (org_id, period_seconds, period_start, calls) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (org_id, period_seconds, period_start) DO UPDATE SET calls = usage_counters.calls + excluded.calls",
