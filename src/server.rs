@@ -35,14 +35,23 @@ impl App {
         };
         let cipher = Arc::new(KeyCipher::new(&master));
         let store: Arc<dyn Store> = match &config.database_url {
-            Some(url) if url.expose_secret().starts_with("postgres://") || url.expose_secret().starts_with("postgresql://") => {
+            Some(url)
+                if url.expose_secret().starts_with("postgres://")
+                    || url.expose_secret().starts_with("postgresql://") =>
+            {
                 let hint = match &config.master_key {
                     Some(_) => std::path::PathBuf::from("KEYGATE_MASTER_KEY"),
                     None => config.data_dir.join("master.key"),
                 };
-                Arc::new(PostgresStore::open(url.expose_secret(), cipher, &hint).await.context("cannot open the PostgreSQL store")?)
+                Arc::new(
+                    PostgresStore::open(url.expose_secret(), cipher, &hint)
+                        .await
+                        .context("cannot open the PostgreSQL store")?,
+                )
             }
-            Some(_) => anyhow::bail!("KEYGATE_DATABASE_URL must be a postgres:// URL (unset it for the embedded SQLite store)"),
+            Some(_) => anyhow::bail!(
+                "KEYGATE_DATABASE_URL must be a postgres:// URL (unset it for the embedded SQLite store)"
+            ),
             None => Arc::new(SqliteStore::open(&config.data_dir, cipher).await?),
         };
         let public_base_url = config
@@ -54,7 +63,10 @@ impl App {
         let services = Arc::new(Services {
             store,
             clock: clock.clone(),
-            hasher: PasswordHasher::with_params(config.password_hash_concurrency, config.password_hash_params),
+            hasher: PasswordHasher::with_params(
+                config.password_hash_concurrency,
+                config.password_hash_params,
+            ),
             settings: Settings {
                 public_base_url,
                 console_idle_timeout_secs: config.console_idle_timeout_secs,
@@ -100,16 +112,27 @@ pub async fn serve(
                     tracing::warn!(error = %e, "usage flush failed; will retry");
                 }
                 let s = &services.settings;
-                services.cache.sweep(services.clock.now(), s.api_idle_timeout_secs, s.api_max_lifetime_secs);
+                services.cache.sweep(
+                    services.clock.now(),
+                    s.api_idle_timeout_secs,
+                    s.api_max_lifetime_secs,
+                );
             }
         }
     });
-    let service = app.router.into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, service).with_graceful_shutdown(shutdown).await;
+    let service = app
+        .router
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, service)
+        .with_graceful_shutdown(shutdown)
+        .await;
     flusher.abort();
     let _ = flusher.await;
     // Graceful shutdown loses no count.
-    services.flush_usage().await.map_err(|e| anyhow::anyhow!("final usage flush failed: {e}"))?;
+    services
+        .flush_usage()
+        .await
+        .map_err(|e| anyhow::anyhow!("final usage flush failed: {e}"))?;
     served?;
     Ok(())
 }

@@ -23,7 +23,10 @@ use keygate::domain::ids::OrgId;
 use keygate::domain::key::ApiKeyValue;
 
 #[derive(Parser)]
-#[command(name = "keygate-bench-seed", about = "Bulk-seed orgs into a stopped keygate's SQLite data directory")]
+#[command(
+    name = "keygate-bench-seed",
+    about = "Bulk-seed orgs into a stopped keygate's SQLite data directory"
+)]
 struct Args {
     /// The data directory keygate ran on once (holds keygate.db and master.key).
     #[arg(long)]
@@ -55,7 +58,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let db = args.data_dir.join("keygate.db");
     if !db.exists() {
-        bail!("{} does not exist: start keygate once on this data directory first", db.display());
+        bail!(
+            "{} does not exist: start keygate once on this data directory first",
+            db.display()
+        );
     }
     let master = MasterKey::load_or_create(&args.data_dir.join("master.key"))?;
     let cipher = KeyCipher::new(&master);
@@ -66,19 +72,32 @@ async fn main() -> anyhow::Result<()> {
         .synchronous(SqliteSynchronous::Off)
         .foreign_keys(true)
         .pragma("cache_size", "-262144");
-    let mut conn = SqliteConnection::connect_with(&opts).await.context("open keygate.db")?;
+    let mut conn = SqliteConnection::connect_with(&opts)
+        .await
+        .context("open keygate.db")?;
 
-    let existing: i64 = sqlx::query_scalar("SELECT count(*) FROM orgs").fetch_one(&mut conn).await?;
-    let max_id: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM orgs").fetch_one(&mut conn).await?;
+    let existing: i64 = sqlx::query_scalar("SELECT count(*) FROM orgs")
+        .fetch_one(&mut conn)
+        .await?;
+    let max_id: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM orgs")
+        .fetch_one(&mut conn)
+        .await?;
     if existing != max_id {
-        bail!("orgs ids are not 1..{existing} (max {max_id}): seed only a database keygate-bench-seed grew");
+        bail!(
+            "orgs ids are not 1..{existing} (max {max_id}): seed only a database keygate-bench-seed grew"
+        );
     }
     let started = Instant::now();
     if args.orgs > existing {
         let hash = PasswordHasher::new(1)
-            .hash(Password::parse("password", &args.password).map_err(|e| anyhow::anyhow!("{e:?}"))?)
+            .hash(
+                Password::parse("password", &args.password)
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+            )
             .await?;
-        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as i64;
         let mut next = existing + 1;
         while next <= args.orgs {
             // One transaction per 50,000 orgs.
@@ -93,13 +112,22 @@ async fn main() -> anyhow::Result<()> {
             tx.commit().await?;
             next = tx_end + 1;
         }
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await?;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&mut conn)
+            .await?;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM orgs").fetch_one(&mut conn).await?;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM orgs")
+        .fetch_one(&mut conn)
+        .await?;
 
     let mut exported = Vec::new();
-    for id in args.export_ids.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for id in args
+        .export_ids
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         let id: i64 = id.parse().with_context(|| format!("bad org id {id:?}"))?;
         let row = sqlx::query("SELECT k.sealed, a.login_name FROM api_keys k JOIN admins a ON a.org_id = k.org_id WHERE k.org_id = ?1 ORDER BY a.id LIMIT 1")
             .bind(id)
@@ -108,7 +136,9 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("org {id} has no key or admin"))?;
         let sealed: Vec<u8> = row.get(0);
         let login: String = row.get(1);
-        let key = cipher.open(OrgId(id), &sealed).with_context(|| format!("org {id}: key does not open with master.key"))?;
+        let key = cipher
+            .open(OrgId(id), &sealed)
+            .with_context(|| format!("org {id}: key does not open with master.key"))?;
         exported.push(serde_json::json!({"orgId": id, "login": login, "password": args.password, "key": key.expose()}));
     }
     if let Some(path) = &args.export_file {
@@ -140,7 +170,13 @@ async fn insert_batch(
     );
     let mut query = sqlx::query(&q);
     for id in from..=to {
-        query = query.bind(id).bind(format!("Bench org {id}")).bind(true).bind(None::<i64>).bind(1i64).bind(now_ms);
+        query = query
+            .bind(id)
+            .bind(format!("Bench org {id}"))
+            .bind(true)
+            .bind(None::<i64>)
+            .bind(1i64)
+            .bind(now_ms);
     }
     query.execute(&mut *conn).await?;
 
@@ -150,18 +186,31 @@ async fn insert_batch(
     );
     let mut query = sqlx::query(&q);
     for id in from..=to {
-        query = query.bind(id).bind(id).bind(login_of(id)).bind(hash).bind("FULL").bind(now_ms);
+        query = query
+            .bind(id)
+            .bind(id)
+            .bind(login_of(id))
+            .bind(hash)
+            .bind("FULL")
+            .bind(now_ms);
     }
     query.execute(&mut *conn).await?;
 
-    let keys: Vec<(i64, ApiKeyValue)> = (from..=to).map(|id| (id, ApiKeyValue::generate(&mut rand::rngs::OsRng))).collect();
+    let keys: Vec<(i64, ApiKeyValue)> = (from..=to)
+        .map(|id| (id, ApiKeyValue::generate(&mut rand::rngs::OsRng)))
+        .collect();
     q = format!(
         "INSERT INTO api_keys (org_id, sealed, modified_at, modified_by_id, modified_by_name) VALUES {}",
         vec!["(?, ?, ?, ?, ?)"; n].join(", ")
     );
     let mut query = sqlx::query(&q);
     for (id, key) in &keys {
-        query = query.bind(*id).bind(cipher.seal(OrgId(*id), key)).bind(now_ms).bind(PROVIDER.1).bind(PROVIDER.2);
+        query = query
+            .bind(*id)
+            .bind(cipher.seal(OrgId(*id), key))
+            .bind(now_ms)
+            .bind(PROVIDER.1)
+            .bind(PROVIDER.2);
     }
     query.execute(&mut *conn).await?;
 
@@ -179,8 +228,16 @@ async fn insert_batch(
                 None,
                 serde_json::json!({"name": format!("Bench org {id}"), "subscription": {"enabled": true, "expiresAt": null}, "callThreshold": null}),
             ),
-            ("ADMIN_ADD", None, serde_json::json!({"adminId": id, "loginName": login_of(id), "role": "FULL"})),
-            ("KEY_PROVISION", Some(key.suffix()), serde_json::json!({"generation": 1})),
+            (
+                "ADMIN_ADD",
+                None,
+                serde_json::json!({"adminId": id, "loginName": login_of(id), "role": "FULL"}),
+            ),
+            (
+                "KEY_PROVISION",
+                Some(key.suffix()),
+                serde_json::json!({"generation": 1}),
+            ),
         ];
         for (action, suffix, details) in entries {
             query = query

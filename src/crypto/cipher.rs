@@ -104,12 +104,16 @@ impl KeyCipher {
     }
 
     pub fn opens_check(&self, sealed: &[u8]) -> bool {
-        self.open_raw(CHECK_AAD, sealed).is_some_and(|p| p.as_slice() == CHECK_PLAINTEXT)
+        self.open_raw(CHECK_AAD, sealed)
+            .is_some_and(|p| p.as_slice() == CHECK_PLAINTEXT)
     }
 
     fn seal_raw(&self, aad: &[u8], msg: &[u8]) -> Vec<u8> {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
-        let ct = self.aead.encrypt(&nonce, Payload { msg, aad }).expect("AES-GCM encryption of a short value cannot fail");
+        let ct = self
+            .aead
+            .encrypt(&nonce, Payload { msg, aad })
+            .expect("AES-GCM encryption of a short value cannot fail");
         let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
         out.push(SEAL_VERSION);
         out.extend_from_slice(&nonce);
@@ -122,7 +126,16 @@ impl KeyCipher {
             return None;
         }
         let nonce = Nonce::from_slice(&sealed[1..1 + NONCE_LEN]);
-        self.aead.decrypt(nonce, Payload { msg: &sealed[1 + NONCE_LEN..], aad }).ok().map(Zeroizing::new)
+        self.aead
+            .decrypt(
+                nonce,
+                Payload {
+                    msg: &sealed[1 + NONCE_LEN..],
+                    aad,
+                },
+            )
+            .ok()
+            .map(Zeroizing::new)
     }
 
     /// `None` when the blob was not sealed for this org with this master key.

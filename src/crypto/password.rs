@@ -2,7 +2,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString, rand_core::OsRng};
+use argon2::password_hash::{
+    PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString, rand_core::OsRng,
+};
 use argon2::{Algorithm, Argon2, Params, Version};
 use tokio::sync::Semaphore;
 
@@ -23,7 +25,11 @@ pub struct HashParams {
 }
 
 impl HashParams {
-    pub const OWASP: HashParams = HashParams { m_kib: OWASP_M_KIB, t: OWASP_T, p: OWASP_P };
+    pub const OWASP: HashParams = HashParams {
+        m_kib: OWASP_M_KIB,
+        t: OWASP_T,
+        p: OWASP_P,
+    };
 }
 
 impl Default for HashParams {
@@ -63,7 +69,11 @@ impl PasswordHasher {
     }
 
     pub fn with_params(concurrency: usize, params: HashParams) -> Self {
-        Self { bound: Arc::new(Semaphore::new(concurrency.max(1))), params, decoy: Arc::new(OnceLock::new()) }
+        Self {
+            bound: Arc::new(Semaphore::new(concurrency.max(1))),
+            params,
+            decoy: Arc::new(OnceLock::new()),
+        }
     }
 
     /// A hash of a password nobody has, verified when the login name is unknown so that an
@@ -95,7 +105,9 @@ impl PasswordHasher {
 
     /// Constant-time verification (inside argon2). `stored = None` verifies against a decoy.
     pub async fn verify(&self, password: Password, stored: Option<String>) -> bool {
-        let Ok(_permit) = self.bound.acquire().await else { return false };
+        let Ok(_permit) = self.bound.acquire().await else {
+            return false;
+        };
         let known = stored.is_some();
         let phc = match stored {
             Some(s) => s,
@@ -103,8 +115,12 @@ impl PasswordHasher {
         };
         let params = self.params;
         tokio::task::spawn_blocking(move || {
-            let Ok(parsed) = PasswordHash::new(&phc) else { return false };
-            let ok = argon2(params).verify_password(password.expose().as_bytes(), &parsed).is_ok();
+            let Ok(parsed) = PasswordHash::new(&phc) else {
+                return false;
+            };
+            let ok = argon2(params)
+                .verify_password(password.expose().as_bytes(), &parsed)
+                .is_ok();
             ok && known
         })
         .await
@@ -124,13 +140,29 @@ mod tests {
         assert!(stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
         assert!(!stored.contains("horse"));
         assert!(h.verify(pw, Some(stored.clone())).await);
-        assert!(!h.verify(Password::for_login("wrong horse battery"), Some(stored)).await);
-        assert!(!h.verify(Password::for_login("keygate-decoy-password-never-valid"), None).await);
+        assert!(
+            !h.verify(Password::for_login("wrong horse battery"), Some(stored))
+                .await
+        );
+        assert!(
+            !h.verify(
+                Password::for_login("keygate-decoy-password-never-valid"),
+                None
+            )
+            .await
+        );
     }
 
     #[tokio::test]
     async fn cheaper_parameters_are_recorded_in_the_hash() {
-        let h = PasswordHasher::with_params(1, HashParams { m_kib: 1024, t: 1, p: 1 });
+        let h = PasswordHasher::with_params(
+            1,
+            HashParams {
+                m_kib: 1024,
+                t: 1,
+                p: 1,
+            },
+        );
         let pw = Password::parse("p", "correct horse battery").unwrap();
         let stored = h.hash(pw.clone()).await.unwrap();
         assert!(stored.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"));

@@ -17,7 +17,11 @@ const METHODS: [&str; 4] = ["GET", "POST", "PUT", "DELETE"];
 
 impl RateRule {
     fn new(methods: &[&str], limit: u32, period_seconds: u32) -> Self {
-        Self { methods: methods.iter().map(|m| m.to_string()).collect(), limit, period_seconds }
+        Self {
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            limit,
+            period_seconds,
+        }
     }
 
     /// The ZIA defaults: GET 2/s and 1000/h; POST and PUT 1/s and 400/h; DELETE 1/min and 4/h.
@@ -53,16 +57,28 @@ impl RateRule {
         for (i, r) in rules.iter().enumerate() {
             let f = format!("{field}[{i}]");
             if r.methods.is_empty() {
-                return Err(FieldError::new(format!("{f}.methods"), "must name at least one method"));
+                return Err(FieldError::new(
+                    format!("{f}.methods"),
+                    "must name at least one method",
+                ));
             }
             if let Some(bad) = r.methods.iter().find(|m| !METHODS.contains(&m.as_str())) {
-                return Err(FieldError::new(format!("{f}.methods"), format!("unknown method {bad:?}; use GET, POST, PUT or DELETE")));
+                return Err(FieldError::new(
+                    format!("{f}.methods"),
+                    format!("unknown method {bad:?}; use GET, POST, PUT or DELETE"),
+                ));
             }
             if !(1..=1_000_000).contains(&r.limit) {
-                return Err(FieldError::new(format!("{f}.limit"), "must be from 1 to 1000000"));
+                return Err(FieldError::new(
+                    format!("{f}.limit"),
+                    "must be from 1 to 1000000",
+                ));
             }
             if !(1..=86_400).contains(&r.period_seconds) {
-                return Err(FieldError::new(format!("{f}.periodSeconds"), "must be from 1 to 86400"));
+                return Err(FieldError::new(
+                    format!("{f}.periodSeconds"),
+                    "must be from 1 to 86400",
+                ));
             }
         }
         Ok(rules)
@@ -77,7 +93,11 @@ mod tests {
     fn defaults_cover_every_class() {
         let d = RateRule::defaults();
         for class in ["GET", "POST", "PUT", "DELETE"] {
-            assert_eq!(d.iter().filter(|r| r.applies_to(class)).count(), 2, "{class}");
+            assert_eq!(
+                d.iter().filter(|r| r.applies_to(class)).count(),
+                2,
+                "{class}"
+            );
         }
         assert_eq!(RateRule::class_of("head"), "GET");
         assert_eq!(RateRule::class_of("PATCH"), "PUT");
@@ -86,8 +106,14 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         let bad = vec![RateRule::new(&["GET"], 0, 1)];
-        assert_eq!(RateRule::validate_all(bad, "rateLimits").unwrap_err().field, "rateLimits[0].limit");
+        assert_eq!(
+            RateRule::validate_all(bad, "rateLimits").unwrap_err().field,
+            "rateLimits[0].limit"
+        );
         let bad = vec![RateRule::new(&["FETCH"], 1, 1)];
-        assert_eq!(RateRule::validate_all(bad, "rateLimits").unwrap_err().field, "rateLimits[0].methods");
+        assert_eq!(
+            RateRule::validate_all(bad, "rateLimits").unwrap_err().field,
+            "rateLimits[0].methods"
+        );
     }
 }

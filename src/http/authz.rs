@@ -59,7 +59,11 @@ fn original_method(req: &Request) -> String {
 
 fn session(req: &Request) -> Option<String> {
     cookie_in(req.headers(), SESSION_COOKIE)
-        .or_else(|| req.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()))
+        .or_else(|| {
+            req.headers()
+                .get(SESSION_HEADER)
+                .and_then(|v| v.to_str().ok())
+        })
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(str::to_owned)

@@ -5,9 +5,9 @@ use axum::Json;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{FromRequestParts, Path, Request, State};
-use axum::middleware::Next;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -62,8 +62,13 @@ impl From<Denial> for ApiError {
             Denial::NoApiSubscription => ApiError::NoApiSubscription,
             Denial::SubscriptionExpired => ApiError::SubscriptionExpired,
             Denial::NotAuthorized => ApiError::NotAuthorized,
-            Denial::RateLimited(d) => ApiError::RateLimited { retry_after_secs: d.retry_after_secs },
-            Denial::KeyDisabled(d) => ApiError::ApiKeyDisabled { reason: d.reason.as_str(), note: d.note },
+            Denial::RateLimited(d) => ApiError::RateLimited {
+                retry_after_secs: d.retry_after_secs,
+            },
+            Denial::KeyDisabled(d) => ApiError::ApiKeyDisabled {
+                reason: d.reason.as_str(),
+                note: d.note,
+            },
         }
     }
 }
@@ -82,8 +87,16 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiCall {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let slot = parts.extensions.get::<AdmittedSlot>().ok_or(ApiError::SessionNotValid)?;
-        let principal = slot.0.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or(ApiError::SessionNotValid)?;
+        let slot = parts
+            .extensions
+            .get::<AdmittedSlot>()
+            .ok_or(ApiError::SessionNotValid)?;
+        let principal = slot
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or(ApiError::SessionNotValid)?;
         Ok(ApiCall(principal))
     }
 }
@@ -119,14 +132,20 @@ async fn api_guard(State(state): State<AppState>, mut req: Request, next: Next) 
     let (parts, body) = req.into_parts();
     let token = session_token(&parts).map(str::to_owned);
     req = Request::from_parts(parts, body);
-    let Some(token) = token else { return ApiError::SessionNotValid.into_response() };
-    let principal = match state.authorize_api_request(&token, req.method().as_str()).await {
+    let Some(token) = token else {
+        return ApiError::SessionNotValid.into_response();
+    };
+    let principal = match state
+        .authorize_api_request(&token, req.method().as_str())
+        .await
+    {
         Ok(Ok(p)) => p,
         Ok(Err(denial)) => return denial_response(denial),
         Err(e) => return ApiError::from(e).into_response(),
     };
     let rate = principal.rate;
-    req.extensions_mut().insert(AdmittedSlot(Arc::new(Mutex::new(Some(principal)))));
+    req.extensions_mut()
+        .insert(AdmittedSlot(Arc::new(Mutex::new(Some(principal)))));
     let mut response = next.run(req).await;
     if let Some(info) = rate {
         rate_headers(response.headers_mut(), &info);
@@ -506,7 +525,10 @@ async fn report_status(
 
 /// Cancel (discard) the admin's audit log report.
 #[utoipa::path(delete, path = "/api/v1/auditlogEntryReport", tag = "cloud", responses((status = 204)))]
-async fn cancel_report(State(state): State<AppState>, ApiCall(p): ApiCall) -> ApiResult<StatusCode> {
+async fn cancel_report(
+    State(state): State<AppState>,
+    ApiCall(p): ApiCall,
+) -> ApiResult<StatusCode> {
     state.store.delete_audit_report(p.admin.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

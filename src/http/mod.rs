@@ -1,7 +1,7 @@
 //! HTTP: one router per feature, merged here with the cross-cutting layers.
 
-pub mod cloud;
 pub mod authz;
+pub mod cloud;
 pub mod console;
 pub mod error;
 pub mod extract;

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::domain::ids::OrgId;
 use crate::domain::time::Millis;
@@ -18,11 +19,24 @@ pub struct ViewCache {
     enabled: bool,
     sessions: Mutex<HashMap<String, ApiSessionView>>,
     orgs: Mutex<HashMap<OrgId, OrgRecord>>,
+    /// Changes this node has finished (counted on either store).
+    changes: AtomicU64,
 }
 
 impl ViewCache {
     pub fn new(enabled: bool) -> Self {
-        Self { enabled, sessions: Mutex::new(HashMap::new()), orgs: Mutex::new(HashMap::new()) }
+        Self {
+            enabled,
+            sessions: Mutex::new(HashMap::new()),
+            orgs: Mutex::new(HashMap::new()),
+            changes: AtomicU64::new(0),
+        }
+    }
+
+    /// How many changes this node has finished: a read made while it stayed the same is
+    /// as current, for this node's changes, as one made after it.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
     }
 
     pub fn enabled(&self) -> bool {
@@ -33,7 +47,11 @@ impl ViewCache {
         if !self.enabled {
             return None;
         }
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(hash).cloned()
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+            .cloned()
     }
 
     /// The org of a cached session, without copying the session (the first look-up of every
@@ -42,17 +60,29 @@ impl ViewCache {
         if !self.enabled {
             return None;
         }
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(hash).map(|v| v.org_id)
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+            .map(|v| v.org_id)
     }
 
     pub fn put_session(&self, hash: &str, view: &ApiSessionView) {
         if self.enabled {
-            self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(hash.to_owned(), view.clone());
+            self.sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(hash.to_owned(), view.clone());
         }
     }
 
     pub fn touch_session(&self, hash: &str, now: Millis) {
-        if let Some(v) = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get_mut(hash) {
+        if let Some(v) = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(hash)
+        {
             v.last_seen_at = now;
         }
     }
@@ -65,7 +95,12 @@ impl ViewCache {
         if !self.enabled {
             return true;
         }
-        match self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get_mut(hash) {
+        match self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(hash)
+        {
             Some(v) if now.0 - v.last_seen_at.0 < every_ms => false,
             Some(v) => {
                 v.last_seen_at = now;
@@ -76,33 +111,54 @@ impl ViewCache {
     }
 
     pub fn forget_session(&self, hash: &str) {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(hash);
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(hash);
     }
 
     pub fn org(&self, id: OrgId) -> Option<OrgRecord> {
         if !self.enabled {
             return None;
         }
-        self.orgs.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
+        self.orgs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
     }
 
     pub fn put_org(&self, org: &OrgRecord) {
         if self.enabled {
-            self.orgs.lock().unwrap_or_else(|e| e.into_inner()).insert(org.id, org.clone());
+            self.orgs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(org.id, org.clone());
         }
     }
 
     /// Called by every change to an org (key, subscription, limits, admins) while it holds
     /// the org's gate for writing.
     pub fn forget_org(&self, id: OrgId) {
-        self.orgs.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, v| v.org_id != id);
+        self.orgs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, v| v.org_id != id);
+        self.changes.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Drops sessions that can no longer be valid, so memory follows live sessions only.
     pub fn sweep(&self, now: Millis, idle_secs: i64, lifetime_secs: i64) {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, v| {
-            now.0 - v.last_seen_at.0 < idle_secs * 1000 && now.0 - v.created_at.0 < lifetime_secs * 1000
-        });
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, v| {
+                now.0 - v.last_seen_at.0 < idle_secs * 1000
+                    && now.0 - v.created_at.0 < lifetime_secs * 1000
+            });
     }
 }

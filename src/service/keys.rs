@@ -93,7 +93,11 @@ impl Services {
     pub async fn admin_org(&self, admin: &AdminRecord) -> StoreResult<OrgRecord> {
         match self.cache.org(admin.org_id) {
             Some(org) => Ok(org),
-            None => self.store.get_org(admin.org_id).await?.ok_or(StoreError::NotFound("org")),
+            None => self
+                .store
+                .get_org(admin.org_id)
+                .await?
+                .ok_or(StoreError::NotFound("org")),
         }
     }
 
@@ -102,11 +106,18 @@ impl Services {
     /// admitted, and its data must not reach a session of the old key (R7 across nodes).
     /// Fills the cache: the call holds the org's gate, so no change of this node can commit
     /// between the read and the fill.
-    pub async fn org_for_request(&self, p: &crate::service::sessions::ApiPrincipal) -> StoreResult<OrgRecord> {
+    pub async fn org_for_request(
+        &self,
+        p: &crate::service::sessions::ApiPrincipal,
+    ) -> StoreResult<OrgRecord> {
         let org = match self.cache.org(p.org_id) {
             Some(org) => org,
             None => {
-                let org = self.store.get_org(p.org_id).await?.ok_or(StoreError::NotFound("org"))?;
+                let org = self
+                    .store
+                    .get_org(p.org_id)
+                    .await?
+                    .ok_or(StoreError::NotFound("org"))?;
                 if p.holds_gate() {
                     self.cache.put_org(&org);
                 }
@@ -126,7 +137,8 @@ impl Services {
         request: KeyChangeRequest,
         client_addr: Option<String>,
     ) -> StoreResult<(OrgRecord, Option<KeyObject>)> {
-        self.apply_key_change(admin, request, None, client_addr).await
+        self.apply_key_change(admin, request, None, client_addr)
+            .await
     }
 
     /// A change through a cloud service API session: applied only if the key is still the
@@ -137,7 +149,8 @@ impl Services {
         request: KeyChangeRequest,
         client_addr: Option<String>,
     ) -> StoreResult<(OrgRecord, Option<KeyObject>)> {
-        self.apply_key_change(&p.admin, request, Some(p.generation), client_addr).await
+        self.apply_key_change(&p.admin, request, Some(p.generation), client_addr)
+            .await
     }
 
     async fn apply_key_change(

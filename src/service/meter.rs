@@ -38,7 +38,10 @@ pub struct Meter {
 
 /// The period a call at `now` falls in: `(period_seconds, period_start)`.
 pub fn period_of(threshold: Option<CallThreshold>, now: Millis) -> (i64, i64) {
-    let period = threshold.map(|t| t.period_seconds).unwrap_or(DEFAULT_PERIOD_SECS).max(1);
+    let period = threshold
+        .map(|t| t.period_seconds)
+        .unwrap_or(DEFAULT_PERIOD_SECS)
+        .max(1);
     let secs = now.as_secs();
     (period, secs - secs.rem_euclid(period))
 }
@@ -67,16 +70,19 @@ impl Meter {
             Some(c) if (c.period_seconds, c.period_start) == period => {}
             other => {
                 if let Some(old) = other.filter(|c| c.unflushed > 0) {
-                    self.pending.lock().unwrap_or_else(|e| e.into_inner()).push((
-                        org,
-                        old.period_seconds,
-                        old.period_start,
-                        old.unflushed,
-                    ));
+                    self.pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((org, old.period_seconds, old.period_start, old.unflushed));
                 }
                 counters.insert(
                     org,
-                    Counter { period_seconds: period.0, period_start: period.1, calls: persisted, unflushed: 0 },
+                    Counter {
+                        period_seconds: period.0,
+                        period_start: period.1,
+                        calls: persisted,
+                        unflushed: 0,
+                    },
                 );
             }
         }
@@ -102,7 +108,11 @@ impl Meter {
     /// period plus what this node counted since is the deployment-wide count (R9 across
     /// nodes, at most one flush interval behind).
     fn sync(&self, org: OrgId, period: (i64, i64), stored_total: i64) {
-        if let Some(c) = self.lock().get_mut(&org).filter(|c| (c.period_seconds, c.period_start) == period) {
+        if let Some(c) = self
+            .lock()
+            .get_mut(&org)
+            .filter(|c| (c.period_seconds, c.period_start) == period)
+        {
             c.calls = stored_total + c.unflushed;
         }
     }
@@ -111,28 +121,50 @@ impl Meter {
     /// so the map holds only active orgs.
     fn current_periods(&self, now: Millis) -> Vec<(OrgId, (i64, i64))> {
         let mut counters = self.lock();
-        counters.retain(|_, c| c.unflushed > 0 || now.as_secs() < c.period_start + c.period_seconds);
-        counters.iter().map(|(o, c)| (*o, (c.period_seconds, c.period_start))).collect()
+        counters
+            .retain(|_, c| c.unflushed > 0 || now.as_secs() < c.period_start + c.period_seconds);
+        counters
+            .iter()
+            .map(|(o, c)| (*o, (c.period_seconds, c.period_start)))
+            .collect()
     }
 
     /// Puts counts back after a failed write, so they are tried again.
     fn restore(&self, deltas: Vec<(OrgId, i64, i64, i64)>) {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).extend(deltas);
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(deltas);
     }
 
     /// The in-memory count of the org's current period, if it is loaded.
     pub fn current(&self, org: OrgId, period: (i64, i64)) -> Option<i64> {
-        self.lock().get(&org).filter(|c| (c.period_seconds, c.period_start) == period).map(|c| c.calls)
+        self.lock()
+            .get(&org)
+            .filter(|c| (c.period_seconds, c.period_start) == period)
+            .map(|c| c.calls)
     }
 
     fn reset(&self, org: OrgId, period: (i64, i64)) {
-        self.lock().insert(org, Counter { period_seconds: period.0, period_start: period.1, calls: 0, unflushed: 0 });
+        self.lock().insert(
+            org,
+            Counter {
+                period_seconds: period.0,
+                period_start: period.1,
+                calls: 0,
+                unflushed: 0,
+            },
+        );
     }
 }
 
 impl Services {
     /// Counts one call of `org`; returns the calls in the current period including this one.
-    pub async fn count_call(&self, org: OrgId, threshold: Option<CallThreshold>) -> StoreResult<i64> {
+    pub async fn count_call(
+        &self,
+        org: OrgId,
+        threshold: Option<CallThreshold>,
+    ) -> StoreResult<i64> {
         let period = period_of(threshold, self.clock.now());
         let n = match self.meter.try_count(org, period) {
             Some(n) => n,
@@ -180,7 +212,10 @@ impl Services {
 
     /// Starts the org's current period from zero (on re-enable after R9).
     /// Runs `change` after this node's counts are written, with no flush in between.
-    pub async fn with_usage_flushed<T>(&self, change: impl std::future::Future<Output = StoreResult<T>>) -> StoreResult<T> {
+    pub async fn with_usage_flushed<T>(
+        &self,
+        change: impl std::future::Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
         let _flushing = self.meter.flushing.lock().await;
         self.flush_locked().await?;
         change.await
@@ -188,11 +223,16 @@ impl Services {
 
     /// Restarts this node's count of the org's current period from zero.
     pub fn restart_local_usage(&self, org: OrgId, threshold: Option<CallThreshold>) {
-        self.meter.reset(org, period_of(threshold, self.clock.now()));
+        self.meter
+            .reset(org, period_of(threshold, self.clock.now()));
     }
 
     /// The calls of the org's current period: the in-memory count, else the stored one.
-    pub async fn current_usage(&self, org: OrgId, threshold: Option<CallThreshold>) -> StoreResult<(i64, i64, i64)> {
+    pub async fn current_usage(
+        &self,
+        org: OrgId,
+        threshold: Option<CallThreshold>,
+    ) -> StoreResult<(i64, i64, i64)> {
         let period = period_of(threshold, self.clock.now());
         let calls = match self.meter.current(org, period) {
             Some(n) => n,

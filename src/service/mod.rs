@@ -73,6 +73,10 @@ impl Drop for ChangeGuard<'_> {
 impl Services {
     pub async fn begin_change(&self, org: crate::domain::ids::OrgId) -> ChangeGuard<'_> {
         let pass = self.gate.change(org).await;
-        ChangeGuard { services: self, org, _pass: pass }
+        ChangeGuard {
+            services: self,
+            org,
+            _pass: pass,
+        }
     }
 }

@@ -105,7 +105,9 @@ impl Services {
         let after = self
             .with_usage_flushed(async {
                 let ctx = self.ctx(actor, client);
-                self.store.provider_key_action(org, ProviderKeyAction::Enable, &ctx).await
+                self.store
+                    .provider_key_action(org, ProviderKeyAction::Enable, &ctx)
+                    .await
             })
             .await?;
         self.restart_local_usage(org, after.call_threshold);
@@ -148,6 +150,8 @@ impl Services {
     ) -> StoreResult<OrgRecord> {
         let _change = self.begin_change(org).await;
         let ctx = self.ctx(actor, client);
-        self.store.set_limits(org, threshold, rate_limits, &ctx).await
+        self.store
+            .set_limits(org, threshold, rate_limits, &ctx)
+            .await
     }
 }

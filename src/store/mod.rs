@@ -315,13 +315,25 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<OrgRecord>;
     /// Adds counted calls: `(org, period_seconds, period_start, calls)`.
     async fn add_usage(&self, deltas: &[(OrgId, i64, i64, i64)]) -> StoreResult<()>;
-    async fn usage_calls(&self, org: OrgId, period_seconds: i64, period_start: i64) -> StoreResult<i64>;
+    async fn usage_calls(
+        &self,
+        org: OrgId,
+        period_seconds: i64,
+        period_start: i64,
+    ) -> StoreResult<i64>;
     /// The org's most recent periods, newest first.
     async fn list_usage(&self, org: OrgId, limit: u32) -> StoreResult<Vec<UsageRow>>;
 
     // --- ZIA audit log reports, one per admin
-    async fn put_audit_report(&self, admin: AdminId, report: &crate::service::reports::AuditReport) -> StoreResult<()>;
-    async fn get_audit_report(&self, admin: AdminId) -> StoreResult<Option<crate::service::reports::AuditReport>>;
+    async fn put_audit_report(
+        &self,
+        admin: AdminId,
+        report: &crate::service::reports::AuditReport,
+    ) -> StoreResult<()>;
+    async fn get_audit_report(
+        &self,
+        admin: AdminId,
+    ) -> StoreResult<Option<crate::service::reports::AuditReport>>;
     async fn delete_audit_report(&self, admin: AdminId) -> StoreResult<()>;
 
     // --- cloud service API sessions (stored as hashes); every key change deletes the org's

@@ -26,7 +26,11 @@ pub struct PostgresStore {
 impl PostgresStore {
     /// Connects to `url` and applies the migrations. `master_key_hint` names where the master
     /// key comes from, for the error if it does not match the data.
-    pub async fn open(url: &str, cipher: Arc<KeyCipher>, master_key_hint: &Path) -> anyhow::Result<Self> {
+    pub async fn open(
+        url: &str,
+        cipher: Arc<KeyCipher>,
+        master_key_hint: &Path,
+    ) -> anyhow::Result<Self> {
         let opts = PgConnectOptions::from_str(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
@@ -34,8 +38,14 @@ impl PostgresStore {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        let store = Self { writer: pool.clone(), reader: pool, cipher };
-        store.verify_master_key(&master_key_hint.display().to_string()).await?;
+        let store = Self {
+            writer: pool.clone(),
+            reader: pool,
+            cipher,
+        };
+        store
+            .verify_master_key(&master_key_hint.display().to_string())
+            .await?;
         Ok(store)
     }
 }

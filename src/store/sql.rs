@@ -7,16 +7,23 @@ use super::*;
 
 pub(super) fn map_err(e: sqlx::Error) -> StoreError {
     let unavailable = match &e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::Io(_)
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
         // PostgreSQL: connection exceptions (08…), shutdown / crash / cannot connect now
         // (57P01–57P03), and serialization or deadlock failures a retry would resolve (40…).
-        sqlx::Error::Database(d) => {
-            d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c.starts_with("40"))
-        }
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c.starts_with("40")),
         _ => false,
     };
-    if unavailable { StoreError::Unavailable(e.into()) } else { StoreError::Internal(e.into()) }
+    if unavailable {
+        StoreError::Unavailable(e.into())
+    } else {
+        StoreError::Internal(e.into())
+    }
 }
 
 pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use super::*;
@@ -29,7 +31,11 @@ pub struct SqliteStore {
 /// Takes `dir/keygate.lock` exclusively, or fails if another keygate holds it.
 fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     let path = dir.join("keygate.lock");
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
     #[cfg(unix)]
     {
         use std::os::unix::io::AsRawFd;
@@ -67,11 +73,24 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts)
             .await?;
-        let store = Self { writer, reader, cipher, _dir_lock: dir_lock };
-        store.verify_master_key(&dir.join("master.key").display().to_string()).await?;
+        let store = Self {
+            writer,
+            reader,
+            cipher,
+            _dir_lock: dir_lock,
+        };
+        store
+            .verify_master_key(&dir.join("master.key").display().to_string())
+            .await?;
         Ok(store)
     }
 }
 
 // One writer connection serializes write transactions: no row lock needed.
-super::sql::sql_store!(SqliteStore, SqliteRow, SqliteConnection, None::<&str>, "LIKE");
+super::sql::sql_store!(
+    SqliteStore,
+    SqliteRow,
+    SqliteConnection,
+    None::<&str>,
+    "LIKE"
+);

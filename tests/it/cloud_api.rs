@@ -462,7 +462,10 @@ async fn login_on_both_paths_with_number_and_string_timestamps() {
     }
 
     // Only hashes of the session ids are stored: not in the table, not anywhere in the files.
-    let rows = Db::open(server.dir.path()).await.strings("SELECT id_hash FROM api_sessions", &[]).await;
+    let rows = Db::open(server.dir.path())
+        .await
+        .strings("SELECT id_hash FROM api_sessions", &[])
+        .await;
     assert_eq!(rows.len(), tokens.len(), "one row per session");
     for stored in &rows {
         for t in &tokens {

@@ -207,7 +207,13 @@ fn assert_serial_chain(records: &[Value]) {
 }
 
 async fn key_rows(data_dir: &Path, org_id: i64) -> i64 {
-    Db::open(data_dir).await.i64("SELECT count(*) FROM api_keys WHERE org_id = $1", &[Arg::I(org_id)]).await
+    Db::open(data_dir)
+        .await
+        .i64(
+            "SELECT count(*) FROM api_keys WHERE org_id = $1",
+            &[Arg::I(org_id)],
+        )
+        .await
 }
 
 async fn sigterm_and_wait(p: &mut Process, within: Duration) -> ExitStatus {
@@ -645,7 +651,12 @@ async fn fifty_concurrent_changes_form_one_serial_order() {
         )
         .await;
     assert_eq!(n, acked.len() as i64);
-    let generation_in_db = db.i64("SELECT key_generation FROM orgs WHERE id = $1", &[Arg::I(org_id)]).await;
+    let generation_in_db = db
+        .i64(
+            "SELECT key_generation FROM orgs WHERE id = $1",
+            &[Arg::I(org_id)],
+        )
+        .await;
     assert_eq!(generation_in_db, generation(last));
 }
 
@@ -853,10 +864,20 @@ async fn database_refuses_second_key_and_audit_rewrites() {
         sqlx::Error::Database(d) => assert!(d.is_unique_violation(), "not a unique violation: {d}"),
         other => panic!("unexpected error: {other}"),
     }
-    assert_eq!(db.i64("SELECT count(*) FROM api_keys WHERE org_id = $1", &[Arg::I(org_id)]).await, 1);
+    assert_eq!(
+        db.i64(
+            "SELECT count(*) FROM api_keys WHERE org_id = $1",
+            &[Arg::I(org_id)]
+        )
+        .await,
+        1
+    );
 
     let err = db
-        .execute("UPDATE audit_log SET action = 'TAMPERED' WHERE org_id = $1", &[Arg::I(org_id)])
+        .execute(
+            "UPDATE audit_log SET action = 'TAMPERED' WHERE org_id = $1",
+            &[Arg::I(org_id)],
+        )
         .await
         .expect_err("UPDATE on audit_log");
     assert!(err.to_string().contains("append-only"), "{err}");
@@ -866,7 +887,10 @@ async fn database_refuses_second_key_and_audit_rewrites() {
         .expect_err("DELETE on audit_log");
     assert!(err.to_string().contains("append-only"), "{err}");
 
-    assert_eq!(audit_before, db.id_and_text(audit_sql, &[Arg::I(org_id)]).await);
+    assert_eq!(
+        audit_before,
+        db.id_and_text(audit_sql, &[Arg::I(org_id)]).await
+    );
 }
 
 // ---------------------------------------------------------------- 5. graceful shutdown
@@ -966,11 +990,17 @@ async fn master_key_file_is_private_and_a_wrong_master_key_reveals_nothing() {
     };
     // The server refuses to start rather than fail on every key later.
     match start_with_env(&data, &log, &[("KEYGATE_MASTER_KEY", wrong.as_str())]) {
-        Err(exit) => assert!(!exit.ends_with("exit status: 0"), "refused start must exit non-zero: {exit}"),
+        Err(exit) => assert!(
+            !exit.ends_with("exit status: 0"),
+            "refused start must exit non-zero: {exit}"
+        ),
         Ok(_) => panic!("keygate started with a master key that does not match its database"),
     }
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(log_text.contains("the master key does not match this database"), "no clear error in the log");
+    assert!(
+        log_text.contains("the master key does not match this database"),
+        "no clear error in the log"
+    );
     assert!(!log_text.contains(&key), "the real key reached the log");
     assert_eq!(
         std::fs::read(&master_path).unwrap(),
@@ -1014,9 +1044,14 @@ async fn password_typed_as_login_name_is_not_stored_whole() {
     let attempt = server.login_with(&password, PASSWORD).await;
     assert!(attempt.is_err(), "login under a password as name succeeded");
     let dir = server.stop().await;
-    let names = Db::open(dir.path()).await.strings("SELECT actor_name FROM audit_log", &[]).await;
+    let names = Db::open(dir.path())
+        .await
+        .strings("SELECT actor_name FROM audit_log", &[])
+        .await;
     assert!(
-        !names.iter().any(|n| n.to_ascii_lowercase().contains(&password.to_ascii_lowercase())),
+        !names.iter().any(|n| n
+            .to_ascii_lowercase()
+            .contains(&password.to_ascii_lowercase())),
         "the password typed as login name is in the audit log"
     );
     if on_postgres() {
@@ -1040,12 +1075,17 @@ async fn database_refuses_audit_replace() {
     let org_id = org["id"].as_i64().unwrap();
     let dir = server.stop().await;
     if on_postgres() {
-        eprintln!("INSERT OR REPLACE is SQLite syntax; PostgreSQL's ON CONFLICT DO UPDATE is refused by the update trigger (tested above)");
+        eprintln!(
+            "INSERT OR REPLACE is SQLite syntax; PostgreSQL's ON CONFLICT DO UPDATE is refused by the update trigger (tested above)"
+        );
         return;
     }
     let mut db = Db::open(dir.path()).await;
     let (id, action) = db
-        .id_and_text("SELECT id, action FROM audit_log WHERE org_id = $1 ORDER BY id LIMIT 1", &[Arg::I(org_id)])
+        .id_and_text(
+            "SELECT id, action FROM audit_log WHERE org_id = $1 ORDER BY id LIMIT 1",
+            &[Arg::I(org_id)],
+        )
         .await
         .remove(0);
     let result = db
@@ -1055,7 +1095,10 @@ async fn database_refuses_audit_replace() {
             &[Arg::I(id), Arg::I(org_id)],
         )
         .await;
-    let after = db.strings("SELECT action FROM audit_log WHERE id = $1", &[Arg::I(id)]).await.remove(0);
+    let after = db
+        .strings("SELECT action FROM audit_log WHERE id = $1", &[Arg::I(id)])
+        .await
+        .remove(0);
     assert!(result.is_err(), "INSERT OR REPLACE on audit_log succeeded");
     assert_eq!(after, action, "the audit record was rewritten");
 }

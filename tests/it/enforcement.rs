@@ -1187,13 +1187,19 @@ async fn authz_204_names_the_org_and_admin() {
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{r}");
     let envoy = server
         .http
-        .request(Method::POST, format!("{}/authz/api/v1/things?x=1", server.base))
+        .request(
+            Method::POST,
+            format!("{}/authz/api/v1/things?x=1", server.base),
+        )
         .header("JSessionID", v.token.as_str())
         .send()
         .await
         .unwrap();
     assert_eq!(envoy.status(), StatusCode::FORBIDDEN);
-    assert_eq!(envoy.headers().get("x-keygate-code").unwrap(), "NOT_AUTHORIZED");
+    assert_eq!(
+        envoy.headers().get("x-keygate-code").unwrap(),
+        "NOT_AUTHORIZED"
+    );
 }
 
 /// R10 through `/authz`: once the subscription has expired, reads pass and writes get 403

@@ -51,7 +51,11 @@ impl TestServer {
         config.provider_token = Some(SecretString::from(PROVIDER_TOKEN));
         config.password_hash_concurrency = 2;
         // Thousands of logins run in this suite; OWASP cost is tested in crypto::password.
-        config.password_hash_params = keygate::crypto::password::HashParams { m_kib: 1024, t: 1, p: 1 };
+        config.password_hash_params = keygate::crypto::password::HashParams {
+            m_kib: 1024,
+            t: 1,
+            p: 1,
+        };
         if let Some(url) = test_database_url(dir.path()).await {
             config.database_url = Some(SecretString::from(url));
         }
@@ -353,13 +357,25 @@ async fn test_database_url(data_dir: &Path) -> Option<String> {
     use sqlx::Connection;
     let admin_url = std::env::var(PG_ENV).ok().filter(|u| !u.is_empty())?;
     let marker = data_dir.join("test-database-name");
-    let (base, _) = admin_url.rsplit_once('/').expect("a database URL with a path");
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .expect("a database URL with a path");
     if let Ok(name) = std::fs::read_to_string(&marker) {
         return Some(format!("{base}/{name}"));
     }
-    let name = format!("kg_test_{}", keygate::crypto::token::random_token()[..16].to_ascii_lowercase().replace(['-', '_'], "x"));
-    let mut conn = sqlx::PgConnection::connect(&admin_url).await.expect("connect to the PostgreSQL admin URL");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+    let name = format!(
+        "kg_test_{}",
+        keygate::crypto::token::random_token()[..16]
+            .to_ascii_lowercase()
+            .replace(['-', '_'], "x")
+    );
+    let mut conn = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("connect to the PostgreSQL admin URL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
     std::fs::write(&marker, &name).expect("remember the test database");
     Some(format!("{base}/{name}"))
 }
@@ -397,42 +413,74 @@ impl Db {
             Ok(name) => {
                 let admin_url = std::env::var(PG_ENV).expect("a PostgreSQL test run");
                 let (base, _) = admin_url.rsplit_once('/').unwrap();
-                Db::Pg(sqlx::PgConnection::connect(&format!("{base}/{name}")).await.expect("connect"))
+                Db::Pg(
+                    sqlx::PgConnection::connect(&format!("{base}/{name}"))
+                        .await
+                        .expect("connect"),
+                )
             }
             Err(_) => {
                 let opts = sqlx::sqlite::SqliteConnectOptions::new()
                     .filename(data_dir.join("keygate.db"))
                     .create_if_missing(false);
-                Db::Sqlite(sqlx::SqliteConnection::connect_with(&opts).await.expect("open keygate.db"))
+                Db::Sqlite(
+                    sqlx::SqliteConnection::connect_with(&opts)
+                        .await
+                        .expect("open keygate.db"),
+                )
             }
         }
     }
 
     pub async fn execute(&mut self, sql: &str, args: &[Arg]) -> Result<u64, sqlx::Error> {
         match self {
-            Db::Sqlite(c) => bind_all!(sqlx::query(sql), args).execute(&mut *c).await.map(|r| r.rows_affected()),
-            Db::Pg(c) => bind_all!(sqlx::query(sql), args).execute(&mut *c).await.map(|r| r.rows_affected()),
+            Db::Sqlite(c) => bind_all!(sqlx::query(sql), args)
+                .execute(&mut *c)
+                .await
+                .map(|r| r.rows_affected()),
+            Db::Pg(c) => bind_all!(sqlx::query(sql), args)
+                .execute(&mut *c)
+                .await
+                .map(|r| r.rows_affected()),
         }
     }
 
     pub async fn i64(&mut self, sql: &str, args: &[Arg]) -> i64 {
         match self {
-            Db::Sqlite(c) => bind_all!(sqlx::query_scalar(sql), args).fetch_one(&mut *c).await.expect("query"),
-            Db::Pg(c) => bind_all!(sqlx::query_scalar(sql), args).fetch_one(&mut *c).await.expect("query"),
+            Db::Sqlite(c) => bind_all!(sqlx::query_scalar(sql), args)
+                .fetch_one(&mut *c)
+                .await
+                .expect("query"),
+            Db::Pg(c) => bind_all!(sqlx::query_scalar(sql), args)
+                .fetch_one(&mut *c)
+                .await
+                .expect("query"),
         }
     }
 
     pub async fn strings(&mut self, sql: &str, args: &[Arg]) -> Vec<String> {
         match self {
-            Db::Sqlite(c) => bind_all!(sqlx::query_scalar(sql), args).fetch_all(&mut *c).await.expect("query"),
-            Db::Pg(c) => bind_all!(sqlx::query_scalar(sql), args).fetch_all(&mut *c).await.expect("query"),
+            Db::Sqlite(c) => bind_all!(sqlx::query_scalar(sql), args)
+                .fetch_all(&mut *c)
+                .await
+                .expect("query"),
+            Db::Pg(c) => bind_all!(sqlx::query_scalar(sql), args)
+                .fetch_all(&mut *c)
+                .await
+                .expect("query"),
         }
     }
 
     pub async fn id_and_text(&mut self, sql: &str, args: &[Arg]) -> Vec<(i64, String)> {
         match self {
-            Db::Sqlite(c) => bind_all!(sqlx::query_as(sql), args).fetch_all(&mut *c).await.expect("query"),
-            Db::Pg(c) => bind_all!(sqlx::query_as(sql), args).fetch_all(&mut *c).await.expect("query"),
+            Db::Sqlite(c) => bind_all!(sqlx::query_as(sql), args)
+                .fetch_all(&mut *c)
+                .await
+                .expect("query"),
+            Db::Pg(c) => bind_all!(sqlx::query_as(sql), args)
+                .fetch_all(&mut *c)
+                .await
+                .expect("query"),
         }
     }
 }

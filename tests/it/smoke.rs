@@ -40,7 +40,10 @@ async fn demo_prints_working_credentials() {
         for line in BufReader::new(stdout).lines() {
             let line = line.expect("stdout");
             if let Some(rest) = line.strip_prefix("keygate demo is running (data in ") {
-                fields.insert("data dir".to_owned(), rest.split(',').next().unwrap_or("").to_owned());
+                fields.insert(
+                    "data dir".to_owned(),
+                    rest.split(',').next().unwrap_or("").to_owned(),
+                );
             }
             if let Some((k, v)) = line.trim().split_once(':') {
                 fields.insert(k.trim().to_owned(), v.trim().to_owned());
@@ -61,7 +64,10 @@ async fn demo_prints_working_credentials() {
     assert_eq!(key.len(), 12);
 
     // The console accepts the login and shows the printed key.
-    let http = reqwest::Client::builder().cookie_store(true).build().unwrap();
+    let http = reqwest::Client::builder()
+        .cookie_store(true)
+        .build()
+        .unwrap();
     let resp = http
         .post(format!("{url}/admin/v1/login"))
         .json(&serde_json::json!({"loginName": login, "password": password}))
@@ -71,13 +77,23 @@ async fn demo_prints_working_credentials() {
     let (status, body) = into_json(resp).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let csrf = body["csrfToken"].as_str().unwrap().to_owned();
-    let resp = http.post(format!("{url}/admin/v1/apiKey/reveal")).header("X-CSRF-Token", csrf).send().await.unwrap();
+    let resp = http
+        .post(format!("{url}/admin/v1/apiKey/reveal"))
+        .header("X-CSRF-Token", csrf)
+        .send()
+        .await
+        .unwrap();
     let (_, revealed) = into_json(resp).await;
     assert_eq!(revealed["keyValue"], key.as_str());
 
     // The cloud service API accepts the key, obfuscated as clients send it.
-    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    let obfuscated = keygate::domain::key::ApiKeyValue::parse("k", &key).unwrap().obfuscate(ts);
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let obfuscated = keygate::domain::key::ApiKeyValue::parse("k", &key)
+        .unwrap()
+        .obfuscate(ts);
     let resp = reqwest::Client::new()
         .post(format!("{url}/api/v1/authenticatedSession"))
         .json(&serde_json::json!({
@@ -95,5 +111,8 @@ async fn demo_prints_working_credentials() {
     assert!(child.wait().unwrap().success());
     let data_dir = &printed["data dir"];
     assert!(data_dir.starts_with('/'), "{printed:?}");
-    assert!(!std::path::Path::new(data_dir).exists(), "{data_dir} left behind");
+    assert!(
+        !std::path::Path::new(data_dir).exists(),
+        "{data_dir} left behind"
+    );
 }

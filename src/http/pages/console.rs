@@ -17,9 +17,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::common::{
-    AuditRow, Chrome, LOGIN_CSRF_COOKIE, RawForm, api_message, cookie, cookie_in, forbidden, login_fields,
-    format_millis, format_secs, html, login_csrf, page_count, page_number,
-    parse_utc, read_form, reason_label, same_origin, see_other,
+    AuditRow, Chrome, LOGIN_CSRF_COOKIE, RawForm, api_message, cookie, cookie_in, forbidden,
+    format_millis, format_secs, html, login_csrf, login_fields, page_count, page_number, parse_utc,
+    read_form, reason_label, same_origin, see_other,
 };
 use super::provider_sessions::{ProviderSession, ProviderSessions, Timeouts};
 use crate::crypto::token::ct_str_eq;

@@ -19,8 +19,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::common::{
-    AuditRow, Chrome, LOGIN_CSRF_COOKIE, RawForm, api_message, cookie, cookie_in, forbidden, login_fields,
-    format_secs, html, login_csrf, page_count, page_number, read_form, reason_label,
+    AuditRow, Chrome, LOGIN_CSRF_COOKIE, RawForm, api_message, cookie, cookie_in, forbidden,
+    format_secs, html, login_csrf, login_fields, page_count, page_number, read_form, reason_label,
     same_origin, see_other,
 };
 use crate::domain::admin::Role;
