@@ -54,6 +54,28 @@ impl std::fmt::Debug for PasswordHasher {
     }
 }
 
+/// Runs `f` at idle CPU priority (Linux `SCHED_IDLE`), then restores the thread's policy.
+/// A login storm then takes only the CPU the API's requests leave over: hashing shares the
+/// machine with the hot path instead of halving it (BENCHMARKS.md, scenario 6). If the
+/// policy cannot be restored (an unprivileged process), the blocking-pool thread stays at
+/// idle priority; nothing else of keygate's runs there.
+fn at_idle_priority<T>(f: impl FnOnce() -> T) -> T {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: changes only the calling thread's scheduling policy (pid 0 = this thread).
+        let previous = unsafe { libc::sched_getscheduler(0) };
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        let out = f();
+        if previous >= 0 {
+            unsafe { libc::sched_setscheduler(0, previous, &param) };
+        }
+        out
+    }
+    #[cfg(not(target_os = "linux"))]
+    f()
+}
+
 fn argon2(p: HashParams) -> Argon2<'static> {
     let params = Params::new(p.m_kib, p.t, p.p, None)
         .or_else(|_| Params::new(OWASP_M_KIB, OWASP_T, OWASP_P, None))
@@ -94,11 +116,13 @@ impl PasswordHasher {
         let _permit = self.bound.acquire().await?;
         let params = self.params;
         tokio::task::spawn_blocking(move || {
-            let salt = SaltString::generate(&mut OsRng);
-            argon2(params)
-                .hash_password(password.expose().as_bytes(), &salt)
-                .map(|h| h.to_string())
-                .map_err(|e| anyhow::anyhow!("password hashing failed: {e}"))
+            at_idle_priority(|| {
+                let salt = SaltString::generate(&mut OsRng);
+                argon2(params)
+                    .hash_password(password.expose().as_bytes(), &salt)
+                    .map(|h| h.to_string())
+                    .map_err(|e| anyhow::anyhow!("password hashing failed: {e}"))
+            })
         })
         .await?
     }
@@ -115,13 +139,15 @@ impl PasswordHasher {
         };
         let params = self.params;
         tokio::task::spawn_blocking(move || {
-            let Ok(parsed) = PasswordHash::new(&phc) else {
-                return false;
-            };
-            let ok = argon2(params)
-                .verify_password(password.expose().as_bytes(), &parsed)
-                .is_ok();
-            ok && known
+            at_idle_priority(|| {
+                let Ok(parsed) = PasswordHash::new(&phc) else {
+                    return false;
+                };
+                let ok = argon2(params)
+                    .verify_password(password.expose().as_bytes(), &parsed)
+                    .is_ok();
+                ok && known
+            })
         })
         .await
         .unwrap_or(false)
@@ -151,6 +177,19 @@ mod tests {
             )
             .await
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn hashing_runs_at_idle_priority_and_restores_the_thread() {
+        let before = unsafe { libc::sched_getscheduler(0) };
+        let during = at_idle_priority(|| unsafe { libc::sched_getscheduler(0) });
+        assert_eq!(during, libc::SCHED_IDLE);
+        // Restoring needs privilege on some systems; as root it must happen.
+        let after = unsafe { libc::sched_getscheduler(0) };
+        if unsafe { libc::geteuid() } == 0 {
+            assert_eq!(after, before);
+        }
     }
 
     #[tokio::test]
