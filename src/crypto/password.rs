@@ -54,22 +54,20 @@ impl std::fmt::Debug for PasswordHasher {
     }
 }
 
-/// Runs `f` at idle CPU priority (Linux `SCHED_IDLE`), then restores the thread's policy.
-/// A login storm then takes only the CPU the API's requests leave over: hashing shares the
-/// machine with the hot path instead of halving it (BENCHMARKS.md, scenario 6). If the
-/// policy cannot be restored (an unprivileged process), the blocking-pool thread stays at
-/// idle priority; nothing else of keygate's runs there.
+/// Runs `f` at the lowest CPU priority (nice 19 for this thread), then restores the thread's
+/// niceness. A login storm then takes mostly the CPU the API's requests leave over instead of
+/// half the core (BENCHMARKS.md, scenario 6; `SCHED_IDLE` was tried and starved in one run).
+/// If the niceness cannot be restored (an unprivileged process), the blocking-pool thread stays
+/// at nice 19; nothing else of keygate's runs there.
 fn at_idle_priority<T>(f: impl FnOnce() -> T) -> T {
     #[cfg(target_os = "linux")]
     {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: changes only the calling thread's scheduling policy (pid 0 = this thread).
-        let previous = unsafe { libc::sched_getscheduler(0) };
-        unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        // SAFETY: these calls read and change only the calling thread's niceness.
+        let tid = unsafe { libc::gettid() } as libc::id_t;
+        let previous = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 19) };
         let out = f();
-        if previous >= 0 {
-            unsafe { libc::sched_setscheduler(0, previous, &param) };
-        }
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, previous) };
         out
     }
     #[cfg(not(target_os = "linux"))]
@@ -182,11 +180,13 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn hashing_runs_at_idle_priority_and_restores_the_thread() {
-        let before = unsafe { libc::sched_getscheduler(0) };
-        let during = at_idle_priority(|| unsafe { libc::sched_getscheduler(0) });
-        assert_eq!(during, libc::SCHED_IDLE);
+        let tid = unsafe { libc::gettid() } as libc::id_t;
+        let nice = || unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
+        let before = nice();
+        let during = at_idle_priority(nice);
+        assert_eq!(during, 19);
         // Restoring needs privilege on some systems; as root it must happen.
-        let after = unsafe { libc::sched_getscheduler(0) };
+        let after = nice();
         if unsafe { libc::geteuid() } == 0 {
             assert_eq!(after, before);
         }
