@@ -4,9 +4,8 @@
 //! append-only audit log; SIGTERM shuts down cleanly; the master key file.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -231,43 +230,6 @@ async fn sigterm_and_wait(p: &mut Process, within: Duration) -> ExitStatus {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// Like [`Process::start`] with extra environment; `Err` with the exit status when the
-/// process ends before it prints its address.
-fn start_with_env(
-    data_dir: &Path,
-    log_path: &Path,
-    envs: &[(&str, &str)],
-) -> Result<Process, String> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path)
-        .expect("log file");
-    let mut child = Command::new(binary())
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("KEYGATE_PROVIDER_TOKEN", PROVIDER_TOKEN)
-        .env("RUST_LOG", "trace")
-        .envs(envs.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .expect("spawn keygate");
-    let stdout = child.stdout.take().unwrap();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("stdout");
-        if let Some(rest) = line.strip_prefix("keygate listening on ") {
-            return Ok(Process {
-                child,
-                base: rest.trim().to_owned(),
-                log_path: log_path.to_path_buf(),
-            });
-        }
-    }
-    let status = child.wait().expect("wait");
-    Err(format!("keygate exited before listening: {status}"))
 }
 
 /// Case-insensitive search of `needle` in `haystack`.
@@ -989,7 +951,7 @@ async fn master_key_file_is_private_and_a_wrong_master_key_reveals_nothing() {
         base64::engine::general_purpose::STANDARD.encode(bytes)
     };
     // The server refuses to start rather than fail on every key later.
-    match start_with_env(&data, &log, &[("KEYGATE_MASTER_KEY", wrong.as_str())]) {
+    match Process::try_start_with(&data, &log, &[("KEYGATE_MASTER_KEY", wrong.as_str())]) {
         Err(exit) => assert!(
             !exit.ends_with("exit status: 0"),
             "refused start must exit non-zero: {exit}"

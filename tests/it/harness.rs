@@ -288,36 +288,7 @@ pub struct Process {
 impl Process {
     /// Starts `keygate serve` on port 0 in `data_dir`, logging at `trace` to `log_path`.
     pub fn start(data_dir: &Path, log_path: &Path) -> Process {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log_path)
-            .expect("log file");
-        let mut child = Command::new(binary())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("KEYGATE_PROVIDER_TOKEN", PROVIDER_TOKEN)
-            .env("RUST_LOG", "trace")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn keygate");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let base = loop {
-            let line = lines
-                .next()
-                .expect("keygate printed its address")
-                .expect("stdout");
-            if let Some(rest) = line.strip_prefix("keygate listening on ") {
-                break rest.trim().to_owned();
-            }
-        };
-        Process {
-            child,
-            base,
-            log_path: log_path.to_path_buf(),
-        }
+        Self::start_with(data_dir, log_path, &[])
     }
 
     pub fn kill9(&mut self) {
@@ -557,6 +528,18 @@ impl Process {
     /// Like [`Process::start`] with extra environment (`KEYGATE_DATABASE_URL`,
     /// `KEYGATE_MASTER_KEY`, `RUST_LOG` …), which overrides the defaults.
     pub fn start_with(data_dir: &Path, log_path: &Path, envs: &[(&str, &str)]) -> Process {
+        Self::try_start_with(data_dir, log_path, envs).unwrap_or_else(|status| {
+            let log = std::fs::read_to_string(log_path).unwrap_or_default();
+            panic!("{status}; log:\n{log}")
+        })
+    }
+
+    /// Starts `keygate serve`; `Err` says how it exited if it stopped before listening.
+    pub fn try_start_with(
+        data_dir: &Path,
+        log_path: &Path,
+        envs: &[(&str, &str)],
+    ) -> Result<Process, String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -573,25 +556,17 @@ impl Process {
             .spawn()
             .expect("spawn keygate");
         let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let base = loop {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(rest) = line.strip_prefix("keygate listening on ") {
-                        break rest.trim().to_owned();
-                    }
-                }
-                _ => {
-                    let status = child.wait().expect("wait");
-                    let log = std::fs::read_to_string(log_path).unwrap_or_default();
-                    panic!("keygate exited before listening ({status}); log:\n{log}");
-                }
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.strip_prefix("keygate listening on ") {
+                return Ok(Process {
+                    child,
+                    base: rest.trim().to_owned(),
+                    log_path: log_path.to_path_buf(),
+                });
             }
-        };
-        Process {
-            child,
-            base,
-            log_path: log_path.to_path_buf(),
         }
+        let status = child.wait().expect("wait");
+        Err(format!("keygate exited before listening: {status}"))
     }
 }
