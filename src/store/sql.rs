@@ -171,6 +171,26 @@ async fn bump_generation(conn: &mut $conn, org: OrgId) -> StoreResult<i64> {
 
 
 impl $store {
+    /// Console and API sessions are rows keyed by the hash of their id, in two tables.
+    async fn touch_session_row(&self, table: &'static str, id_hash: &str, now: Millis) -> StoreResult<()> {
+        sqlx::query(&format!("UPDATE {table} SET last_seen_at = $1 WHERE id_hash = $2"))
+            .bind(now.0)
+            .bind(id_hash)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn delete_session_row(&self, table: &'static str, id_hash: &str) -> StoreResult<()> {
+        sqlx::query(&format!("DELETE FROM {table} WHERE id_hash = $1"))
+            .bind(id_hash)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
     /// Refuses a master key that does not open the check value sealed at first start, so a
     /// wrong key fails the start instead of every key operation later.
     async fn verify_master_key(&self, where_it_lives: &str) -> anyhow::Result<()> {
@@ -825,22 +845,11 @@ impl Store for $store {
     }
 
     async fn touch_console_session(&self, id_hash: &str, now: Millis) -> StoreResult<()> {
-        sqlx::query("UPDATE console_sessions SET last_seen_at = $1 WHERE id_hash = $2")
-            .bind(now.0)
-            .bind(id_hash)
-            .execute(&self.writer)
-            .await
-            .map_err(map_err)?;
-        Ok(())
+        self.touch_session_row("console_sessions", id_hash, now).await
     }
 
     async fn delete_console_session(&self, id_hash: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM console_sessions WHERE id_hash = $1")
-            .bind(id_hash)
-            .execute(&self.writer)
-            .await
-            .map_err(map_err)?;
-        Ok(())
+        self.delete_session_row("console_sessions", id_hash).await
     }
 
     async fn put_audit_report(&self, admin: AdminId, report: &crate::service::reports::AuditReport) -> StoreResult<()> {
@@ -952,22 +961,11 @@ impl Store for $store {
     }
 
     async fn touch_api_session(&self, id_hash: &str, now: Millis) -> StoreResult<()> {
-        sqlx::query("UPDATE api_sessions SET last_seen_at = $1 WHERE id_hash = $2")
-            .bind(now.0)
-            .bind(id_hash)
-            .execute(&self.writer)
-            .await
-            .map_err(map_err)?;
-        Ok(())
+        self.touch_session_row("api_sessions", id_hash, now).await
     }
 
     async fn delete_api_session(&self, id_hash: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM api_sessions WHERE id_hash = $1")
-            .bind(id_hash)
-            .execute(&self.writer)
-            .await
-            .map_err(map_err)?;
-        Ok(())
+        self.delete_session_row("api_sessions", id_hash).await
     }
 
     async fn set_limits(
