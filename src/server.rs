@@ -2,8 +2,11 @@
 //! bound (so tests use port 0) until the caller's shutdown signal.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
@@ -12,6 +15,7 @@ use tokio::net::TcpListener;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::crypto::{KeyCipher, MasterKey, PasswordHasher};
+use crate::http::dispatch::Dispatch;
 use crate::service::{Services, Settings};
 use crate::store::Store;
 use crate::store::postgres::PostgresStore;
@@ -81,6 +85,7 @@ impl App {
             meter: Default::default(),
             // Exact only while this process owns the database: the embedded store.
             cache: crate::service::cache::ViewCache::new(config.database_url.is_none()),
+            session_reads: Default::default(),
         });
         let generated_provider_token = services
             .bootstrap_provider_token(config.provider_token.as_ref().map(|t| t.expose_secret()))
@@ -120,12 +125,12 @@ pub async fn serve(
             }
         }
     });
-    let service = app
-        .router
-        .into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = accept_loop(
+        listener,
+        Dispatch::new(app.router, services.clone()),
+        shutdown,
+    )
+    .await;
     flusher.abort();
     let _ = flusher.await;
     // Graceful shutdown loses no count.
@@ -133,9 +138,56 @@ pub async fn serve(
         .flush_usage()
         .await
         .map_err(|e| anyhow::anyhow!("final usage flush failed: {e}"))?;
-    served?;
+    served
+}
+
+/// Accepts connections until `shutdown`, then waits for those open to finish their requests
+/// (idle keep-alive connections are closed at once).
+async fn accept_loop(
+    listener: TcpListener,
+    dispatch: Dispatch,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of descriptors or memory: wait rather than spin; the listener stays.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Answers are one write each; Nagle would only hold them back.
+        let _ = stream.set_nodelay(true);
+        let dispatch = dispatch.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let dispatch = dispatch.clone();
+            async move { dispatch.handle(req, peer).await }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
     Ok(())
 }
+
+/// A client has this long to send a request's head (slow-header attacks).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Usage counts are written this often: the most calls a crash can lose are those counted
 /// in one interval.

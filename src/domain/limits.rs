@@ -38,12 +38,17 @@ impl RateRule {
 
     /// The method class a request counts under: HEAD and OPTIONS weigh as GET, PATCH as PUT.
     pub fn class_of(method: &str) -> &'static str {
-        match method.to_ascii_uppercase().as_str() {
-            "POST" => "POST",
-            "PUT" | "PATCH" => "PUT",
-            "DELETE" => "DELETE",
-            _ => "GET",
-        }
+        // Compared in place: this runs on every API call.
+        const CLASSES: [(&str, &str); 4] = [
+            ("POST", "POST"),
+            ("PUT", "PUT"),
+            ("PATCH", "PUT"),
+            ("DELETE", "DELETE"),
+        ];
+        CLASSES
+            .iter()
+            .find(|(m, _)| method.eq_ignore_ascii_case(m))
+            .map_or("GET", |(_, class)| class)
     }
 
     pub fn applies_to(&self, class: &str) -> bool {

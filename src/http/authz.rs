@@ -1,8 +1,8 @@
 //! `/authz`: a reverse proxy's sub-request (nginx `auth_request`, Traefik ForwardAuth, Envoy
 //! ext_authz HTTP) decided exactly as an API call: the same `authorize_api_request`.
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -48,25 +48,20 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// The original method: `X-Original-Method` (nginx), `X-Forwarded-Method` (Traefik), else the
 /// sub-request's own method (Envoy forwards the original method as it is).
-fn original_method(req: &Request) -> String {
+fn original_method<'a>(headers: &'a HeaderMap, own: &'a Method) -> &'a str {
     ["x-original-method", "x-forwarded-method"]
         .iter()
-        .find_map(|h| req.headers().get(*h).and_then(|v| v.to_str().ok()))
-        .map(|m| m.trim().to_ascii_uppercase())
+        .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .map(str::trim)
         .filter(|m| !m.is_empty())
-        .unwrap_or_else(|| req.method().as_str().to_owned())
+        .unwrap_or(own.as_str())
 }
 
-fn session(req: &Request) -> Option<String> {
-    cookie_in(req.headers(), SESSION_COOKIE)
-        .or_else(|| {
-            req.headers()
-                .get(SESSION_HEADER)
-                .and_then(|v| v.to_str().ok())
-        })
+fn session(headers: &HeaderMap) -> Option<&str> {
+    cookie_in(headers, SESSION_COOKIE)
+        .or_else(|| headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .map(str::to_owned)
 }
 
 /// 204 with `X-Keygate-Org-Id` and `X-Keygate-Admin` when the call may go through; otherwise
@@ -77,12 +72,18 @@ fn session(req: &Request) -> Option<String> {
         ("X-Forwarded-Method" = Option<String>, Header, description = "same, as Traefik sends it"),
     ),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
-pub async fn authz(State(state): State<AppState>, req: Request) -> Response {
-    let Some(token) = session(&req) else {
+pub async fn authz(State(state): State<AppState>, method: Method, headers: HeaderMap) -> Response {
+    decide(&state, &headers, &method).await
+}
+
+/// The decision on a sub-request with these headers and method: what [`authz`] answers, also
+/// called directly by the connection service (`http::dispatch`) for every `/authz` request.
+pub async fn decide(state: &AppState, headers: &HeaderMap, method: &Method) -> Response {
+    let Some(token) = session(headers) else {
         return refused(Denial::SessionNotValid);
     };
-    let method = original_method(&req);
-    match state.authorize_api_request(&token, &method).await {
+    let method = original_method(headers, method);
+    match state.authorize_api_request(token, method).await {
         Ok(Ok(principal)) => {
             // Written straight into the response's own headers (no map to merge).
             let mut response = StatusCode::NO_CONTENT.into_response();

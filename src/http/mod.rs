@@ -3,6 +3,7 @@
 pub mod authz;
 pub mod cloud;
 pub mod console;
+pub mod dispatch;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -15,8 +16,9 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, header};
+use axum::response::Response;
 use axum::routing::get;
-use tower_http::set_header::SetResponseHeaderLayer;
+use tower::util::MapResponseLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -49,28 +51,34 @@ pub fn routes(state: AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-fn security_headers<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
-    let headers: [(HeaderName, &'static str); 6] = [
-        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
-        (
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; frame-ancestors 'none'",
-        ),
-        // Responses may carry a key value: never cache them.
-        (header::CACHE_CONTROL, "no-store"),
-        (
-            HeaderName::from_static("cross-origin-resource-policy"),
-            "same-origin",
-        ),
-    ];
-    headers.into_iter().fold(router, |r, (name, value)| {
-        r.layer(SetResponseHeaderLayer::if_not_present(
-            name,
-            HeaderValue::from_static(value),
-        ))
-    })
+// Responses may carry a key value: never cached.
+const SECURITY_HEADERS: [(HeaderName, &str); 6] = [
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::X_FRAME_OPTIONS, "DENY"),
+    (header::REFERRER_POLICY, "no-referrer"),
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+    (header::CACHE_CONTROL, "no-store"),
+    (
+        HeaderName::from_static("cross-origin-resource-policy"),
+        "same-origin",
+    ),
+];
+
+/// Sets each security header a handler did not set itself (the pages set their own CSP). One
+/// pass over the response, where a layer per header would wrap every request six times.
+pub fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    // Grown once, not once per header.
+    headers.reserve(SECURITY_HEADERS.len());
+    for (name, value) in SECURITY_HEADERS {
+        if let header::Entry::Vacant(slot) = headers.entry(name) {
+            slot.insert(HeaderValue::from_static(value));
+        }
+    }
+    response
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
@@ -86,5 +94,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state);
-    security_headers(router).layer(TraceLayer::new_for_http())
+    router
+        .layer(MapResponseLayer::new(
+            security_headers as fn(Response) -> Response,
+        ))
+        .layer(TraceLayer::new_for_http())
 }

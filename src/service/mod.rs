@@ -8,6 +8,7 @@ pub mod limits;
 pub mod meter;
 pub mod orgs;
 pub mod reports;
+pub mod session_reads;
 pub mod sessions;
 pub mod throttle;
 
@@ -40,6 +41,7 @@ pub struct Services {
     pub rate_limits: limits::RateLimits,
     pub meter: meter::Meter,
     pub cache: cache::ViewCache,
+    pub session_reads: Arc<session_reads::SessionReads>,
 }
 
 impl Services {

@@ -55,7 +55,6 @@ pub struct ApiPrincipal {
     pub admin: AdminRecord,
     pub org_id: OrgId,
     pub subscription: SubscriptionState,
-    pub session_hash: String,
     /// The org's key generation the session was opened under.
     pub generation: i64,
     /// The rate-limit state after this call was admitted (for the `x-ratelimit-*` headers).
@@ -253,7 +252,7 @@ impl Services {
         let changes_before = self.cache.changes();
         let (org_id, read) = match self.cache.session_org(&hash) {
             Some(org_id) => (org_id, None),
-            None => match self.store.get_api_session(&hash).await? {
+            None => match self.session_reads.read(&self.store, &hash).await? {
                 Some(v) => (v.org_id, Some(v)),
                 None => return Ok(Err(Denial::SessionNotValid)),
             },
@@ -269,7 +268,7 @@ impl Services {
             None => {
                 let v = match read {
                     Some(v) => v,
-                    None => match self.store.get_api_session(&hash).await? {
+                    None => match self.session_reads.read(&self.store, &hash).await? {
                         Some(v) => v,
                         None => return Ok(Err(Denial::SessionNotValid)),
                     },
@@ -326,7 +325,6 @@ impl Services {
             admin: view.admin,
             org_id: view.org_id,
             subscription,
-            session_hash: hash,
             generation: view.generation,
             rate: None,
             call_threshold: view.call_threshold,

@@ -345,6 +345,11 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> StoreResult<()>;
     async fn get_api_session(&self, id_hash: &str) -> StoreResult<Option<ApiSessionView>>;
+    /// Several sessions in one query (those that exist, with their hashes, in any order).
+    async fn get_api_sessions(
+        &self,
+        id_hashes: &[String],
+    ) -> StoreResult<Vec<(String, ApiSessionView)>>;
     async fn touch_api_session(&self, id_hash: &str, now: Millis) -> StoreResult<()>;
     async fn delete_api_session(&self, id_hash: &str) -> StoreResult<()>;
 }

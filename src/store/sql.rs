@@ -48,6 +48,45 @@ macro_rules! sql_store {
 
         const LIKE: &str = $like;
 
+const API_SESSION_SELECT: &str = "SELECT s.id_hash, s.generation, s.created_at AS s_created, s.last_seen_at, \
+        o.key_generation, o.subscription_enabled, o.subscription_expires_at, \
+        o.call_threshold_calls, o.call_threshold_period_s, o.rate_limits, \
+        a.id, a.org_id, a.login_name, a.password_hash, a.role, \
+        k.id AS key_id, k.disabled_reason, k.disabled_note \
+    FROM api_sessions s JOIN orgs o ON o.id = s.org_id JOIN admins a ON a.id = s.admin_id \
+    LEFT JOIN api_keys k ON k.org_id = s.org_id";
+
+fn api_session_from_row(r: &$row) -> StoreResult<ApiSessionView> {
+    let get = |e: sqlx::Error| StoreError::Internal(e.into());
+    let reason: Option<String> = r.try_get("disabled_reason").map_err(get)?;
+    let calls: Option<i64> = r.try_get("call_threshold_calls").map_err(get)?;
+    let period: Option<i64> = r.try_get("call_threshold_period_s").map_err(get)?;
+    Ok(ApiSessionView {
+        call_threshold: calls.zip(period).map(|(calls, period_seconds)| CallThreshold { calls, period_seconds }),
+        rate_limits: r.try_get("rate_limits").map_err(get)?,
+        org_id: OrgId(r.try_get("org_id").map_err(get)?),
+        admin: admin_from_row(r)?,
+        generation: r.try_get("generation").map_err(get)?,
+        created_at: Millis(r.try_get("s_created").map_err(get)?),
+        last_seen_at: Millis(r.try_get("last_seen_at").map_err(get)?),
+        current_generation: r.try_get("key_generation").map_err(get)?,
+        subscription: Subscription {
+            enabled: r.try_get::<bool, _>("subscription_enabled").map_err(get)?,
+            expires_at: r.try_get("subscription_expires_at").map_err(get)?,
+        },
+        key_present: r
+            .try_get::<Option<i64>, _>("key_id")
+            .map_err(get)?
+            .is_some(),
+        key_disabled: reason
+            .and_then(|r0| crate::domain::org::DisableReason::from_db(&r0))
+            .map(|reason| Disablement {
+                reason,
+                note: r.try_get("disabled_note").ok().flatten(),
+            }),
+    })
+}
+
 fn org_from_row(row: &$row) -> StoreResult<OrgRecord> {
     let get = |e: sqlx::Error| StoreError::Internal(e.into());
     let key_id: Option<i64> = row.try_get("key_id").map_err(get)?;
@@ -916,48 +955,35 @@ impl Store for $store {
     }
 
     async fn get_api_session(&self, id_hash: &str) -> StoreResult<Option<ApiSessionView>> {
-        let row = sqlx::query(
-            "SELECT s.generation, s.created_at AS s_created, s.last_seen_at, \
-                    o.key_generation, o.subscription_enabled, o.subscription_expires_at, \
-                    o.call_threshold_calls, o.call_threshold_period_s, o.rate_limits, \
-                    a.id, a.org_id, a.login_name, a.password_hash, a.role, \
-                    k.id AS key_id, k.disabled_reason, k.disabled_note \
-             FROM api_sessions s JOIN orgs o ON o.id = s.org_id JOIN admins a ON a.id = s.admin_id \
-             LEFT JOIN api_keys k ON k.org_id = s.org_id WHERE s.id_hash = $1",
-        )
-        .bind(id_hash)
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(map_err)?;
-        let Some(r) = row else { return Ok(None) };
-        let get = |e: sqlx::Error| StoreError::Internal(e.into());
-        let reason: Option<String> = r.try_get("disabled_reason").map_err(get)?;
-        let calls: Option<i64> = r.try_get("call_threshold_calls").map_err(get)?;
-        let period: Option<i64> = r.try_get("call_threshold_period_s").map_err(get)?;
-        Ok(Some(ApiSessionView {
-            call_threshold: calls.zip(period).map(|(calls, period_seconds)| CallThreshold { calls, period_seconds }),
-            rate_limits: r.try_get("rate_limits").map_err(get)?,
-            org_id: OrgId(r.try_get("org_id").map_err(get)?),
-            admin: admin_from_row(&r)?,
-            generation: r.try_get("generation").map_err(get)?,
-            created_at: Millis(r.try_get("s_created").map_err(get)?),
-            last_seen_at: Millis(r.try_get("last_seen_at").map_err(get)?),
-            current_generation: r.try_get("key_generation").map_err(get)?,
-            subscription: Subscription {
-                enabled: r.try_get::<bool, _>("subscription_enabled").map_err(get)?,
-                expires_at: r.try_get("subscription_expires_at").map_err(get)?,
-            },
-            key_present: r
-                .try_get::<Option<i64>, _>("key_id")
-                .map_err(get)?
-                .is_some(),
-            key_disabled: reason
-                .and_then(|r0| crate::domain::org::DisableReason::from_db(&r0))
-                .map(|reason| Disablement {
-                    reason,
-                    note: r.try_get("disabled_note").ok().flatten(),
-                }),
-        }))
+        let sql = format!("{API_SESSION_SELECT} WHERE s.id_hash = $1");
+        let row = sqlx::query(&sql)
+            .bind(id_hash)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(api_session_from_row).transpose()
+    }
+
+    async fn get_api_sessions(&self, id_hashes: &[String]) -> StoreResult<Vec<(String, ApiSessionView)>> {
+        if id_hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Padded to a power of two (repeating the last hash), so a handful of statement
+        // texts serve every batch size and stay prepared on each connection.
+        let slots = id_hashes.len().next_power_of_two();
+        let params: Vec<String> = (1..=slots).map(|i| format!("${i}")).collect();
+        let sql = format!("{API_SESSION_SELECT} WHERE s.id_hash IN ({})", params.join(", "));
+        let mut query = sqlx::query(&sql);
+        for i in 0..slots {
+            query = query.bind(&id_hashes[i.min(id_hashes.len() - 1)]);
+        }
+        let rows = query.fetch_all(&self.reader).await.map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                let hash: String = r.try_get("id_hash").map_err(|e| StoreError::Internal(e.into()))?;
+                Ok((hash, api_session_from_row(r)?))
+            })
+            .collect()
     }
 
     async fn touch_api_session(&self, id_hash: &str, now: Millis) -> StoreResult<()> {

@@ -1202,6 +1202,73 @@ async fn authz_204_names_the_org_and_admin() {
     );
 }
 
+/// Decisions made at the same time for many sessions of different orgs (which the session
+/// reads serve in shared queries, `service::session_reads`): each gets its own org and admin,
+/// and an unknown or ended session among them is refused.
+#[tokio::test]
+async fn concurrent_decisions_each_get_their_own_session() {
+    let server = TestServer::start().await;
+    let mut sessions = Vec::new();
+    for i in 0..6 {
+        let slug = format!("batch{i}");
+        let (org, _key, s) = org_with_session(&server, &slug).await;
+        limits(&server, org, json!({"rateLimits": generous()})).await;
+        sessions.push((org, format!("full@{slug}"), s));
+    }
+    // One session ended by logout: it must not be answered from its neighbours' reads.
+    let ended = sessions.pop().expect("six sessions");
+    let r = ended
+        .2
+        .call(Method::DELETE, "/api/v1/authenticatedSession", None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "logout: {r}");
+
+    let mut calls = Vec::new();
+    for round in 0..12 {
+        for (org, login, s) in &sessions {
+            let (s, org, login) = (s.clone(), *org, login.clone());
+            calls.push(tokio::spawn(async move {
+                let r = s.authz("GET").await;
+                assert_eq!(
+                    r.status,
+                    StatusCode::NO_CONTENT,
+                    "{login} round {round}: {r}"
+                );
+                assert_eq!(
+                    r.header("x-keygate-org-id"),
+                    Some(org.to_string().as_str()),
+                    "{r}"
+                );
+                assert_eq!(r.header("x-keygate-admin"), Some(login.as_str()), "{r}");
+            }));
+        }
+        let s = ended.2.clone();
+        calls.push(tokio::spawn(async move {
+            let r = s.authz("GET").await;
+            assert_refused(
+                &r,
+                StatusCode::UNAUTHORIZED,
+                "SESSION_NOT_VALID",
+                "ended session",
+            );
+        }));
+        let (http, base) = (server.http.clone(), server.base.clone());
+        calls.push(tokio::spawn(async move {
+            let cookie = format!("JSESSIONID=unknown-{round}");
+            let r = authz_with(&http, &base, Method::GET, &[("Cookie", &cookie)]).await;
+            assert_refused(
+                &r,
+                StatusCode::UNAUTHORIZED,
+                "SESSION_NOT_VALID",
+                "unknown session",
+            );
+        }));
+    }
+    for call in calls {
+        call.await.expect("a decision task");
+    }
+}
+
 /// R10 through `/authz`: once the subscription has expired, reads pass and writes get 403
 /// SUBSCRIPTION_EXPIRED, whichever header carries the method (or the sub-request's own
 /// method, as Envoy sends it); the API decides the same; renewal gives writes back.

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Instructions per request, per endpoint, counted by callgrind (valgrind).
+
+    python3 bench/instructions.py [N]      # N requests per endpoint (default 2000)
+
+Counts instructions, not seconds: the figures repeat for the same binary whatever else the
+machine is doing, so they show what a change to the hot path saved while the throughput
+figures of bench/run.sh are noisy. User space only (the kernel's TCP is not counted).
+
+Starts `target/release/keygate demo` under callgrind with instrumentation off, logs in
+through the cloud API, lifts the demo org's rate limits, warms each endpoint up, then for each
+endpoint: zero the counters, instrument N keep-alive requests, dump, read the total.
+"""
+
+import glob
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402  (its HTTP client and the key obfuscation)
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+PORT = 18_000 + os.getpid() % 1000
+
+
+def wait_for(proc, pattern):
+    lines = []
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError("keygate demo ended:\n" + "".join(lines))
+        lines.append(line)
+        m = re.search(pattern, "".join(lines))
+        if m:
+            return m, "".join(lines)
+
+
+def main():
+    out_dir = tempfile.mkdtemp(prefix="kg-callgrind-")
+    out = os.path.join(out_dir, "callgrind.out")
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+         os.path.join(bench.REPO, "target", "release", "keygate"), "demo", "--listen", f"127.0.0.1:{PORT}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _, text = wait_for(proc, r"provider token:\s+(\S+)")
+        field = lambda name: re.search(name + r":\s+(\S+)", text).group(1)  # noqa: E731
+        base = f"http://127.0.0.1:{PORT}"
+        login, password, key, token = field("admin login"), field("admin password"), field("API key"), field("provider token")
+        http = bench.Http(base)
+        auth = {"Authorization": f"Bearer {token}"}
+        _, orgs = http.json("GET", "/provider/v1/orgs", headers=auth)
+        org_id = orgs["items"][0]["id"]
+        http.json("PUT", f"/provider/v1/orgs/{org_id}/limits", bench.OPEN_LIMITS, auth)
+        session = bench.api_login(base, login, password, key)
+        headers = {"Cookie": f"JSESSIONID={session}", "X-Original-Method": "GET"}
+        def control(*args):
+            r = subprocess.run(["callgrind_control", *args, str(proc.pid)], capture_output=True, text=True)
+            if r.returncode != 0 or "OK" not in r.stdout:
+                raise RuntimeError(f"callgrind_control {args}: {r.stdout} {r.stderr}")
+
+        endpoints = ["/healthz", "/authz", "/api/v1/apiKeys"]
+        for path in endpoints:
+            for _ in range(200):
+                status, _, _ = http.req("GET", path, headers=headers)
+                assert status < 300, (path, status)
+        results = {}
+        for path in endpoints:
+            control("-z")
+            control("-i", "on")
+            for _ in range(N):
+                status, _, _ = http.req("GET", path, headers=headers)
+                assert status < 300, (path, status)
+            control("-i", "off")
+            before = set(glob.glob(out + "*"))
+            control("-d", path.strip("/").replace("/", "_"))
+            time.sleep(0.5)
+            dumped = sorted(set(glob.glob(out + "*")) - before, key=os.path.getmtime)
+            total = 0
+            for f in dumped:
+                for line in open(f):
+                    if line.startswith("summary:") or line.startswith("totals:"):
+                        total = max(total, int(line.split()[1]))
+            results[path] = total / N
+            print(f"{path:<20} {total / N:>10,.0f} instructions/request   ({os.path.basename(dumped[-1]) if dumped else '?'})",
+                  flush=True)
+        print(f"/authz - /healthz:  {results['/authz'] - results['/healthz']:>10,.0f}")
+        print(f"apiKeys - /healthz: {results['/api/v1/apiKeys'] - results['/healthz']:>10,.0f}")
+        print(f"callgrind files: {out_dir} (callgrind_annotate FILE)")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+//! The service every connection is served by. Two routes hit at request rate by machines are
+//! answered here directly: `/authz` (a reverse proxy asks it for every API call it passes
+//! on) and `GET /healthz` (load balancers). Everything else goes to the router with its
+//! layers (tracing, body limit). The router declares both routes too, with the same
+//! handlers, for the OpenAPI document and for callers that use it as a tower service.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Method, Request};
+use axum::response::Response;
+use tower::ServiceExt;
+
+use super::extract::AppState;
+use super::{authz, health, security_headers};
+
+#[derive(Clone)]
+pub struct Dispatch {
+    router: Router,
+    state: AppState,
+}
+
+impl Dispatch {
+    pub fn new(router: Router, state: AppState) -> Self {
+        Self { router, state }
+    }
+
+    pub async fn handle<B>(&self, req: Request<B>, peer: SocketAddr) -> Result<Response, Infallible>
+    where
+        B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        let path = req.uri().path();
+        if path == "/authz" || path.starts_with("/authz/") {
+            let response = authz::decide(&self.state, req.headers(), req.method()).await;
+            return Ok(security_headers(response));
+        }
+        if path == "/healthz" && req.method() == Method::GET {
+            return Ok(security_headers(health::healthz_response()));
+        }
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(ConnectInfo(peer));
+        self.router.clone().oneshot(req).await
+    }
+}
