@@ -86,6 +86,7 @@ impl App {
             // Exact only while this process owns the database: the embedded store.
             cache: crate::service::cache::ViewCache::new(config.database_url.is_none()),
             session_reads: Default::default(),
+            org_reads: Default::default(),
         });
         let generated_provider_token = services
             .bootstrap_provider_token(config.provider_token.as_ref().map(|t| t.expose_secret()))

@@ -238,14 +238,10 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // On one CPU a work-stealing scheduler has no one to steal from, only its overhead.
-    let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
-    let mut builder = if one_cpu {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    let runtime = match builder.enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

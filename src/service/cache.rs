@@ -21,6 +21,9 @@ pub struct ViewCache {
     orgs: Mutex<HashMap<OrgId, OrgRecord>>,
     /// Changes this node has finished (counted on either store).
     changes: AtomicU64,
+    /// Without the cache: when this node last wrote each session's `last_seen_at`, so one
+    /// request per node and interval writes it rather than every request that reads it stale.
+    touched: Mutex<HashMap<String, Millis>>,
 }
 
 impl ViewCache {
@@ -30,6 +33,7 @@ impl ViewCache {
             sessions: Mutex::new(HashMap::new()),
             orgs: Mutex::new(HashMap::new()),
             changes: AtomicU64::new(0),
+            touched: Mutex::new(HashMap::new()),
         }
     }
 
@@ -89,11 +93,22 @@ impl ViewCache {
 
     /// Whether this caller is the one to write the session's `last_seen_at` at `now`: true for
     /// the first request that finds the cached one `every_ms` old (it is moved to `now` at
-    /// once, so the requests running beside it do not write it too), and always when there is
-    /// no cache to go by.
+    /// once, so the requests running beside it do not write it too); without the cache, the
+    /// first request of this node in each `every_ms`.
     pub fn claim_touch(&self, hash: &str, now: Millis, every_ms: i64) -> bool {
         if !self.enabled {
-            return true;
+            let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+            return match touched.get_mut(hash) {
+                Some(at) if now.0 - at.0 < every_ms => false,
+                Some(at) => {
+                    *at = now;
+                    true
+                }
+                None => {
+                    touched.insert(hash.to_owned(), now);
+                    true
+                }
+            };
         }
         match self
             .sessions
@@ -153,6 +168,10 @@ impl ViewCache {
 
     /// Drops sessions that can no longer be valid, so memory follows live sessions only.
     pub fn sweep(&self, now: Millis, idle_secs: i64, lifetime_secs: i64) {
+        self.touched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, at| now.0 - at.0 < idle_secs * 1000);
         self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())

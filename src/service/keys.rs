@@ -114,8 +114,8 @@ impl Services {
             Some(org) => org,
             None => {
                 let org = self
-                    .store
-                    .get_org(p.org_id)
+                    .org_reads
+                    .read(&self.store, p.org_id)
                     .await?
                     .ok_or(StoreError::NotFound("org"))?;
                 if p.holds_gate() {

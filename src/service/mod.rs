@@ -7,8 +7,8 @@ pub mod keys;
 pub mod limits;
 pub mod meter;
 pub mod orgs;
+pub mod reads;
 pub mod reports;
-pub mod session_reads;
 pub mod sessions;
 pub mod throttle;
 
@@ -41,7 +41,8 @@ pub struct Services {
     pub rate_limits: limits::RateLimits,
     pub meter: meter::Meter,
     pub cache: cache::ViewCache,
-    pub session_reads: Arc<session_reads::SessionReads>,
+    pub session_reads: Arc<reads::Coalesced<reads::SessionRows>>,
+    pub org_reads: Arc<reads::Coalesced<reads::OrgRows>>,
 }
 
 impl Services {

@@ -252,7 +252,7 @@ impl Services {
         let changes_before = self.cache.changes();
         let (org_id, read) = match self.cache.session_org(&hash) {
             Some(org_id) => (org_id, None),
-            None => match self.session_reads.read(&self.store, &hash).await? {
+            None => match self.session_reads.read(&self.store, hash.clone()).await? {
                 Some(v) => (v.org_id, Some(v)),
                 None => return Ok(Err(Denial::SessionNotValid)),
             },
@@ -268,7 +268,7 @@ impl Services {
             None => {
                 let v = match read {
                     Some(v) => v,
-                    None => match self.session_reads.read(&self.store, &hash).await? {
+                    None => match self.session_reads.read(&self.store, hash.clone()).await? {
                         Some(v) => v,
                         None => return Ok(Err(Denial::SessionNotValid)),
                     },

@@ -345,6 +345,8 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> StoreResult<()>;
     async fn get_api_session(&self, id_hash: &str) -> StoreResult<Option<ApiSessionView>>;
+    /// Several orgs in one query (those that exist, in any order).
+    async fn get_orgs(&self, ids: &[OrgId]) -> StoreResult<Vec<(OrgId, OrgRecord)>>;
     /// Several sessions in one query (those that exist, with their hashes, in any order).
     async fn get_api_sessions(
         &self,

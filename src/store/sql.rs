@@ -36,6 +36,16 @@ pub(super) const ORG_SELECT: &str = "SELECT o.id, o.name, o.subscription_enabled
     k.modified_by_id, k.modified_by_name \
     FROM orgs o LEFT JOIN api_keys k ON k.org_id = o.id";
 
+/// `$1, $2, … $n` for a batch read's `IN (…)`. Batches are padded to a power of two
+/// (repeating the last value), so a handful of statement texts serve every batch size and
+/// stay prepared on each connection.
+pub(super) fn in_params(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub(super) fn subscription_json(s: &Subscription) -> serde_json::Value {
     serde_json::json!({ "enabled": s.enabled, "expiresAt": s.expires_at })
 }
@@ -44,7 +54,7 @@ pub(super) fn subscription_json(s: &Subscription) -> serde_json::Value {
 /// `sql_store!(Type, RowType, ConnectionType, lock_org: Option<&str>, like: &str)`.
 macro_rules! sql_store {
     ($store:ident, $row:ty, $conn:ty, $lock_org:expr, $like:expr) => {
-        use $crate::store::sql::{ORG_SELECT, is_unique_violation, map_err, subscription_json};
+        use $crate::store::sql::{ORG_SELECT, in_params, is_unique_violation, map_err, subscription_json};
 
         const LIKE: &str = $like;
 
@@ -964,15 +974,28 @@ impl Store for $store {
         row.as_ref().map(api_session_from_row).transpose()
     }
 
+    async fn get_orgs(&self, ids: &[OrgId]) -> StoreResult<Vec<(OrgId, OrgRecord)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let slots = ids.len().next_power_of_two();
+        let sql = format!("{ORG_SELECT} WHERE o.id IN ({})", in_params(slots));
+        let mut query = sqlx::query(&sql);
+        for i in 0..slots {
+            query = query.bind(ids[i.min(ids.len() - 1)].0);
+        }
+        let rows = query.fetch_all(&self.reader).await.map_err(map_err)?;
+        rows.iter()
+            .map(|r| org_from_row(r).map(|org| (org.id, org)))
+            .collect()
+    }
+
     async fn get_api_sessions(&self, id_hashes: &[String]) -> StoreResult<Vec<(String, ApiSessionView)>> {
         if id_hashes.is_empty() {
             return Ok(Vec::new());
         }
-        // Padded to a power of two (repeating the last hash), so a handful of statement
-        // texts serve every batch size and stay prepared on each connection.
         let slots = id_hashes.len().next_power_of_two();
-        let params: Vec<String> = (1..=slots).map(|i| format!("${i}")).collect();
-        let sql = format!("{API_SESSION_SELECT} WHERE s.id_hash IN ({})", params.join(", "));
+        let sql = format!("{API_SESSION_SELECT} WHERE s.id_hash IN ({})", in_params(slots));
         let mut query = sqlx::query(&sql);
         for i in 0..slots {
             query = query.bind(&id_hashes[i.min(id_hashes.len() - 1)]);

@@ -1202,18 +1202,18 @@ async fn authz_204_names_the_org_and_admin() {
     );
 }
 
-/// Decisions made at the same time for many sessions of different orgs (which the session
-/// reads serve in shared queries, `service::session_reads`): each gets its own org and admin,
-/// and an unknown or ended session among them is refused.
+/// Decisions and key reads made at the same time for many sessions of different orgs (which
+/// session and org reads serve in shared queries, `service::reads`): each gets its own org,
+/// admin and key, and an unknown or ended session among them is refused.
 #[tokio::test]
 async fn concurrent_decisions_each_get_their_own_session() {
     let server = TestServer::start().await;
     let mut sessions = Vec::new();
     for i in 0..6 {
         let slug = format!("batch{i}");
-        let (org, _key, s) = org_with_session(&server, &slug).await;
+        let (org, key, s) = org_with_session(&server, &slug).await;
         limits(&server, org, json!({"rateLimits": generous()})).await;
-        sessions.push((org, format!("full@{slug}"), s));
+        sessions.push((org, format!("full@{slug}"), s, key));
     }
     // One session ended by logout: it must not be answered from its neighbours' reads.
     let ended = sessions.pop().expect("six sessions");
@@ -1225,8 +1225,8 @@ async fn concurrent_decisions_each_get_their_own_session() {
 
     let mut calls = Vec::new();
     for round in 0..12 {
-        for (org, login, s) in &sessions {
-            let (s, org, login) = (s.clone(), *org, login.clone());
+        for (org, login, s, key) in &sessions {
+            let (s, org, login, key) = (s.clone(), *org, login.clone(), key.clone());
             calls.push(tokio::spawn(async move {
                 let r = s.authz("GET").await;
                 assert_eq!(
@@ -1240,6 +1240,9 @@ async fn concurrent_decisions_each_get_their_own_session() {
                     "{r}"
                 );
                 assert_eq!(r.header("x-keygate-admin"), Some(login.as_str()), "{r}");
+                let r = s.get_keys().await;
+                assert_eq!(r.status, StatusCode::OK, "{login} round {round}: {r}");
+                assert_eq!(r.body[0]["keyValue"], key.as_str(), "{login}: {r}");
             }));
         }
         let s = ended.2.clone();
