@@ -36,14 +36,22 @@ pub(super) const ORG_SELECT: &str = "SELECT o.id, o.name, o.subscription_enabled
     k.modified_by_id, k.modified_by_name \
     FROM orgs o LEFT JOIN api_keys k ON k.org_id = o.id";
 
-/// `$1, $2, … $n` for a batch read's `IN (…)`. Batches are padded to a power of two
-/// (repeating the last value), so a handful of statement texts serve every batch size and
-/// stay prepared on each connection.
-pub(super) fn in_params(n: usize) -> String {
-    (1..=n)
+/// For a batch read's `IN (…)`: the parameters `$1, … $n` and the values to bind, padded to a
+/// power of two by repeating the last one, so a handful of statement texts serve every batch
+/// size and stay prepared on each connection. `None` for no values.
+pub(super) fn padded<T>(values: &[T]) -> Option<(String, impl Iterator<Item = &T>)> {
+    let last = values.last()?;
+    let n = values.len().next_power_of_two();
+    let params = (1..=n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    Some((
+        params,
+        values
+            .iter()
+            .chain(std::iter::repeat_n(last, n - values.len())),
+    ))
 }
 
 pub(super) fn subscription_json(s: &Subscription) -> serde_json::Value {
@@ -54,7 +62,7 @@ pub(super) fn subscription_json(s: &Subscription) -> serde_json::Value {
 /// `sql_store!(Type, RowType, ConnectionType, lock_org: Option<&str>, like: &str)`.
 macro_rules! sql_store {
     ($store:ident, $row:ty, $conn:ty, $lock_org:expr, $like:expr) => {
-        use $crate::store::sql::{ORG_SELECT, in_params, is_unique_violation, map_err, subscription_json};
+        use $crate::store::sql::{ORG_SELECT, is_unique_violation, map_err, padded, subscription_json};
 
         const LIKE: &str = $like;
 
@@ -975,15 +983,9 @@ impl Store for $store {
     }
 
     async fn get_orgs(&self, ids: &[OrgId]) -> StoreResult<Vec<(OrgId, OrgRecord)>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let slots = ids.len().next_power_of_two();
-        let sql = format!("{ORG_SELECT} WHERE o.id IN ({})", in_params(slots));
-        let mut query = sqlx::query(&sql);
-        for i in 0..slots {
-            query = query.bind(ids[i.min(ids.len() - 1)].0);
-        }
+        let Some((params, ids)) = padded(ids) else { return Ok(Vec::new()) };
+        let sql = format!("{ORG_SELECT} WHERE o.id IN ({params})");
+        let query = ids.fold(sqlx::query(&sql), |q, id| q.bind(id.0));
         let rows = query.fetch_all(&self.reader).await.map_err(map_err)?;
         rows.iter()
             .map(|r| org_from_row(r).map(|org| (org.id, org)))
@@ -991,15 +993,9 @@ impl Store for $store {
     }
 
     async fn get_api_sessions(&self, id_hashes: &[String]) -> StoreResult<Vec<(String, ApiSessionView)>> {
-        if id_hashes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let slots = id_hashes.len().next_power_of_two();
-        let sql = format!("{API_SESSION_SELECT} WHERE s.id_hash IN ({})", in_params(slots));
-        let mut query = sqlx::query(&sql);
-        for i in 0..slots {
-            query = query.bind(&id_hashes[i.min(id_hashes.len() - 1)]);
-        }
+        let Some((params, hashes)) = padded(id_hashes) else { return Ok(Vec::new()) };
+        let sql = format!("{API_SESSION_SELECT} WHERE s.id_hash IN ({params})");
+        let query = hashes.fold(sqlx::query(&sql), |q, hash| q.bind(hash));
         let rows = query.fetch_all(&self.reader).await.map_err(map_err)?;
         rows.iter()
             .map(|r| {
