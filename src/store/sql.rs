@@ -76,11 +76,8 @@ const API_SESSION_SELECT: &str = "SELECT s.id_hash, s.generation, s.created_at A
 
 fn api_session_from_row(r: &$row) -> StoreResult<ApiSessionView> {
     let get = |e: sqlx::Error| StoreError::Internal(e.into());
-    let reason: Option<String> = r.try_get("disabled_reason").map_err(get)?;
-    let calls: Option<i64> = r.try_get("call_threshold_calls").map_err(get)?;
-    let period: Option<i64> = r.try_get("call_threshold_period_s").map_err(get)?;
     Ok(ApiSessionView {
-        call_threshold: calls.zip(period).map(|(calls, period_seconds)| CallThreshold { calls, period_seconds }),
+        call_threshold: call_threshold_from_row(r)?,
         rate_limits: r.try_get("rate_limits").map_err(get)?,
         org_id: OrgId(r.try_get("org_id").map_err(get)?),
         admin: admin_from_row(r)?,
@@ -88,21 +85,44 @@ fn api_session_from_row(r: &$row) -> StoreResult<ApiSessionView> {
         created_at: Millis(r.try_get("s_created").map_err(get)?),
         last_seen_at: Millis(r.try_get("last_seen_at").map_err(get)?),
         current_generation: r.try_get("key_generation").map_err(get)?,
-        subscription: Subscription {
-            enabled: r.try_get::<bool, _>("subscription_enabled").map_err(get)?,
-            expires_at: r.try_get("subscription_expires_at").map_err(get)?,
-        },
+        subscription: subscription_from_row(r)?,
         key_present: r
             .try_get::<Option<i64>, _>("key_id")
             .map_err(get)?
             .is_some(),
-        key_disabled: reason
-            .and_then(|r0| crate::domain::org::DisableReason::from_db(&r0))
-            .map(|reason| Disablement {
-                reason,
-                note: r.try_get("disabled_note").ok().flatten(),
-            }),
+        key_disabled: disablement_from_row(r)?,
     })
+}
+
+/// The org columns `subscription_enabled` and `subscription_expires_at`.
+fn subscription_from_row(row: &$row) -> StoreResult<Subscription> {
+    let get = |e: sqlx::Error| StoreError::Internal(e.into());
+    Ok(Subscription {
+        enabled: row.try_get::<bool, _>("subscription_enabled").map_err(get)?,
+        expires_at: row.try_get("subscription_expires_at").map_err(get)?,
+    })
+}
+
+/// The org columns `call_threshold_calls` and `call_threshold_period_s` (both or neither).
+fn call_threshold_from_row(row: &$row) -> StoreResult<Option<CallThreshold>> {
+    let get = |e: sqlx::Error| StoreError::Internal(e.into());
+    let calls: Option<i64> = row.try_get("call_threshold_calls").map_err(get)?;
+    let period: Option<i64> = row.try_get("call_threshold_period_s").map_err(get)?;
+    Ok(calls.zip(period).map(|(calls, period_seconds)| CallThreshold { calls, period_seconds }))
+}
+
+/// The key columns `disabled_reason` and `disabled_note`; an unknown reason is an error, never
+/// an enabled key.
+fn disablement_from_row(row: &$row) -> StoreResult<Option<Disablement>> {
+    let get = |e: sqlx::Error| StoreError::Internal(e.into());
+    let reason: Option<String> = row.try_get("disabled_reason").map_err(get)?;
+    let Some(reason) = reason else { return Ok(None) };
+    Ok(Some(Disablement {
+        reason: crate::domain::org::DisableReason::from_db(&reason).ok_or_else(|| {
+            StoreError::Internal(anyhow::anyhow!("unknown disabled_reason in database"))
+        })?,
+        note: row.try_get("disabled_note").map_err(get)?,
+    }))
 }
 
 fn org_from_row(row: &$row) -> StoreResult<OrgRecord> {
@@ -110,42 +130,20 @@ fn org_from_row(row: &$row) -> StoreResult<OrgRecord> {
     let key_id: Option<i64> = row.try_get("key_id").map_err(get)?;
     let key = match key_id {
         None => None,
-        Some(id) => {
-            let reason: Option<String> = row.try_get("disabled_reason").map_err(get)?;
-            let disabled = match reason {
-                None => None,
-                Some(r) => Some(Disablement {
-                    reason: crate::domain::org::DisableReason::from_db(&r).ok_or_else(|| {
-                        StoreError::Internal(anyhow::anyhow!("unknown disabled_reason in database"))
-                    })?,
-                    note: row.try_get("disabled_note").map_err(get)?,
-                }),
-            };
-            Some(KeyRecord {
-                id: KeyId(id),
-                sealed: row.try_get("sealed").map_err(get)?,
-                disabled,
-                modified_at: Millis(row.try_get("modified_at").map_err(get)?),
-                modified_by_id: row.try_get("modified_by_id").map_err(get)?,
-                modified_by_name: row.try_get("modified_by_name").map_err(get)?,
-            })
-        }
+        Some(id) => Some(KeyRecord {
+            id: KeyId(id),
+            sealed: row.try_get("sealed").map_err(get)?,
+            disabled: disablement_from_row(row)?,
+            modified_at: Millis(row.try_get("modified_at").map_err(get)?),
+            modified_by_id: row.try_get("modified_by_id").map_err(get)?,
+            modified_by_name: row.try_get("modified_by_name").map_err(get)?,
+        }),
     };
-    let calls: Option<i64> = row.try_get("call_threshold_calls").map_err(get)?;
-    let period: Option<i64> = row.try_get("call_threshold_period_s").map_err(get)?;
     Ok(OrgRecord {
         id: OrgId(row.try_get("id").map_err(get)?),
         name: row.try_get("name").map_err(get)?,
-        subscription: Subscription {
-            enabled: row.try_get::<bool, _>("subscription_enabled").map_err(get)?,
-            expires_at: row.try_get("subscription_expires_at").map_err(get)?,
-        },
-        call_threshold: calls
-            .zip(period)
-            .map(|(calls, period_seconds)| CallThreshold {
-                calls,
-                period_seconds,
-            }),
+        subscription: subscription_from_row(row)?,
+        call_threshold: call_threshold_from_row(row)?,
         rate_limits: row.try_get("rate_limits").map_err(get)?,
         key_generation: row.try_get("key_generation").map_err(get)?,
         created_at: Millis(row.try_get("created_at").map_err(get)?),
