@@ -6,9 +6,10 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 
-use super::cloud::{SESSION_COOKIE, SESSION_HEADER, denial_response, rate_headers};
+use super::cloud::{denial_response, rate_headers, session_token};
+use super::empty_response;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{AppState, cookie_in};
+use super::extract::AppState;
 use crate::service::sessions::Denial;
 
 /// The refusal's `code`, also sent as the `X-Keygate-Code` header: a proxy cannot pass the
@@ -18,6 +19,8 @@ pub const CODE_HEADER: &str = "x-keygate-code";
 
 const ORG_ID_HEADER: HeaderName = HeaderName::from_static("x-keygate-org-id");
 const ADMIN_HEADER: HeaderName = HeaderName::from_static("x-keygate-admin");
+const ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+const FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 
 fn denial_code(d: &Denial) -> &'static str {
     match d {
@@ -49,19 +52,12 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The original method: `X-Original-Method` (nginx), `X-Forwarded-Method` (Traefik), else the
 /// sub-request's own method (Envoy forwards the original method as it is).
 fn original_method<'a>(headers: &'a HeaderMap, own: &'a Method) -> &'a str {
-    ["x-original-method", "x-forwarded-method"]
+    [ORIGINAL_METHOD, FORWARDED_METHOD]
         .iter()
-        .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .find_map(|h| headers.get(h).and_then(|v| v.to_str().ok()))
         .map(str::trim)
         .filter(|m| !m.is_empty())
         .unwrap_or(own.as_str())
-}
-
-fn session(headers: &HeaderMap) -> Option<&str> {
-    cookie_in(headers, SESSION_COOKIE)
-        .or_else(|| headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
 }
 
 /// 204 with `X-Keygate-Org-Id` and `X-Keygate-Admin` when the call may go through; otherwise
@@ -79,14 +75,14 @@ pub async fn authz(State(state): State<AppState>, method: Method, headers: Heade
 /// The decision on a sub-request with these headers and method: what [`authz`] answers, also
 /// called directly by the connection service (`http::dispatch`) for every `/authz` request.
 pub async fn decide(state: &AppState, headers: &HeaderMap, method: &Method) -> Response {
-    let Some(token) = session(headers) else {
+    let Some(token) = session_token(headers) else {
         return refused(Denial::SessionNotValid);
     };
     let method = original_method(headers, method);
     match state.authorize_api_request(token, method).await {
         Ok(Ok(principal)) => {
             // Written straight into the response's own headers (no map to merge).
-            let mut response = StatusCode::NO_CONTENT.into_response();
+            let mut response = empty_response(StatusCode::NO_CONTENT);
             let headers = response.headers_mut();
             headers.insert(ORG_ID_HEADER, HeaderValue::from(principal.org_id.0));
             if let Ok(v) = HeaderValue::from_str(&principal.admin.login) {

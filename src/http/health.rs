@@ -2,7 +2,8 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -10,6 +11,7 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::AppState;
+use super::json_response;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -30,7 +32,7 @@ async fn healthz() -> Response {
 
 /// Also answered directly by `http::dispatch`.
 pub fn healthz_response() -> Response {
-    Json(Health { status: "ok" }).into_response()
+    json_response(StatusCode::OK, &Health { status: "ok" })
 }
 
 /// The process can reach its database.

@@ -14,10 +14,12 @@ pub mod views;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, HeaderValue, header};
-use axum::response::Response;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use serde::Serialize;
 use tower::util::MapResponseLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -78,6 +80,34 @@ pub fn security_headers(mut response: Response) -> Response {
             slot.insert(HeaderValue::from_static(value));
         }
     }
+    response
+}
+
+/// Room for the security headers and a handler's own few, so that adding them later does
+/// not grow (and rehash) the header table.
+const RESPONSE_HEADER_ROOM: usize = 12;
+
+/// A response without a body, its header table sized for what is added to it.
+pub fn empty_response(status: StatusCode) -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = status;
+    *response.headers_mut() = HeaderMap::with_capacity(RESPONSE_HEADER_ROOM);
+    response
+}
+
+/// `value` as a JSON response, like `axum::Json` but written into a buffer large enough for
+/// a key object at once and with a header table sized as [`empty_response`]'s.
+pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    let mut body = Vec::with_capacity(512);
+    if let Err(e) = serde_json::to_writer(&mut body, value) {
+        return ApiError::Internal(e.into()).into_response();
+    }
+    let mut response = empty_response(status);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    *response.body_mut() = Body::from(body);
     response
 }
 

@@ -7,7 +7,7 @@
 //! cached entry is never older than the last change answered. With PostgreSQL other nodes
 //! change the data, so the cache is off and every request reads the database.
 
-use std::collections::HashMap;
+use super::FastMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -17,23 +17,23 @@ use crate::store::{ApiSessionView, OrgRecord};
 
 pub struct ViewCache {
     enabled: bool,
-    sessions: Mutex<HashMap<String, ApiSessionView>>,
-    orgs: Mutex<HashMap<OrgId, OrgRecord>>,
+    sessions: Mutex<FastMap<String, ApiSessionView>>,
+    orgs: Mutex<FastMap<OrgId, OrgRecord>>,
     /// Changes this node has finished (counted on either store).
     changes: AtomicU64,
     /// Without the cache: when this node last wrote each session's `last_seen_at`, so one
     /// request per node and interval writes it rather than every request that reads it stale.
-    touched: Mutex<HashMap<String, Millis>>,
+    touched: Mutex<FastMap<String, Millis>>,
 }
 
 impl ViewCache {
     pub fn new(enabled: bool) -> Self {
         Self {
             enabled,
-            sessions: Mutex::new(HashMap::new()),
-            orgs: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(FastMap::default()),
+            orgs: Mutex::new(FastMap::default()),
             changes: AtomicU64::new(0),
-            touched: Mutex::new(HashMap::new()),
+            touched: Mutex::new(FastMap::default()),
         }
     }
 

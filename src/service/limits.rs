@@ -1,6 +1,6 @@
 //! Per-org rate limits (GCRA, `governor`) driven by the injectable clock.
 
-use std::collections::HashMap;
+use super::FastMap;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -74,7 +74,7 @@ struct OrgLimiters {
 
 pub struct RateLimits {
     clock: GovernorClock,
-    orgs: Mutex<HashMap<OrgId, Arc<OrgLimiters>>>,
+    orgs: Mutex<FastMap<OrgId, Arc<OrgLimiters>>>,
 }
 
 fn quota(rule: &RateRule) -> Quota {
@@ -93,7 +93,7 @@ impl RateLimits {
     pub fn new(clock: SharedClock) -> Self {
         Self {
             clock: GovernorClock(clock),
-            orgs: Mutex::new(HashMap::new()),
+            orgs: Mutex::new(FastMap::default()),
         }
     }
 

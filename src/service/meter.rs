@@ -3,7 +3,7 @@
 //! loses at most the calls counted since the last flush; on one node the in-memory count is
 //! the authority, so a threshold trips exactly when it is exceeded.
 
-use std::collections::HashMap;
+use super::FastMap;
 use std::sync::Mutex;
 
 use super::Services;
@@ -27,7 +27,7 @@ struct Counter {
 
 #[derive(Default)]
 pub struct Meter {
-    counters: Mutex<HashMap<OrgId, Counter>>,
+    counters: Mutex<FastMap<OrgId, Counter>>,
     /// Unflushed calls of periods that have ended.
     pending: Mutex<Vec<(OrgId, i64, i64, i64)>>,
     /// Held by a flush from taking the counts until it has read the totals back (and by a
@@ -47,7 +47,7 @@ pub fn period_of(threshold: Option<CallThreshold>, now: Millis) -> (i64, i64) {
 }
 
 impl Meter {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<OrgId, Counter>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FastMap<OrgId, Counter>> {
         self.counters.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -14,6 +14,10 @@ pub mod throttle;
 
 use std::sync::Arc;
 
+/// The maps looked up on every API call. Their keys are server-made (org ids, SHA-256 digests
+/// of session ids), so a fast seeded hash is as safe as std's SipHash and cheaper.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 use crate::clock::SharedClock;
 use crate::crypto::PasswordHasher;
 use crate::domain::audit::Actor;

@@ -1028,6 +1028,32 @@ async fn key_endpoints_view_edit_regenerate_delete() {
     let (status, one) = api.get(&format!("/api/v1/apiKeys/{id}")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(one, k);
+    // The list is answered before the router (`http::dispatch`), one key through it: the
+    // same headers either way (a key value is never cached; the rate-limit headers).
+    let listed = api.raw(Method::GET, "/api/v1/apiKeys", None).await;
+    let routed = api
+        .raw(Method::GET, &format!("/api/v1/apiKeys/{id}"), None)
+        .await;
+    for (what, raw) in [("list", &listed), ("one", &routed)] {
+        assert_eq!(raw.status, StatusCode::OK, "{what}: {}", raw.text);
+        assert!(raw.content_type().starts_with("application/json"), "{what}");
+        assert_eq!(raw.header("cache-control"), Some("no-store"), "{what}");
+        assert_eq!(
+            raw.header("x-content-type-options"),
+            Some("nosniff"),
+            "{what}"
+        );
+        assert_eq!(raw.header("x-frame-options"), Some("DENY"), "{what}");
+        for h in [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+        ] {
+            let n = raw.header(h).unwrap_or_else(|| panic!("{what}: no {h}"));
+            assert!(n.parse::<u64>().is_ok(), "{what}: {h} = {n}");
+        }
+    }
+    assert_eq!(listed.json(), serde_json::json!([routed.json()]));
 
     // Wrong ids.
     let raw = api
