@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{AppState, ClientAddr, JsonBody, cookie_in, parse_id};
-use super::json_response;
+use super::json_bytes_response;
 use crate::domain::key::ApiKeyValue;
 use crate::domain::time::Millis;
 use crate::service::keys::{KeyChangeRequest, KeyObject, Shown};
@@ -412,9 +412,10 @@ async fn list_keys(State(state): State<AppState>, ApiCall(p): ApiCall) -> ApiRes
 
 /// The org's key as an array of zero or one key objects, the body of `GET /api/v1/apiKeys`.
 async fn key_list(state: &AppState, p: &ApiPrincipal) -> ApiResult<Response> {
-    let org = state.org_for_request(p).await?;
-    let keys: Vec<KeyObject> = state.key_object(&org, Shown::Full)?.into_iter().collect();
-    Ok(json_response(StatusCode::OK, &keys))
+    Ok(json_bytes_response(
+        StatusCode::OK,
+        state.key_list_json(p).await?,
+    ))
 }
 
 /// One key by id.

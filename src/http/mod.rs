@@ -14,7 +14,7 @@ pub mod views;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -96,12 +96,17 @@ pub fn empty_response(status: StatusCode) -> Response {
 }
 
 /// `value` as a JSON response, like `axum::Json` but written into a buffer large enough for
-/// a key object at once and with a header table sized as [`empty_response`]'s.
+/// a small object at once and with a header table sized as [`empty_response`]'s.
 pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
-    let mut body = Vec::with_capacity(512);
-    if let Err(e) = serde_json::to_writer(&mut body, value) {
-        return ApiError::Internal(e.into()).into_response();
+    let mut body = Vec::with_capacity(256);
+    match serde_json::to_writer(&mut body, value) {
+        Ok(()) => json_bytes_response(status, body.into()),
+        Err(e) => ApiError::Internal(e.into()).into_response(),
     }
+}
+
+/// A JSON body already written, as a response sized as [`empty_response`]'s.
+pub fn json_bytes_response(status: StatusCode, body: Bytes) -> Response {
     let mut response = empty_response(status);
     response.headers_mut().insert(
         header::CONTENT_TYPE,

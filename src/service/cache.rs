@@ -11,14 +11,28 @@ use super::FastMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::body::Bytes;
+
 use crate::domain::ids::OrgId;
+use crate::domain::org::{Subscription, SubscriptionState};
 use crate::domain::time::Millis;
 use crate::store::{ApiSessionView, OrgRecord};
+
+/// A rendered key list and what it was rendered from: the key generation, and the
+/// subscription whose state (which moves with time) decides permissions and status.
+struct RenderedKeyList {
+    generation: i64,
+    subscription: Subscription,
+    state: SubscriptionState,
+    body: Bytes,
+}
 
 pub struct ViewCache {
     enabled: bool,
     sessions: Mutex<FastMap<String, ApiSessionView>>,
     orgs: Mutex<FastMap<OrgId, OrgRecord>>,
+    /// Each org's `GET /api/v1/apiKeys` body as last rendered, forgotten with the org.
+    key_lists: Mutex<FastMap<OrgId, RenderedKeyList>>,
     /// Changes this node has finished (counted on either store).
     changes: AtomicU64,
     /// Without the cache: when this node last wrote each session's `last_seen_at`, so one
@@ -32,6 +46,7 @@ impl ViewCache {
             enabled,
             sessions: Mutex::new(FastMap::default()),
             orgs: Mutex::new(FastMap::default()),
+            key_lists: Mutex::new(FastMap::default()),
             changes: AtomicU64::new(0),
             touched: Mutex::new(FastMap::default()),
         }
@@ -152,10 +167,45 @@ impl ViewCache {
         }
     }
 
+    /// The org's key list as rendered at key generation `generation`, if the subscription
+    /// is still in the state it was rendered in at `now`.
+    pub fn key_list(&self, org: OrgId, generation: i64, now: Millis) -> Option<Bytes> {
+        if !self.enabled {
+            return None;
+        }
+        self.key_lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&org)
+            .filter(|r| r.generation == generation && r.subscription.state_at(now) == r.state)
+            .map(|r| r.body.clone())
+    }
+
+    /// Keeps `body`, the key list of `org` rendered with its subscription in `state`. Only a
+    /// caller holding the org's gate may, as for [`Self::put_org`].
+    pub fn put_key_list(&self, org: &OrgRecord, state: SubscriptionState, body: Bytes) {
+        if self.enabled {
+            let rendered = RenderedKeyList {
+                generation: org.key_generation,
+                subscription: org.subscription,
+                state,
+                body,
+            };
+            self.key_lists
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(org.id, rendered);
+        }
+    }
+
     /// Called by every change to an org (key, subscription, limits, admins) while it holds
     /// the org's gate for writing.
     pub fn forget_org(&self, id: OrgId) {
         self.orgs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        self.key_lists
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);

@@ -1,6 +1,7 @@
 //! Viewing and changing the org's key: the one implementation behind the admin console API
 //! and the cloud service API's `/apiKeys`.
 
+use axum::body::Bytes;
 use serde::Serialize;
 
 use super::Services;
@@ -86,6 +87,28 @@ impl Services {
             partner_url: None,
             base_url: self.api_base_url(),
         }))
+    }
+
+    /// The body of `GET /api/v1/apiKeys` for an admitted call: the org's key as a JSON array
+    /// of zero or one key objects. Rendered once per key generation and subscription state
+    /// on the embedded store (the org's cached record would give the same bytes each time).
+    pub async fn key_list_json(
+        &self,
+        p: &crate::service::sessions::ApiPrincipal,
+    ) -> StoreResult<Bytes> {
+        let now = self.clock.now();
+        if let Some(body) = self.cache.key_list(p.org_id, p.generation, now) {
+            return Ok(body);
+        }
+        let org = self.org_for_request(p).await?;
+        let keys: Vec<KeyObject> = self.key_object(&org, Shown::Full)?.into_iter().collect();
+        let body =
+            Bytes::from(serde_json::to_vec(&keys).map_err(|e| StoreError::Internal(e.into()))?);
+        if p.holds_gate() {
+            self.cache
+                .put_key_list(&org, org.subscription.state_at(now), body.clone());
+        }
+        Ok(body)
     }
 
     /// The admin's org, from the cache if it holds it. Never fills the cache: only a caller

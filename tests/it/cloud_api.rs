@@ -1369,6 +1369,29 @@ async fn changes_elsewhere_end_api_sessions_at_once() {
 
 // ---------------------------------------------------------------- R10 read-only
 
+/// The key list is rendered once and kept (embedded store): the subscription expiring with
+/// the passing of time alone, no change made, still shows at once.
+#[tokio::test]
+async fn the_key_list_follows_a_subscription_that_expires_with_time() {
+    let server = TestServer::start().await;
+    let org = create_org(&server, "ages").await;
+    let id = org_id(&org);
+    let key = server.login("full@ages").await.reveal().await;
+    set_subscription(&server, id, true, Some(T0_SECS + 60)).await;
+    let s = api_login(&server, "full@ages", &key).await;
+    for _ in 0..2 {
+        let list = s.assert_alive("active").await;
+        assert_eq!(only_key(&list)["permissions"], json!(["READ", "WRITE"]));
+        assert_eq!(only_key(&list)["status"], "ENABLED");
+    }
+    server.clock.advance_secs(61);
+    let list = s.assert_alive("expired by time").await;
+    let k = only_key(&list);
+    assert_eq!(k["permissions"], json!(["READ"]), "{list}");
+    assert_eq!(k["status"], "DISABLED", "{list}");
+    assert_eq!(k["disabledReason"], "SUBSCRIPTION_EXPIRED", "{list}");
+}
+
 #[tokio::test]
 async fn expired_subscription_makes_the_api_read_only_until_renewed() {
     let server = TestServer::start().await;
