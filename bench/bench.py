@@ -751,9 +751,13 @@ def s5_report(points):
     RESULTS["scenarios"]["5"] = {"points": points, "ratios": rows}
 
 
-def s7_postgres(workdir):
-    log("\n## 7. PostgreSQL, two nodes (load split over both; every request reads the database)")
-    db = f"keygate_bench_{os.getpid()}"
+def s7_postgres(workdir, node_cache):
+    key = "7b" if node_cache else "7"
+    if node_cache:
+        log("\n## 7b. PostgreSQL, two nodes with --node-cache (load split over both; each node caches, kept exact by notifications and leases)")
+    else:
+        log("\n## 7. PostgreSQL, two nodes (load split over both; every request reads the database)")
+    db = f"keygate_bench_{os.getpid()}_{key}"
     admin_url = PG_URL + "/postgres"
     for _ in range(60):
         if subprocess.run(["psql", admin_url, "-qc", "SELECT 1"], capture_output=True).returncode == 0:
@@ -761,13 +765,14 @@ def s7_postgres(workdir):
         time.sleep(2)
     else:
         log(f"PostgreSQL at {PG_URL} does not answer: scenario 7 skipped")
-        RESULTS["scenarios"]["7"] = {"skipped": "PostgreSQL not reachable"}
+        RESULTS["scenarios"][key] = {"skipped": "PostgreSQL not reachable"}
         return
     subprocess.run(["psql", admin_url, "-qc", f"CREATE DATABASE {db}"], check=True, capture_output=True)
     nodes = []
     try:
         master = base64.b64encode(os.urandom(32)).decode()
-        env = {"KEYGATE_DATABASE_URL": f"{PG_URL}/{db}", "KEYGATE_MASTER_KEY": master}
+        env = {"KEYGATE_DATABASE_URL": f"{PG_URL}/{db}", "KEYGATE_MASTER_KEY": master,
+               "KEYGATE_NODE_CACHE": "true" if node_cache else "false"}
         POSTGRES_IS_OURS[0] = True
         for name in ("node-a", "node-b"):
             nodes.append(Server(name, os.path.join(workdir, "pg-" + name), env).start())
@@ -832,7 +837,7 @@ def s7_postgres(workdir):
         log("| endpoint | rate asked (both nodes) | p50 ms | p99 ms | non-2xx/errors |\n|---|---:|---:|---:|---:|")
         for p, hrow in half.items():
             log(f"| {p} | {hrow['rate']:,.0f} | {fmt_ms(hrow['p50_us'])} | {fmt_ms(hrow['p99_us'])} | {hrow['errors']} |")
-        RESULTS["scenarios"]["7"] = {"ratios": ratios, "endpoints": m, "half_peak": half}
+        RESULTS["scenarios"][key] = {"ratios": ratios, "endpoints": m, "half_peak": half}
     finally:
         POSTGRES_IS_OURS[0] = False
         for n in nodes:
@@ -898,7 +903,8 @@ def main():
         if want(5):
             s5_report(s5_scale(WORK))
         if want(7) and not SKIP_PG:
-            s7_postgres(WORK)
+            s7_postgres(WORK, node_cache=False)
+            s7_postgres(WORK, node_cache=True)
     finally:
         if dep:
             dep.server.stop()

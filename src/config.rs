@@ -30,6 +30,12 @@ pub struct Config {
     pub password_hash_concurrency: usize,
     /// argon2id cost; OWASP unless a test or benchmark builds the app itself.
     pub password_hash_params: crate::crypto::password::HashParams,
+    /// PostgreSQL only: keep a cache of sessions and orgs on this node, kept exact across
+    /// nodes by change notifications and leases (`service::peers`).
+    pub node_cache: bool,
+    /// How long a node may use its cache without renewing its lease, and so the longest a
+    /// change waits for a node that stopped answering.
+    pub node_lease: std::time::Duration,
 }
 
 impl Config {
@@ -52,6 +58,8 @@ impl Config {
                 .map(|n| n.get())
                 .unwrap_or(2),
             password_hash_params: Default::default(),
+            node_cache: false,
+            node_lease: std::time::Duration::from_secs(5),
         }
     }
 }

@@ -16,6 +16,8 @@ use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::crypto::{KeyCipher, MasterKey, PasswordHasher};
 use crate::http::dispatch::Dispatch;
+use crate::service::cache::CacheMode;
+use crate::service::peers::Peers;
 use crate::service::{Services, Settings};
 use crate::store::Store;
 use crate::store::postgres::PostgresStore;
@@ -38,6 +40,10 @@ impl App {
             None => MasterKey::load_or_create(&config.data_dir.join("master.key"))?,
         };
         let cipher = Arc::new(KeyCipher::new(&master));
+        let shared_url = config
+            .database_url
+            .as_ref()
+            .map(|u| u.expose_secret().to_owned());
         let store: Arc<dyn Store> = match &config.database_url {
             Some(url)
                 if url.expose_secret().starts_with("postgres://")
@@ -64,6 +70,18 @@ impl App {
             .unwrap_or_else(|| format!("http://{}", config.listen))
             .trim_end_matches('/')
             .to_owned();
+        // Exact by itself while this process owns the database (the embedded store); on
+        // PostgreSQL only with the other nodes' notifications and a lease.
+        let (cache_mode, peers) = match (&shared_url, config.node_cache) {
+            (None, _) => (CacheMode::Owned, None),
+            (Some(_), false) => (CacheMode::Off, None),
+            (Some(url), true) => {
+                let peers = Peers::connect(url, config.node_lease)
+                    .await
+                    .context("cannot set up the node cache's notifications")?;
+                (CacheMode::Leased, Some(Arc::new(peers)))
+            }
+        };
         let services = Arc::new(Services {
             store,
             clock: clock.clone(),
@@ -83,10 +101,10 @@ impl App {
             throttle: crate::service::throttle::LoginThrottle::new(config.login_throttle),
             rate_limits: crate::service::limits::RateLimits::new(clock.clone()),
             meter: Default::default(),
-            // Exact only while this process owns the database: the embedded store.
-            cache: crate::service::cache::ViewCache::new(config.database_url.is_none()),
+            cache: crate::service::cache::ViewCache::new(cache_mode),
             session_reads: Default::default(),
             org_reads: Default::default(),
+            peers,
         });
         let generated_provider_token = services
             .bootstrap_provider_token(config.provider_token.as_ref().map(|t| t.expose_secret()))
@@ -126,6 +144,20 @@ pub async fn serve(
             }
         }
     });
+    // With other caching nodes: hear their changes, and hold a lease while hearing them.
+    let peer_tasks: Vec<_> = match &services.peers {
+        Some(peers) => vec![
+            tokio::spawn({
+                let (services, peers) = (services.clone(), peers.clone());
+                async move { peers.listen(&services).await }
+            }),
+            tokio::spawn({
+                let (services, peers) = (services.clone(), peers.clone());
+                async move { peers.keep_lease(&services).await }
+            }),
+        ],
+        None => Vec::new(),
+    };
     let served = accept_loop(
         listener,
         Dispatch::new(app.router, services.clone()),
@@ -134,6 +166,13 @@ pub async fn serve(
     .await;
     flusher.abort();
     let _ = flusher.await;
+    for task in peer_tasks {
+        task.abort();
+        let _ = task.await;
+    }
+    if let Some(peers) = &services.peers {
+        peers.leave(&services).await;
+    }
     // Graceful shutdown loses no count.
     services
         .flush_usage()

@@ -88,6 +88,15 @@ pub struct ServeArgs {
     /// Log format: text or json.
     #[arg(long, env = "KEYGATE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// PostgreSQL: cache sessions and orgs on each node, kept exact across nodes by change
+    /// notifications and leases (off: every request reads the database).
+    #[arg(long, env = "KEYGATE_NODE_CACHE", default_value_t = false)]
+    pub node_cache: bool,
+    /// PostgreSQL with --node-cache: the node's lease, milliseconds (the longest a change
+    /// waits for a node that stopped answering).
+    #[arg(long, env = "KEYGATE_NODE_LEASE_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(500..=60_000))]
+    pub node_lease_ms: u64,
 }
 
 impl ServeArgs {
@@ -103,6 +112,8 @@ impl ServeArgs {
         c.api_timestamp_window_secs = self.api_timestamp_window_secs;
         c.api_idle_timeout_secs = self.api_idle_timeout_secs;
         c.api_max_lifetime_secs = self.api_max_lifetime_secs;
+        c.node_cache = self.node_cache;
+        c.node_lease = std::time::Duration::from_millis(self.node_lease_ms);
         c
     }
 }

@@ -1,15 +1,22 @@
-//! Exact per-node cache of API sessions and org records, for the embedded store only.
+//! Exact per-node cache of API sessions, org records and rendered key lists.
 //!
-//! It is exact because one process owns an embedded database (the data directory is locked),
-//! and every change that can affect a session or an org goes through `OrgGate::change`,
-//! which forgets the org's entries after the commit and before releasing the gate; a
-//! request fills or reads the cache only while holding the same gate for reading. So a
-//! cached entry is never older than the last change answered. With PostgreSQL other nodes
-//! change the data, so the cache is off and every request reads the database.
+//! Every change that can affect a session or an org goes through `Services::change`, which
+//! forgets the org's entries after the commit and before releasing the org's gate; a request
+//! fills or reads the cache only while holding the same gate for reading. On the embedded
+//! store one process owns the database (the data directory is locked), so that alone keeps a
+//! cached entry no older than the last change answered.
+//!
+//! On PostgreSQL other nodes change the data too. There the cache is used only while this
+//! node holds a lease (`service::peers`): every change's transaction notifies every node,
+//! which forgets the org on receipt, and the change is answered only once each node with a
+//! live lease has confirmed it, or its lease has run out. A fill is kept only if no change
+//! (of this node or another) was counted since the read it comes from began: a read that
+//! raced a change elsewhere is not kept.
 
 use super::FastMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 
@@ -27,13 +34,41 @@ struct RenderedKeyList {
     body: Bytes,
 }
 
+/// When the cache may be used.
+pub enum CacheMode {
+    /// Never (PostgreSQL without `--node-cache`): every request reads the database.
+    Off,
+    /// Always: this process owns the database (embedded store).
+    Owned,
+    /// While this node's lease runs (PostgreSQL with `--node-cache`, see `service::peers`).
+    Leased,
+}
+
+/// The end of the lease on a monotonic clock: the lease is measured on this node's own clock
+/// from before each renewal was sent, so it ends here before the database sees it end.
+struct Lease {
+    origin: Instant,
+    /// Nanoseconds after `origin`; 0 = no lease.
+    until: AtomicU64,
+}
+
+impl Lease {
+    fn nanos_since_origin(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.origin).as_nanos() as u64
+    }
+    fn running(&self) -> bool {
+        self.nanos_since_origin(Instant::now()) < self.until.load(Ordering::Acquire)
+    }
+}
+
 pub struct ViewCache {
-    enabled: bool,
+    mode: CacheMode,
+    lease: Lease,
     sessions: Mutex<FastMap<String, ApiSessionView>>,
     orgs: Mutex<FastMap<OrgId, OrgRecord>>,
     /// Each org's `GET /api/v1/apiKeys` body as last rendered, forgotten with the org.
     key_lists: Mutex<FastMap<OrgId, RenderedKeyList>>,
-    /// Changes this node has finished (counted on either store).
+    /// Changes counted (this node's and, with a lease, other nodes'); see [`Self::changes`].
     changes: AtomicU64,
     /// Without the cache: when this node last wrote each session's `last_seen_at`, so one
     /// request per node and interval writes it rather than every request that reads it stale.
@@ -41,9 +76,13 @@ pub struct ViewCache {
 }
 
 impl ViewCache {
-    pub fn new(enabled: bool) -> Self {
+    pub fn new(mode: CacheMode) -> Self {
         Self {
-            enabled,
+            mode,
+            lease: Lease {
+                origin: Instant::now(),
+                until: AtomicU64::new(0),
+            },
             sessions: Mutex::new(FastMap::default()),
             orgs: Mutex::new(FastMap::default()),
             key_lists: Mutex::new(FastMap::default()),
@@ -52,18 +91,67 @@ impl ViewCache {
         }
     }
 
-    /// How many changes this node has finished: a read made while it stayed the same is
-    /// as current, for this node's changes, as one made after it.
+    /// Whether the cache is kept by leases shared with other nodes.
+    pub fn leased(&self) -> bool {
+        matches!(self.mode, CacheMode::Leased)
+    }
+
+    /// Lets the cache be used until `lease` after `renewed_at` (taken before the renewal was
+    /// sent). After a lapse the entries are dropped first: changes may have been answered
+    /// without this node while it held no lease.
+    pub fn extend_lease(&self, renewed_at: Instant, lease: Duration) {
+        if !self.lease.running() {
+            self.clear();
+        }
+        let until = self.lease.nanos_since_origin(renewed_at) + lease.as_nanos() as u64;
+        self.lease.until.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// Stops using the cache at once (the node lost its listener or the database) and drops
+    /// its entries.
+    pub fn end_lease(&self) {
+        self.lease.until.store(0, Ordering::Release);
+        self.clear();
+    }
+
+    /// Forgets everything, counting it as a change (a read begun before is not kept).
+    pub fn clear(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        self.orgs.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.key_lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// How many changes this node has counted: a read made while it stayed the same is as
+    /// current as one made after it, and only such a read may fill the cache.
     pub fn changes(&self) -> u64 {
         self.changes.load(Ordering::Acquire)
     }
 
+    /// Whether the cache may be used now.
     pub fn enabled(&self) -> bool {
-        self.enabled
+        match self.mode {
+            CacheMode::Off => false,
+            CacheMode::Owned => true,
+            CacheMode::Leased => self.lease.running(),
+        }
+    }
+
+    /// Whether a read that began when [`Self::changes`] was `since` may fill the cache. Asked
+    /// under the lock of the map being filled: a change counted later forgets that map's
+    /// entries after counting itself, so it removes what this lets in.
+    fn may_fill(&self, since: u64) -> bool {
+        self.enabled() && self.changes() == since
     }
 
     pub fn session(&self, hash: &str) -> Option<ApiSessionView> {
-        if !self.enabled {
+        if !self.enabled() {
             return None;
         }
         self.sessions
@@ -76,7 +164,7 @@ impl ViewCache {
     /// The org of a cached session, without copying the session (the first look-up of every
     /// API call, before it enters the org's gate).
     pub fn session_org(&self, hash: &str) -> Option<OrgId> {
-        if !self.enabled {
+        if !self.enabled() {
             return None;
         }
         self.sessions
@@ -86,12 +174,11 @@ impl ViewCache {
             .map(|v| v.org_id)
     }
 
-    pub fn put_session(&self, hash: &str, view: &ApiSessionView) {
-        if self.enabled {
-            self.sessions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(hash.to_owned(), view.clone());
+    /// Keeps `view`, read from the database by a read begun when [`Self::changes`] was `since`.
+    pub fn put_session(&self, hash: &str, view: &ApiSessionView, since: u64) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if self.may_fill(since) {
+            sessions.insert(hash.to_owned(), view.clone());
         }
     }
 
@@ -111,7 +198,7 @@ impl ViewCache {
     /// once, so the requests running beside it do not write it too); without the cache, the
     /// first request of this node in each `every_ms`.
     pub fn claim_touch(&self, hash: &str, now: Millis, every_ms: i64) -> bool {
-        if !self.enabled {
+        if !self.enabled() {
             let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
             return match touched.get_mut(hash) {
                 Some(at) if now.0 - at.0 < every_ms => false,
@@ -148,7 +235,7 @@ impl ViewCache {
     }
 
     pub fn org(&self, id: OrgId) -> Option<OrgRecord> {
-        if !self.enabled {
+        if !self.enabled() {
             return None;
         }
         self.orgs
@@ -158,19 +245,18 @@ impl ViewCache {
             .cloned()
     }
 
-    pub fn put_org(&self, org: &OrgRecord) {
-        if self.enabled {
-            self.orgs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(org.id, org.clone());
+    /// Keeps `org`, read by a read begun when [`Self::changes`] was `since`.
+    pub fn put_org(&self, org: &OrgRecord, since: u64) {
+        let mut orgs = self.orgs.lock().unwrap_or_else(|e| e.into_inner());
+        if self.may_fill(since) {
+            orgs.insert(org.id, org.clone());
         }
     }
 
     /// The org's key list as rendered at key generation `generation`, if the subscription
     /// is still in the state it was rendered in at `now`.
     pub fn key_list(&self, org: OrgId, generation: i64, now: Millis) -> Option<Bytes> {
-        if !self.enabled {
+        if !self.enabled() {
             return None;
         }
         self.key_lists
@@ -181,26 +267,26 @@ impl ViewCache {
             .map(|r| r.body.clone())
     }
 
-    /// Keeps `body`, the key list of `org` rendered with its subscription in `state`. Only a
-    /// caller holding the org's gate may, as for [`Self::put_org`].
-    pub fn put_key_list(&self, org: &OrgRecord, state: SubscriptionState, body: Bytes) {
-        if self.enabled {
+    /// Keeps `body`, the key list of `org` rendered with its subscription in `state`, `org`
+    /// read as for [`Self::put_org`]. Only a caller holding the org's gate may.
+    pub fn put_key_list(&self, org: &OrgRecord, state: SubscriptionState, body: Bytes, since: u64) {
+        let mut lists = self.key_lists.lock().unwrap_or_else(|e| e.into_inner());
+        if self.may_fill(since) {
             let rendered = RenderedKeyList {
                 generation: org.key_generation,
                 subscription: org.subscription,
                 state,
                 body,
             };
-            self.key_lists
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(org.id, rendered);
+            lists.insert(org.id, rendered);
         }
     }
 
     /// Called by every change to an org (key, subscription, limits, admins) while it holds
-    /// the org's gate for writing.
+    /// the org's gate for writing, and on another node's change to the org. Counted first,
+    /// so a fill that checks the count after this has begun is refused (see `may_fill`).
     pub fn forget_org(&self, id: OrgId) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
         self.orgs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -213,7 +299,6 @@ impl ViewCache {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, v| v.org_id != id);
-        self.changes.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Drops sessions that can no longer be valid, so memory follows live sessions only.

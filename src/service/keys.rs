@@ -100,13 +100,14 @@ impl Services {
         if let Some(body) = self.cache.key_list(p.org_id, p.generation, now) {
             return Ok(body);
         }
+        let since = self.cache.changes();
         let org = self.org_for_request(p).await?;
         let keys: Vec<KeyObject> = self.key_object(&org, Shown::Full)?.into_iter().collect();
         let body =
             Bytes::from(serde_json::to_vec(&keys).map_err(|e| StoreError::Internal(e.into()))?);
         if p.holds_gate() {
             self.cache
-                .put_key_list(&org, org.subscription.state_at(now), body.clone());
+                .put_key_list(&org, org.subscription.state_at(now), body.clone(), since);
         }
         Ok(body)
     }
@@ -136,13 +137,14 @@ impl Services {
         let org = match self.cache.org(p.org_id) {
             Some(org) => org,
             None => {
+                let since = self.cache.changes();
                 let org = self
                     .org_reads
                     .read(&self.store, p.org_id)
                     .await?
                     .ok_or(StoreError::NotFound("org"))?;
                 if p.holds_gate() {
-                    self.cache.put_org(&org);
+                    self.cache.put_org(&org, since);
                 }
                 org
             }
@@ -191,11 +193,13 @@ impl Services {
             }
             KeyChangeRequest::Delete => KeyChange::Delete,
         };
-        let _pass = self.begin_change(admin.org_id).await;
         let ctx: Ctx = self.ctx(admin.actor(), client_addr);
         let org = self
-            .store
-            .change_key(admin.org_id, admin.id, change, expected_generation, &ctx)
+            .change(
+                admin.org_id,
+                self.store
+                    .change_key(admin.org_id, admin.id, change, expected_generation, &ctx),
+            )
             .await?;
         let key = self.key_object(&org, Shown::Full)?;
         Ok((org, key))

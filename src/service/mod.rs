@@ -7,6 +7,7 @@ pub mod keys;
 pub mod limits;
 pub mod meter;
 pub mod orgs;
+pub mod peers;
 pub mod reads;
 pub mod reports;
 pub mod sessions;
@@ -21,7 +22,7 @@ pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomS
 use crate::clock::SharedClock;
 use crate::crypto::PasswordHasher;
 use crate::domain::audit::Actor;
-use crate::store::{Ctx, Store};
+use crate::store::{Ctx, Store, StoreResult};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -47,6 +48,8 @@ pub struct Services {
     pub cache: cache::ViewCache,
     pub session_reads: Arc<reads::Coalesced<reads::SessionRows>>,
     pub org_reads: Arc<reads::Coalesced<reads::OrgRows>>,
+    /// The other nodes, when this one caches on PostgreSQL (`--node-cache`).
+    pub peers: Option<Arc<peers::Peers>>,
 }
 
 impl Services {
@@ -65,7 +68,7 @@ impl Services {
 
 /// Held by every change to an org: the org's gate for writing, and on drop (after the
 /// change committed or failed, before the gate opens) the org's cached entries are forgotten.
-pub struct ChangeGuard<'a> {
+struct ChangeGuard<'a> {
     services: &'a Services,
     org: crate::domain::ids::OrgId,
     _pass: gate::ChangePass,
@@ -78,12 +81,24 @@ impl Drop for ChangeGuard<'_> {
 }
 
 impl Services {
-    pub async fn begin_change(&self, org: crate::domain::ids::OrgId) -> ChangeGuard<'_> {
-        let pass = self.gate.change(org).await;
-        ChangeGuard {
+    /// Runs `change`, a change to `org`, as every change must run: after the org's requests in
+    /// flight on this node, with the org's cached entries forgotten after it, and, with other
+    /// caching nodes, returning only once they have forgotten them too (`peers::settle`).
+    pub async fn change<T>(
+        &self,
+        org: crate::domain::ids::OrgId,
+        change: impl std::future::Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        let guard = ChangeGuard {
             services: self,
             org,
-            _pass: pass,
+            _pass: self.gate.change(org).await,
+        };
+        let outcome = change.await;
+        drop(guard);
+        if let Some(peers) = &self.peers {
+            peers.settle().await;
         }
+        outcome
     }
 }

@@ -66,16 +66,14 @@ impl Services {
         actor: Actor,
         client: Option<String>,
     ) -> StoreResult<OrgRecord> {
-        let _pass = self.begin_change(org).await;
         let ctx = self.ctx(actor, client);
-        self.store
-            .set_subscription(
-                org,
-                subscription,
-                ApiKeyValue::generate(&mut rand::rngs::OsRng),
-                &ctx,
-            )
-            .await
+        let new_key = ApiKeyValue::generate(&mut rand::rngs::OsRng);
+        self.change(
+            org,
+            self.store
+                .set_subscription(org, subscription, new_key, &ctx),
+        )
+        .await
     }
 
     pub async fn disable_key(
@@ -85,11 +83,13 @@ impl Services {
         actor: Actor,
         client: Option<String>,
     ) -> StoreResult<OrgRecord> {
-        let _pass = self.begin_change(org).await;
         let ctx = self.ctx(actor, client);
-        self.store
-            .provider_key_action(org, ProviderKeyAction::Disable(d), &ctx)
-            .await
+        self.change(
+            org,
+            self.store
+                .provider_key_action(org, ProviderKeyAction::Disable(d), &ctx),
+        )
+        .await
     }
 
     pub async fn enable_key(
@@ -98,20 +98,22 @@ impl Services {
         actor: Actor,
         client: Option<String>,
     ) -> StoreResult<OrgRecord> {
-        let _pass = self.begin_change(org).await;
         // Re-enabling after R9 starts the period's count afresh (the store zeroes it in the
         // enable's own transaction, so no node counts on from the old total); this node's
         // counts are written first, and its in-memory count restarts after.
-        let after = self
-            .with_usage_flushed(async {
-                let ctx = self.ctx(actor, client);
-                self.store
-                    .provider_key_action(org, ProviderKeyAction::Enable, &ctx)
-                    .await
-            })
-            .await?;
-        self.restart_local_usage(org, after.call_threshold);
-        Ok(after)
+        self.change(org, async {
+            let after = self
+                .with_usage_flushed(async {
+                    let ctx = self.ctx(actor, client);
+                    self.store
+                        .provider_key_action(org, ProviderKeyAction::Enable, &ctx)
+                        .await
+                })
+                .await?;
+            self.restart_local_usage(org, after.call_threshold);
+            Ok(after)
+        })
+        .await
     }
 
     pub async fn add_admin(
@@ -133,9 +135,9 @@ impl Services {
         actor: Actor,
         client: Option<String>,
     ) -> StoreResult<()> {
-        let _pass = self.begin_change(org).await;
         let ctx = self.ctx(actor, client);
-        self.store.remove_admin(org, admin, &ctx).await
+        self.change(org, self.store.remove_admin(org, admin, &ctx))
+            .await
     }
 }
 
@@ -148,10 +150,11 @@ impl Services {
         actor: Actor,
         client: Option<String>,
     ) -> StoreResult<OrgRecord> {
-        let _change = self.begin_change(org).await;
         let ctx = self.ctx(actor, client);
-        self.store
-            .set_limits(org, threshold, rate_limits, &ctx)
-            .await
+        self.change(
+            org,
+            self.store.set_limits(org, threshold, rate_limits, &ctx),
+        )
+        .await
     }
 }

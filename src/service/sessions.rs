@@ -9,7 +9,7 @@ use crate::domain::admin::{LoginName, Password};
 use crate::domain::audit::{Actor, AuditAction};
 use crate::domain::ids::OrgId;
 use crate::domain::org::{CallThreshold, DisableReason, Disablement, SubscriptionState};
-use crate::store::{AdminRecord, ProviderKeyAction, StoreError, StoreResult};
+use crate::store::{AdminRecord, ApiSessionView, ProviderKeyAction, StoreError, StoreResult};
 
 /// A login attempt as the client sent it.
 pub struct ApiLoginRequest<'a> {
@@ -233,11 +233,13 @@ impl Services {
 
     /// R9: the system disables the key; its sessions end with the generation bump.
     async fn auto_disable(&self, org: OrgId, d: Disablement) -> StoreResult<()> {
-        let _pass = self.begin_change(org).await;
         let ctx = self.ctx(Actor::System, None);
-        self.store
-            .provider_key_action(org, ProviderKeyAction::AutoDisable(d), &ctx)
-            .await?;
+        self.change(
+            org,
+            self.store
+                .provider_key_action(org, ProviderKeyAction::AutoDisable(d), &ctx),
+        )
+        .await?;
         Ok(())
     }
 
@@ -258,33 +260,36 @@ impl Services {
             },
         };
         let pass = self.gate.enter(org_id).await;
-        // Read again under the gate if a change of this node may have committed since the
-        // read above (a change under way then has finished now: it holds the gate until after
-        // it counts itself and forgets the org's cached sessions). Otherwise that read is as
-        // current as a second one, which spares a database read per request on PostgreSQL.
+        // Read again under the gate if a change may have been counted since the read above
+        // (a change of this node under way then has finished now: it holds the gate until
+        // after it counts itself and forgets the org's cached sessions). Otherwise that read is
+        // as current as a second one, which spares a database read per request on PostgreSQL.
         let read = read.filter(|_| self.cache.changes() == changes_before);
-        let view = match self.cache.session(&hash) {
-            Some(v) => v,
-            None => {
-                let v = match read {
-                    Some(v) => v,
-                    None => match self.session_reads.read(&self.store, hash.clone()).await? {
-                        Some(v) => v,
-                        None => return Ok(Err(Denial::SessionNotValid)),
-                    },
-                };
-                self.cache.put_session(&hash, &v);
-                v
-            }
-        };
         let now = self.clock.now();
         let s = &self.settings;
-        let live = view.generation == view.current_generation
-            && view.key_present
-            && view.key_disabled.is_none()
-            && now.0 - view.last_seen_at.0 < s.api_idle_timeout_secs * 1000
-            && now.0 - view.created_at.0 < s.api_max_lifetime_secs * 1000;
-        if !live {
+        let live = |v: &ApiSessionView| {
+            v.generation == v.current_generation
+                && v.key_present
+                && v.key_disabled.is_none()
+                && now.0 - v.last_seen_at.0 < s.api_idle_timeout_secs * 1000
+                && now.0 - v.created_at.0 < s.api_max_lifetime_secs * 1000
+        };
+        let view = match self.cache.session(&hash) {
+            // With other nodes, a session they kept in use is idle only in this node's copy.
+            Some(v) if !live(&v) && self.cache.leased() => {
+                self.cache.forget_session(&hash);
+                self.read_session_to_cache(&hash, None).await?
+            }
+            Some(v) => Some(v),
+            None => {
+                self.read_session_to_cache(&hash, read.map(|v| (v, changes_before)))
+                    .await?
+            }
+        };
+        let Some(view) = view else {
+            return Ok(Err(Denial::SessionNotValid));
+        };
+        if !live(&view) {
             drop(pass);
             self.cache.forget_session(&hash);
             self.store.delete_api_session(&hash).await?;
@@ -333,18 +338,42 @@ impl Services {
         }))
     }
 
+    /// The session behind `hash`: `read` (a view and the change count its read began at) if
+    /// there is one, else read now. Kept in the cache if no change was counted since that
+    /// read began.
+    async fn read_session_to_cache(
+        &self,
+        hash: &str,
+        read: Option<(ApiSessionView, u64)>,
+    ) -> StoreResult<Option<ApiSessionView>> {
+        let (view, since) = match read {
+            Some(r) => r,
+            None => {
+                let since = self.cache.changes();
+                match self
+                    .session_reads
+                    .read(&self.store, hash.to_owned())
+                    .await?
+                {
+                    Some(v) => (v, since),
+                    None => return Ok(None),
+                }
+            }
+        };
+        self.cache.put_session(hash, &view, since);
+        Ok(Some(view))
+    }
+
     /// Ends the session behind `token` (logout), if there is one.
     pub async fn end_api_session(&self, token: &str, client: Option<String>) -> StoreResult<bool> {
         let hash = token_hash(token);
         let Some(view) = self.store.get_api_session(&hash).await? else {
             return Ok(false);
         };
-        {
-            // As a change: a request of the org that read this session before the delete
-            // must not put it back in the cache after it.
-            let _change = self.begin_change(view.org_id).await;
-            self.store.delete_api_session(&hash).await?;
-        }
+        // As a change: a request of the org that read this session before the delete
+        // must not put it back in the cache after it.
+        self.change(view.org_id, self.store.delete_api_session(&hash))
+            .await?;
         let ctx = self.ctx(view.admin.actor(), client);
         self.store
             .append_audit(

@@ -5,6 +5,7 @@
 //! and decides admin key changes with `domain::key_change::decide` on the state it read
 //! inside that transaction, so concurrent changes serialize.
 
+pub mod peers;
 pub mod postgres;
 mod sql;
 pub mod sqlite;

@@ -50,10 +50,29 @@ impl PostgresStore {
     }
 }
 
+/// Every change locks its org's row first; the same statement tells every node listening
+/// (`store::peers`) that the org changed, delivered by PostgreSQL at the commit and only then.
+const LOCK_ORG: &str =
+    "SELECT pg_notify('keygate_change', id::text) FROM orgs WHERE id = $1 FOR UPDATE";
+/// The delete of an API session (logout, or found dead) tells them too.
+const DELETE_API_SESSION: &str = "WITH gone AS (DELETE FROM api_sessions WHERE id_hash = $1 RETURNING org_id) \
+     SELECT pg_notify('keygate_change', org_id::text) FROM gone";
+
 super::sql::sql_store!(
     PostgresStore,
     PgRow,
     PgConnection,
-    Some("SELECT id FROM orgs WHERE id = $1 FOR UPDATE"),
-    "ILIKE"
+    Some(LOCK_ORG),
+    "ILIKE",
+    DELETE_API_SESSION
 );
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn changes_notify_on_the_channel_the_nodes_listen_on() {
+        let channel = format!("pg_notify('{}'", super::super::peers::CHANGE_CHANNEL);
+        assert!(super::LOCK_ORG.contains(&channel));
+        assert!(super::DELETE_API_SESSION.contains(&channel));
+    }
+}

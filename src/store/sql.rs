@@ -59,9 +59,10 @@ pub(super) fn subscription_json(s: &Subscription) -> serde_json::Value {
 }
 
 /// The store implementation over one database's types:
-/// `sql_store!(Type, RowType, ConnectionType, lock_org: Option<&str>, like: &str)`.
+/// `sql_store!(Type, RowType, ConnectionType, lock_org: Option<&str>, like: &str,
+/// delete_api_session: &str)`.
 macro_rules! sql_store {
-    ($store:ident, $row:ty, $conn:ty, $lock_org:expr, $like:expr) => {
+    ($store:ident, $row:ty, $conn:ty, $lock_org:expr, $like:expr, $delete_api_session:expr) => {
         use $crate::store::sql::{ORG_SELECT, is_unique_violation, map_err, padded, subscription_json};
 
         const LIKE: &str = $like;
@@ -1008,7 +1009,12 @@ impl Store for $store {
     }
 
     async fn delete_api_session(&self, id_hash: &str) -> StoreResult<()> {
-        self.delete_session_row("api_sessions", id_hash).await
+        sqlx::query($delete_api_session)
+            .bind(id_hash)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(())
     }
 
     async fn set_limits(

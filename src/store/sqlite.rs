@@ -92,5 +92,6 @@ super::sql::sql_store!(
     SqliteRow,
     SqliteConnection,
     None::<&str>,
-    "LIKE"
+    "LIKE",
+    "DELETE FROM api_sessions WHERE id_hash = $1"
 );

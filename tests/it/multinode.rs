@@ -162,14 +162,23 @@ struct Deployment {
 impl Deployment {
     /// `n` nodes on a fresh database, all with the same master key and provider token; the
     /// login throttle is off (these tests fail logins on purpose, thousands of times).
+    /// `n` nodes with the node cache (`--node-cache`), as a deployment that wants the
+    /// embedded figures on several nodes runs them.
     async fn start(test: &str, n: usize, flush: Flush) -> Option<Deployment> {
+        Self::start_with(test, n, flush, true).await
+    }
+
+    async fn start_with(test: &str, n: usize, flush: Flush, cache: bool) -> Option<Deployment> {
         let db = SharedDb::create(test).await?;
         let master_key = random_master_key();
         let mut nodes = Vec::new();
         let mut services = Vec::new();
         for _ in 0..n {
-            let (node, s) =
-                TestServer::start_node(flush, |c| node_config(c, &db.url, &master_key)).await;
+            let (node, s) = TestServer::start_node(flush, |c| {
+                node_config(c, &db.url, &master_key);
+                c.node_cache = cache;
+            })
+            .await;
             nodes.push(node);
             services.push(s);
         }
@@ -186,8 +195,13 @@ impl Deployment {
     }
 }
 
+/// A node's lease in these tests: short, so a node that stops answering holds changes up
+/// for little time.
+const TEST_LEASE: Duration = Duration::from_millis(1_500);
+
 fn node_config(c: &mut Config, url: &str, master_key: &str) {
     c.database_url = Some(SecretString::from(url.to_owned()));
+    c.node_lease = TEST_LEASE;
     c.master_key = Some(SecretString::from(master_key.to_owned()));
     c.login_throttle.max_failures_per_login = u32::MAX;
     c.login_throttle.max_failures_per_addr = u32::MAX;
@@ -702,9 +716,9 @@ fn login_outcome(got: Result<String, (StatusCode, Value)>) -> (StatusCode, Strin
 
 /// `orgs` orgs, each running `trials_per_org` trials one after another, all orgs at once, on
 /// three nodes.
-async fn r7_across_nodes(test: &str, orgs: usize, trials_per_org: usize) {
+async fn r7_across_nodes(test: &str, orgs: usize, trials_per_org: usize, cache: bool) {
     const NODES: usize = 3;
-    let Some(d) = Deployment::start(test, NODES, Flush::Periodic).await else {
+    let Some(d) = Deployment::start_with(test, NODES, Flush::Periodic, cache).await else {
         return;
     };
     let bases = Arc::new(d.bases());
@@ -782,13 +796,221 @@ async fn r7_across_nodes(test: &str, orgs: usize, trials_per_org: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "10,000 trials take minutes; run by .ci/run (cargo test --test it multinode::r7_across_nodes_10000_trials -- --ignored)"]
 async fn r7_across_nodes_10000_trials() {
-    r7_across_nodes("r7_across_nodes_10000_trials", 10, 1000).await;
+    r7_across_nodes("r7_across_nodes_10000_trials", 10, 1000, true).await;
 }
 
 /// The same as the 10,000-trial run, shorter, in the normal suite.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r7_across_nodes_500_trials() {
-    r7_across_nodes("r7_across_nodes_500_trials", 10, 50).await;
+    r7_across_nodes("r7_across_nodes_500_trials", 10, 50, true).await;
+}
+
+/// The same without the node cache: every request reads the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r7_across_nodes_500_trials_without_node_cache() {
+    r7_across_nodes("r7_across_nodes_500_trials_no_cache", 10, 50, false).await;
+}
+
+/// Waits (up to 30 s) until `cond` holds; a condition, not a timing, is what is tested.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < Duration::from_secs(30), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The node cache is really used (the session and org are served from it), a change on
+/// another node empties it at once, a node that loses its notification connection stops
+/// using it at once and takes it up again once it listens and holds a lease again, and a
+/// session kept in use on one node is not judged idle by another node's old copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_cache_is_used_emptied_by_changes_elsewhere_and_off_without_notifications() {
+    let Some(d) = Deployment::start("node_cache", 2, Flush::Periodic).await else {
+        return;
+    };
+    let (a, b) = (&d.nodes[0], &d.nodes[1]);
+    let (sa, sb) = (d.services[0].clone(), d.services[1].clone());
+    until("both nodes hold a lease", || {
+        sa.cache.enabled() && sb.cache.enabled()
+    })
+    .await;
+
+    let org = a.create_org("nodecache").await;
+    let org_id = org["id"].as_i64().unwrap();
+    let key = a.login("full@nodecache").await.reveal().await;
+    let http = Client::new();
+    let ts = T0_SECS * 1000;
+    let session = api_login(&http, &a.base, "full@nodecache", &key, ts)
+        .await
+        .expect("login");
+    let hash = keygate::crypto::token::token_hash(&session);
+
+    let (status, keys) = api_call(&http, &b.base, &session, Method::GET, "/api/v1/apiKeys").await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    assert_eq!(keys[0]["keyValue"], key.as_str());
+    assert_eq!(
+        sb.cache.session_org(&hash).map(|o| o.0),
+        Some(org_id),
+        "B keeps the session it served"
+    );
+
+    // A change on A: answered only once B forgot the org.
+    let (status, body) = a.login("full@nodecache").await.regenerate().await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        sb.cache.session(&hash).is_none(),
+        "B forgot the org's sessions before A answered"
+    );
+    let (status, _) = api_call(&http, &b.base, &session, Method::GET, "/api/v1/apiKeys").await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the old session is refused on B"
+    );
+
+    // A session kept in use on A is not idle because B's copy is old.
+    let key = body["keyValue"].as_str().unwrap().to_owned();
+    let session = api_login(&http, &a.base, "full@nodecache", &key, ts + 1)
+        .await
+        .expect("login with the new key");
+    let hash = keygate::crypto::token::token_hash(&session);
+    let (status, _) = api_call(&http, &b.base, &session, Method::GET, "/api/v1/apiKeys").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(sb.cache.session(&hash).is_some(), "B keeps its copy");
+    for node in [a, b] {
+        node.clock.advance_secs(200);
+    }
+    let (status, _) = api_call(&http, &a.base, &session, Method::GET, "/api/v1/apiKeys").await;
+    assert_eq!(status, StatusCode::OK, "used on A after 200 s");
+    let stored = sa.store.clone();
+    let used_at = (T0_SECS + 200) * 1000;
+    let mut recorded = false;
+    for _ in 0..1500 {
+        let row = stored.get_api_session(&hash).await.unwrap().unwrap();
+        if row.last_seen_at.0 >= used_at {
+            recorded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(recorded, "A records the session's use");
+    for node in [a, b] {
+        node.clock.advance_secs(200);
+    }
+    let (status, body) = api_call(&http, &b.base, &session, Method::GET, "/api/v1/apiKeys").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "B reads the session again rather than ending it: {body}"
+    );
+
+    // B loses its notification connection: it stops using its cache at once.
+    let node_b = sb.peers.as_ref().expect("node cache on").node();
+    let killed = {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&d.db.url).await.unwrap();
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = $1) t",
+        )
+        .bind(format!("keygate-peers-{node_b}"))
+        .fetch_one(&mut admin)
+        .await
+        .unwrap()
+    };
+    assert!(killed >= 1, "B's notification connection was found");
+    until("B stops using its cache", || !sb.cache.enabled()).await;
+    assert!(sb.cache.session(&hash).is_none());
+    let (status, _) = api_call(&http, &b.base, &session, Method::GET, "/api/v1/apiKeys").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "B serves from the database meanwhile"
+    );
+    until("B listens and holds a lease again", || sb.cache.enabled()).await;
+    // And changes still reach it.
+    let (status, _) = a.login("full@nodecache").await.regenerate().await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api_call(&http, &b.base, &session, Method::GET, "/api/v1/apiKeys").await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the old session is refused on B"
+    );
+}
+
+/// A change is answered only when every node with a live lease has confirmed it, or its lease
+/// has ended: a registered node that never answers holds the change until its lease ends;
+/// one that answers (here the test itself, on PostgreSQL's channels) lets it through at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_waits_for_every_live_lease_to_confirm_or_end() {
+    use sqlx::Connection;
+    let Some(d) = Deployment::start("change_waits_for_leases", 1, Flush::Periodic).await else {
+        return;
+    };
+    let a = &d.nodes[0];
+    let sa = d.services[0].clone();
+    until("the node holds a lease", || sa.cache.enabled()).await;
+    a.create_org("leases").await;
+    let admin = a.login("full@leases").await;
+    let mut db = sqlx::PgConnection::connect(&d.db.url).await.unwrap();
+    let lease_running = |id: i64| {
+        sqlx::query_scalar::<_, bool>("SELECT lease_until > now() FROM cache_nodes WHERE id = $1")
+            .bind(id)
+    };
+
+    // A silent node: the change is answered after its lease, not before.
+    const SILENT: i64 = 1_000_001;
+    sqlx::query(
+        "INSERT INTO cache_nodes (id, lease_until) VALUES ($1, now() + interval '2 seconds')",
+    )
+    .bind(SILENT)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let (status, body) = admin.regenerate().await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let running: bool = lease_running(SILENT).fetch_one(&mut db).await.unwrap();
+    assert!(
+        !running,
+        "answered only once the silent node's lease had ended"
+    );
+
+    // A node that answers every sync: the change does not wait out its (long) lease.
+    const ANSWERING: i64 = 1_000_002;
+    let mut listener = sqlx::postgres::PgListener::connect(&d.db.url)
+        .await
+        .unwrap();
+    listener.listen("keygate_sync").await.unwrap();
+    let url = d.db.url.clone();
+    let answering = tokio::spawn(async move {
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        loop {
+            let n = listener.recv().await.unwrap();
+            let ack = format!("{}:{ANSWERING}", n.payload());
+            sqlx::query("SELECT pg_notify('keygate_ack', $1)")
+                .bind(ack)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    });
+    sqlx::query(
+        "INSERT INTO cache_nodes (id, lease_until) VALUES ($1, now() + interval '60 seconds')",
+    )
+    .bind(ANSWERING)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let (status, body) = admin.regenerate().await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let running: bool = lease_running(ANSWERING).fetch_one(&mut db).await.unwrap();
+    assert!(
+        running,
+        "answered on the node's confirmation, within its lease"
+    );
+    answering.abort();
 }
 
 /// Requests with a session opened with the old key, on nodes B and C, racing a change on node
@@ -1639,6 +1861,8 @@ fn real_node(data: &Path, log: &Path, db: &SharedDb, master_key: &str) -> Proces
         &[
             ("KEYGATE_DATABASE_URL", db.url.as_str()),
             ("KEYGATE_MASTER_KEY", master_key),
+            ("KEYGATE_NODE_CACHE", "true"),
+            ("KEYGATE_NODE_LEASE_MS", "1500"),
             ("RUST_LOG", "info"),
         ],
     )
