@@ -22,7 +22,7 @@ pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomS
 use crate::clock::SharedClock;
 use crate::crypto::PasswordHasher;
 use crate::domain::audit::Actor;
-use crate::store::{Ctx, Store, StoreResult};
+use crate::store::{Ctx, Store, StoreError, StoreResult};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -96,7 +96,15 @@ impl Services {
         };
         let outcome = change.await;
         drop(guard);
-        if let Some(peers) = &self.peers {
+        // A refusal committed nothing; after a database error the commit may have happened.
+        let may_have_committed = !matches!(
+            outcome,
+            Err(StoreError::Refused(_)
+                | StoreError::NotFound(_)
+                | StoreError::LoginNameTaken(_)
+                | StoreError::SessionEnded)
+        );
+        if let Some(peers) = self.peers.as_ref().filter(|_| may_have_committed) {
             peers.settle().await;
         }
         outcome

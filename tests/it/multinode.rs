@@ -960,7 +960,8 @@ async fn a_change_waits_for_every_live_lease_to_confirm_or_end() {
             .bind(id)
     };
 
-    // A silent node: the change is answered after its lease, not before.
+    // A silent node: a refused change (it committed nothing) is answered at once; a change
+    // is answered after the silent node's lease, not before.
     const SILENT: i64 = 1_000_001;
     sqlx::query(
         "INSERT INTO cache_nodes (id, lease_until) VALUES ($1, now() + interval '2 seconds')",
@@ -969,6 +970,10 @@ async fn a_change_waits_for_every_live_lease_to_confirm_or_end() {
     .execute(&mut db)
     .await
     .unwrap();
+    let (status, body) = admin.add().await;
+    assert_eq!(status, StatusCode::CONFLICT, "the org has a key: {body}");
+    let running: bool = lease_running(SILENT).fetch_one(&mut db).await.unwrap();
+    assert!(running, "a refusal does not wait for the silent node");
     let (status, body) = admin.regenerate().await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let running: bool = lease_running(SILENT).fetch_one(&mut db).await.unwrap();
