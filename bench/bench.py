@@ -11,6 +11,7 @@ only the Python standard library. Settings come from the environment (see BENCHM
   BENCH_PIN          1 (default): servers on CPU 0, load generators on the other CPUs
   BENCH_PG_URL       PostgreSQL server URL without database (default postgres://postgres@127.0.0.1:5432)
   BENCH_SKIP_PG      1 skips scenario 7
+  BENCH_PG_NODES     keygate nodes on PostgreSQL in scenario 7 (default 2, at most 4)
   BENCH_OUT          where to write the results as JSON (default target/bench/results.json)
   BENCH_ONLY         comma-separated scenario numbers to run (default all)
   BENCH_ROUNDS       rounds of the side-by-side comparisons of scenarios 1 and 2 (default 2)
@@ -48,6 +49,7 @@ SESSIONS = int(os.environ.get("BENCH_SESSIONS", "16"))
 SCALES = [int(x) for x in os.environ.get("BENCH_SCALES", "1000,100000,1000000").split(",") if x]
 PG_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432").rstrip("/")
 SKIP_PG = os.environ.get("BENCH_SKIP_PG", "0") == "1"
+PG_NODES = min(max(int(os.environ.get("BENCH_PG_NODES", "2")), 1), 4)
 ONLY = {int(x) for x in os.environ.get("BENCH_ONLY", "").split(",") if x.strip()}
 OUT = os.environ.get("BENCH_OUT", os.path.join(REPO, "target", "bench", "results.json"))
 WORK = os.environ.get("BENCH_WORK", os.path.join(REPO, "target", "bench"))
@@ -754,9 +756,9 @@ def s5_report(points):
 def s7_postgres(workdir, node_cache):
     key = "7b" if node_cache else "7"
     if node_cache:
-        log("\n## 7b. PostgreSQL, two nodes with --node-cache (load split over both; each node caches, kept exact by notifications and leases)")
+        log(f"\n## 7b. PostgreSQL, {PG_NODES} node(s) with --node-cache (load split over them; each node caches, kept exact by notifications and leases)")
     else:
-        log("\n## 7. PostgreSQL, two nodes (load split over both; every request reads the database)")
+        log(f"\n## 7. PostgreSQL, {PG_NODES} node(s) (load split over them; every request reads the database)")
     db = f"keygate_bench_{os.getpid()}_{key}"
     admin_url = PG_URL + "/postgres"
     for _ in range(60):
@@ -774,9 +776,9 @@ def s7_postgres(workdir, node_cache):
         env = {"KEYGATE_DATABASE_URL": f"{PG_URL}/{db}", "KEYGATE_MASTER_KEY": master,
                "KEYGATE_NODE_CACHE": "true" if node_cache else "false"}
         POSTGRES_IS_OURS[0] = True
-        for name in ("node-a", "node-b"):
+        for name in ("node-a", "node-b", "node-c", "node-d")[:PG_NODES]:
             nodes.append(Server(name, os.path.join(workdir, "pg-" + name), env).start())
-        a, b = nodes[0].base, nodes[1].base
+        a, b = nodes[0].base, nodes[-1].base
         c = Http(a)
         accounts = []
         for i in range(SESSIONS):
@@ -798,43 +800,43 @@ def s7_postgres(workdir, node_cache):
         check_hot_path(b, tokens[ids[0]])
         hdrs = headers_file(workdir, "pg-headers.txt", session_lines(tokens.values()))
 
-        def on_both(what, one):
-            """`one(i, base)` on both nodes at once; req/s summed, latency of the worse node."""
+        def on_every_node(what, one):
+            """`one(i, base)` on every node at once; req/s summed, latency of the worst node."""
             def run():
-                res = [None, None]
+                res = [None] * len(nodes)
                 ts = [threading.Thread(target=lambda i=i, n=n: res.__setitem__(i, one(i, n.base)))
                       for i, n in enumerate(nodes)]
                 for t in ts:
                     t.start()
                 for t in ts:
                     t.join()
-                return {"rps": res[0]["rps"] + res[1]["rps"],
+                return {"rps": sum(r["rps"] for r in res),
                         "p50_us": max(r["p50_us"] for r in res), "p99_us": max(r["p99_us"] for r in res),
-                        "p999_us": max(r["p999_us"] for r in res), "errors": res[0]["errors"] + res[1]["errors"],
+                        "p999_us": max(r["p999_us"] for r in res), "errors": sum(r["errors"] for r in res),
                         "nodes": res}
             return measured(what, run)
 
-        conns = max(CONNS // 2, 1)
-        m = {p: on_both(f"wrk {p} on both nodes", lambda i, base, p=p: wrk(base, p, hdrs, conns=conns, quiet_checked=True))
+        conns = max(CONNS // len(nodes), 1)
+        m = {p: on_every_node(f"wrk {p} on every node", lambda i, base, p=p: wrk(base, p, hdrs, conns=conns, quiet_checked=True))
              for p in ("/healthz", "/api/v1/apiKeys", "/authz")}
         ratios = {p: m[p]["rps"] / m["/healthz"]["rps"] for p in ("/api/v1/apiKeys", "/authz")}
         log(f"ratio GET /api/v1/apiKeys / healthz = {ratios['/api/v1/apiKeys']:.3f}, /authz / healthz = {ratios['/authz']:.3f} (target >= 0.9: {verdict(min(ratios.values()) >= 0.9)})")
-        log("(two wrk processes, one per node, CONNS/2 connections each; req/s summed, latency = the worse node)")
+        log(f"({len(nodes)} wrk process(es), one per node, CONNS/{len(nodes)} connections each; req/s summed, latency = the worst node)")
         log(HEAD)
         for p in m:
             log(row(p, m[p]))
         half = {}
         for path in ("/authz", "/api/v1/apiKeys"):
             rate = m[path]["rps"] / 2
-            half[path] = on_both(
-                f"oha {path} on both nodes",
+            half[path] = on_every_node(
+                f"oha {path} on every node",
                 lambda i, base, path=path, rate=rate: oha(
-                    base, path, {"Cookie": f"JSESSIONID={tokens[ids[i]]}", "X-Original-Method": "GET"}, rate / 2,
+                    base, path, {"Cookie": f"JSESSIONID={tokens[ids[i]]}", "X-Original-Method": "GET"}, rate / len(nodes),
                     quiet_checked=True))
             half[path]["rate"] = rate
         ok = all(h["p99_us"] <= 1000 for h in half.values())
-        log(f"p99 at half the two-node peak: /authz {fmt_ms(half['/authz']['p99_us'])} ms, apiKeys {fmt_ms(half['/api/v1/apiKeys']['p99_us'])} ms (target <= 1 ms: {verdict(ok)})")
-        log("| endpoint | rate asked (both nodes) | p50 ms | p99 ms | non-2xx/errors |\n|---|---:|---:|---:|---:|")
+        log(f"p99 at half the {len(nodes)}-node peak: /authz {fmt_ms(half['/authz']['p99_us'])} ms, apiKeys {fmt_ms(half['/api/v1/apiKeys']['p99_us'])} ms (target <= 1 ms: {verdict(ok)})")
+        log("| endpoint | rate asked (all nodes) | p50 ms | p99 ms | non-2xx/errors |\n|---|---:|---:|---:|---:|")
         for p, hrow in half.items():
             log(f"| {p} | {hrow['rate']:,.0f} | {fmt_ms(hrow['p50_us'])} | {fmt_ms(hrow['p99_us'])} | {hrow['errors']} |")
         RESULTS["scenarios"][key] = {"ratios": ratios, "endpoints": m, "half_peak": half}
