@@ -2,6 +2,8 @@
 """Instructions per request, per endpoint, counted by callgrind (valgrind).
 
     python3 bench/instructions.py [N]      # N requests per endpoint (default 2000)
+    python3 bench/instructions.py N --postgres postgres://postgres@127.0.0.1:5432
+        # the same on a PostgreSQL node with --node-cache (a scratch database is made and dropped)
 
 Counts instructions, not seconds: the figures repeat for the same binary whatever else the
 machine is doing, so they show what a change to the hot path saved while the throughput
@@ -12,6 +14,7 @@ through the cloud API, lifts the demo org's rate limits, warms each endpoint up,
 endpoint: zero the counters, instrument N keep-alive requests, dump, read the total.
 """
 
+import base64
 import glob
 import os
 import re
@@ -24,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402  (its HTTP client and the key obfuscation)
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+PG = sys.argv[sys.argv.index("--postgres") + 1].rstrip("/") if "--postgres" in sys.argv else None
 PORT = 18_000 + os.getpid() % 1000
 
 
@@ -39,24 +43,64 @@ def wait_for(proc, pattern):
             return m, "".join(lines)
 
 
-def main():
-    out_dir = tempfile.mkdtemp(prefix="kg-callgrind-")
-    out = os.path.join(out_dir, "callgrind.out")
+def start_demo(out):
+    """`keygate demo` (embedded store): it prints its org's credentials."""
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
          os.path.join(bench.REPO, "target", "release", "keygate"), "demo", "--listen", f"127.0.0.1:{PORT}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _, text = wait_for(proc, r"provider token:\s+(\S+)")
+    field = lambda name: re.search(name + r":\s+(\S+)", text).group(1)  # noqa: E731
+    base = f"http://127.0.0.1:{PORT}"
+    http = bench.Http(base)
+    auth = {"Authorization": f"Bearer {field('provider token')}"}
+    _, orgs = http.json("GET", "/provider/v1/orgs", headers=auth)
+    org_id = orgs["items"][0]["id"]
+    http.json("PUT", f"/provider/v1/orgs/{org_id}/limits", bench.OPEN_LIMITS, auth)
+    return proc, bench.api_login(base, field("admin login"), field("admin password"), field("API key"))
+
+
+def start_postgres_node(out, url, data_dir):
+    """`keygate serve` on PostgreSQL with --node-cache; one org made through the provider API."""
+    env = dict(os.environ, KEYGATE_DATABASE_URL=url, KEYGATE_NODE_CACHE="true",
+               KEYGATE_MASTER_KEY=base64.b64encode(os.urandom(32)).decode(),
+               KEYGATE_PROVIDER_TOKEN=bench.PROVIDER_TOKEN)
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+         os.path.join(bench.REPO, "target", "release", "keygate"), "serve", "--listen", f"127.0.0.1:{PORT}",
+         "--data-dir", data_dir],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    wait_for(proc, r"keygate listening on")
+    base = f"http://127.0.0.1:{PORT}"
+    http = bench.Http(base)
+    auth = {"Authorization": f"Bearer {bench.PROVIDER_TOKEN}"}
+    login = "instr@bench.example"
+    _, org = http.json("POST", "/provider/v1/orgs", {
+        "name": "Instructions org", "subscription": {"enabled": True, "expiresAt": None},
+        "admins": [{"loginName": login, "password": bench.PASSWORD, "role": "FULL"}]}, auth, expect=(201,))
+    http.json("PUT", f"/provider/v1/orgs/{org['id']}/limits", bench.OPEN_LIMITS, auth)
+    console = bench.Http(base)
+    h, body = console.json("POST", "/admin/v1/login", {"loginName": login, "password": bench.PASSWORD})
+    hh = {"Cookie": f"keygate_console={bench.cookie(h, 'keygate_console')}", "X-CSRF-Token": body["csrfToken"]}
+    _, k = console.json("POST", "/admin/v1/apiKey/reveal", None, hh)
+    key = k["keyValue"] if "keyValue" in k else k["key"]["keyValue"]
+    # The node uses its cache once it holds a lease (renewed every quarter lease).
+    time.sleep(3)
+    return proc, bench.api_login(base, login, bench.PASSWORD, key)
+
+
+def main():
+    out_dir = tempfile.mkdtemp(prefix="kg-callgrind-")
+    out = os.path.join(out_dir, "callgrind.out")
+    db = f"kg_instr_{os.getpid()}"
+    if PG:
+        subprocess.run(["psql", PG + "/postgres", "-qc", f"CREATE DATABASE {db}"], check=True, capture_output=True)
+        proc, session = start_postgres_node(out, f"{PG}/{db}", os.path.join(out_dir, "data"))
+    else:
+        proc, session = start_demo(out)
     try:
-        _, text = wait_for(proc, r"provider token:\s+(\S+)")
-        field = lambda name: re.search(name + r":\s+(\S+)", text).group(1)  # noqa: E731
         base = f"http://127.0.0.1:{PORT}"
-        login, password, key, token = field("admin login"), field("admin password"), field("API key"), field("provider token")
         http = bench.Http(base)
-        auth = {"Authorization": f"Bearer {token}"}
-        _, orgs = http.json("GET", "/provider/v1/orgs", headers=auth)
-        org_id = orgs["items"][0]["id"]
-        http.json("PUT", f"/provider/v1/orgs/{org_id}/limits", bench.OPEN_LIMITS, auth)
-        session = bench.api_login(base, login, password, key)
         headers = {"Cookie": f"JSESSIONID={session}", "X-Original-Method": "GET"}
         def control(*args):
             r = subprocess.run(["callgrind_control", *args, str(proc.pid)], capture_output=True, text=True)
@@ -97,6 +141,9 @@ def main():
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        if PG:
+            subprocess.run(["psql", PG + "/postgres", "-qc", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"],
+                           capture_output=True)
 
 
 if __name__ == "__main__":
