@@ -182,17 +182,6 @@ impl ViewCache {
         }
     }
 
-    pub fn touch_session(&self, hash: &str, now: Millis) {
-        if let Some(v) = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(hash)
-        {
-            v.last_seen_at = now;
-        }
-    }
-
     /// Whether this caller is the one to write the session's `last_seen_at` at `now`: true for
     /// the first request that finds the cached one `every_ms` old (it is moved to `now` at
     /// once, so the requests running beside it do not write it too); without the cache, the
