@@ -68,6 +68,8 @@ impl Services {
 
 /// Held by every change to an org: the org's gate for writing, and on drop (after the
 /// change committed or failed, before the gate opens) the org's cached entries are forgotten.
+/// A guard rather than a call after the change: a request's future can be dropped mid-change
+/// (the client went away) after its transaction committed, and the forgetting must still happen.
 struct ChangeGuard<'a> {
     services: &'a Services,
     org: crate::domain::ids::OrgId,

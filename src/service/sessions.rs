@@ -278,13 +278,16 @@ impl Services {
             // With other nodes, a session they kept in use is idle only in this node's copy.
             Some(v) if !live(&v) && self.cache.leased() => {
                 self.cache.forget_session(&hash);
-                self.read_session_to_cache(&hash, None).await?
+                self.read_session_to_cache(&hash).await?
             }
             Some(v) => Some(v),
-            None => {
-                self.read_session_to_cache(&hash, read.map(|v| (v, changes_before)))
-                    .await?
-            }
+            None => match read {
+                Some(v) => {
+                    self.cache.put_session(&hash, &v, changes_before);
+                    Some(v)
+                }
+                None => self.read_session_to_cache(&hash).await?,
+            },
         };
         let Some(view) = view else {
             return Ok(Err(Denial::SessionNotValid));
@@ -338,30 +341,18 @@ impl Services {
         }))
     }
 
-    /// The session behind `hash`: `read` (a view and the change count its read began at) if
-    /// there is one, else read now. Kept in the cache if no change was counted since that
-    /// read began.
-    async fn read_session_to_cache(
-        &self,
-        hash: &str,
-        read: Option<(ApiSessionView, u64)>,
-    ) -> StoreResult<Option<ApiSessionView>> {
-        let (view, since) = match read {
-            Some(r) => r,
-            None => {
-                let since = self.cache.changes();
-                match self
-                    .session_reads
-                    .read(&self.store, hash.to_owned())
-                    .await?
-                {
-                    Some(v) => (v, since),
-                    None => return Ok(None),
-                }
-            }
-        };
-        self.cache.put_session(hash, &view, since);
-        Ok(Some(view))
+    /// The session behind `hash`, read now; kept in the cache if no change was counted since
+    /// the read began.
+    async fn read_session_to_cache(&self, hash: &str) -> StoreResult<Option<ApiSessionView>> {
+        let since = self.cache.changes();
+        let view = self
+            .session_reads
+            .read(&self.store, hash.to_owned())
+            .await?;
+        if let Some(v) = &view {
+            self.cache.put_session(hash, v, since);
+        }
+        Ok(view)
     }
 
     /// Ends the session behind `token` (logout), if there is one.
