@@ -14,8 +14,10 @@
 //! raced a change elsewhere is not kept.
 
 use super::FastMap;
-use std::sync::Mutex;
+use std::borrow::Borrow;
+use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -117,15 +119,9 @@ impl ViewCache {
     /// Forgets everything, counting it as a change (a read begun before is not kept).
     pub fn clear(&self) {
         self.changes.fetch_add(1, Ordering::AcqRel);
-        self.orgs.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.key_lists
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        locked(&self.orgs).clear();
+        locked(&self.key_lists).clear();
+        locked(&self.sessions).clear();
     }
 
     /// How many changes this node has counted: a read made while it stayed the same is as
@@ -150,36 +146,45 @@ impl ViewCache {
         self.enabled() && self.changes() == since
     }
 
-    pub fn session(&self, hash: &str) -> Option<ApiSessionView> {
+    /// What `f` takes from the entry under `key`, while the cache may be used.
+    fn look_up<K, Q, V, R>(
+        &self,
+        map: &Mutex<FastMap<K, V>>,
+        key: &Q,
+        f: impl FnOnce(&V) -> Option<R>,
+    ) -> Option<R>
+    where
+        K: Borrow<Q> + Hash + Eq,
+        Q: Hash + Eq + ?Sized,
+    {
         if !self.enabled() {
             return None;
         }
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(hash)
-            .cloned()
+        locked(map).get(key).and_then(f)
+    }
+
+    /// Keeps `value` under `key` if it comes from a read begun when [`Self::changes`] was
+    /// `since` and no change was counted since (see [`Self::may_fill`]).
+    fn fill<K: Hash + Eq, V>(&self, map: &Mutex<FastMap<K, V>>, since: u64, key: K, value: V) {
+        let mut entries = locked(map);
+        if self.may_fill(since) {
+            entries.insert(key, value);
+        }
+    }
+
+    pub fn session(&self, hash: &str) -> Option<ApiSessionView> {
+        self.look_up(&self.sessions, hash, |v| Some(v.clone()))
     }
 
     /// The org of a cached session, without copying the session (the first look-up of every
     /// API call, before it enters the org's gate).
     pub fn session_org(&self, hash: &str) -> Option<OrgId> {
-        if !self.enabled() {
-            return None;
-        }
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(hash)
-            .map(|v| v.org_id)
+        self.look_up(&self.sessions, hash, |v| Some(v.org_id))
     }
 
     /// Keeps `view`, read from the database by a read begun when [`Self::changes`] was `since`.
     pub fn put_session(&self, hash: &str, view: &ApiSessionView, since: u64) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if self.may_fill(since) {
-            sessions.insert(hash.to_owned(), view.clone());
-        }
+        self.fill(&self.sessions, since, hash.to_owned(), view.clone());
     }
 
     /// Whether this caller is the one to write the session's `last_seen_at` at `now`: true for
@@ -188,7 +193,7 @@ impl ViewCache {
     /// first request of this node in each `every_ms`.
     pub fn claim_touch(&self, hash: &str, now: Millis, every_ms: i64) -> bool {
         if !self.enabled() {
-            let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+            let mut touched = locked(&self.touched);
             return match touched.get_mut(hash) {
                 Some(at) if now.0 - at.0 < every_ms => false,
                 Some(at) => {
@@ -201,12 +206,7 @@ impl ViewCache {
                 }
             };
         }
-        match self
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(hash)
-        {
+        match locked(&self.sessions).get_mut(hash) {
             Some(v) if now.0 - v.last_seen_at.0 < every_ms => false,
             Some(v) => {
                 v.last_seen_at = now;
@@ -217,58 +217,37 @@ impl ViewCache {
     }
 
     pub fn forget_session(&self, hash: &str) {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(hash);
+        locked(&self.sessions).remove(hash);
     }
 
     pub fn org(&self, id: OrgId) -> Option<OrgRecord> {
-        if !self.enabled() {
-            return None;
-        }
-        self.orgs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .cloned()
+        self.look_up(&self.orgs, &id, |org| Some(org.clone()))
     }
 
     /// Keeps `org`, read by a read begun when [`Self::changes`] was `since`.
     pub fn put_org(&self, org: &OrgRecord, since: u64) {
-        let mut orgs = self.orgs.lock().unwrap_or_else(|e| e.into_inner());
-        if self.may_fill(since) {
-            orgs.insert(org.id, org.clone());
-        }
+        self.fill(&self.orgs, since, org.id, org.clone());
     }
 
     /// The org's key list as rendered at key generation `generation`, if the subscription
     /// is still in the state it was rendered in at `now`.
     pub fn key_list(&self, org: OrgId, generation: i64, now: Millis) -> Option<Bytes> {
-        if !self.enabled() {
-            return None;
-        }
-        self.key_lists
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&org)
-            .filter(|r| r.generation == generation && r.subscription.state_at(now) == r.state)
-            .map(|r| r.body.clone())
+        self.look_up(&self.key_lists, &org, |r| {
+            (r.generation == generation && r.subscription.state_at(now) == r.state)
+                .then(|| r.body.clone())
+        })
     }
 
     /// Keeps `body`, the key list of `org` rendered with its subscription in `state`, `org`
     /// read as for [`Self::put_org`]. Only a caller holding the org's gate may.
     pub fn put_key_list(&self, org: &OrgRecord, state: SubscriptionState, body: Bytes, since: u64) {
-        let mut lists = self.key_lists.lock().unwrap_or_else(|e| e.into_inner());
-        if self.may_fill(since) {
-            let rendered = RenderedKeyList {
-                generation: org.key_generation,
-                subscription: org.subscription,
-                state,
-                body,
-            };
-            lists.insert(org.id, rendered);
-        }
+        let rendered = RenderedKeyList {
+            generation: org.key_generation,
+            subscription: org.subscription,
+            state,
+            body,
+        };
+        self.fill(&self.key_lists, since, org.id, rendered);
     }
 
     /// Called by every change to an org (key, subscription, limits, admins) while it holds
@@ -276,32 +255,23 @@ impl ViewCache {
     /// so a fill that checks the count after this has begun is refused (see `may_fill`).
     pub fn forget_org(&self, id: OrgId) {
         self.changes.fetch_add(1, Ordering::AcqRel);
-        self.orgs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        self.key_lists
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, v| v.org_id != id);
+        locked(&self.orgs).remove(&id);
+        locked(&self.key_lists).remove(&id);
+        locked(&self.sessions).retain(|_, v| v.org_id != id);
     }
 
     /// Drops sessions that can no longer be valid, so memory follows live sessions only.
     pub fn sweep(&self, now: Millis, idle_secs: i64, lifetime_secs: i64) {
-        self.touched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, at| now.0 - at.0 < idle_secs * 1000);
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, v| {
-                now.0 - v.last_seen_at.0 < idle_secs * 1000
-                    && now.0 - v.created_at.0 < lifetime_secs * 1000
-            });
+        locked(&self.touched).retain(|_, at| now.0 - at.0 < idle_secs * 1000);
+        locked(&self.sessions).retain(|_, v| {
+            now.0 - v.last_seen_at.0 < idle_secs * 1000
+                && now.0 - v.created_at.0 < lifetime_secs * 1000
+        });
     }
+}
+
+/// The map behind `m`. A panic while it was held left it whole (every use is one map
+/// operation), so a poisoned lock is taken as it is rather than disabling the cache.
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
