@@ -36,7 +36,10 @@ impl ManualClock {
         self.0.store(at.0, Ordering::SeqCst);
     }
     pub fn advance_secs(&self, secs: i64) {
-        self.0.fetch_add(secs * 1000, Ordering::SeqCst);
+        self.advance_ms(secs * 1000);
+    }
+    pub fn advance_ms(&self, ms: i64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
     }
 }
 

@@ -25,6 +25,8 @@ pub struct Config {
     pub api_idle_timeout_secs: i64,
     pub api_max_lifetime_secs: i64,
     pub login_throttle: crate::service::throttle::ThrottlePolicy,
+    /// Reverse proxies whose forwarding header names the client (audit, login throttling).
+    pub trusted_proxies: crate::http::forwarded::TrustedProxies,
     pub max_body_bytes: usize,
     /// How many argon2id hashes may run at once.
     pub password_hash_concurrency: usize,
@@ -53,6 +55,7 @@ impl Config {
             api_idle_timeout_secs: 300,
             api_max_lifetime_secs: 8 * 3600,
             login_throttle: Default::default(),
+            trusted_proxies: Default::default(),
             max_body_bytes: 64 * 1024,
             password_hash_concurrency: std::thread::available_parallelism()
                 .map(|n| n.get())

@@ -97,6 +97,18 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYGATE_NODE_LEASE_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(500..=60_000))]
     pub node_lease_ms: u64,
+    /// Reverse proxies (addresses or CIDR networks, comma-separated) whose forwarding header
+    /// names the client; from any other peer the headers are ignored.
+    #[arg(long, env = "KEYGATE_TRUSTED_PROXIES", value_delimiter = ',',
+          value_parser = crate::http::forwarded::parse_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header the trusted proxies set: x-forwarded-for, forwarded or x-real-ip.
+    #[arg(
+        long,
+        env = "KEYGATE_CLIENT_IP_HEADER",
+        default_value = "x-forwarded-for"
+    )]
+    pub client_ip_header: crate::http::forwarded::ClientIpHeader,
 }
 
 impl ServeArgs {
@@ -114,6 +126,10 @@ impl ServeArgs {
         c.api_max_lifetime_secs = self.api_max_lifetime_secs;
         c.node_cache = self.node_cache;
         c.node_lease = std::time::Duration::from_millis(self.node_lease_ms);
+        c.trusted_proxies = crate::http::forwarded::TrustedProxies {
+            nets: self.trusted_proxies.clone(),
+            header: self.client_ip_header,
+        };
         c
     }
 }

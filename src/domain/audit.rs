@@ -66,6 +66,12 @@ pub enum AuditAction {
     LoginSuccess,
     LoginFailure,
     Logout,
+    /// An API login with the right password and a wrong key: someone holds the password.
+    KeyGuess,
+    /// Those failures reached the admin's budget: API logins locked.
+    KeyGuessLock,
+    /// A FULL admin or the provider cleared the budget and the lock.
+    KeyGuessClear,
 }
 
 impl AuditAction {
@@ -87,6 +93,9 @@ impl AuditAction {
             AuditAction::LoginSuccess => "LOGIN_SUCCESS",
             AuditAction::LoginFailure => "LOGIN_FAILURE",
             AuditAction::Logout => "LOGOUT",
+            AuditAction::KeyGuess => "API_KEY_GUESS",
+            AuditAction::KeyGuessLock => "API_KEY_GUESS_LOCK",
+            AuditAction::KeyGuessClear => "API_KEY_GUESS_CLEAR",
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod ids;
 pub mod key;
 pub mod key_change;
 pub mod limits;
+pub mod login_guard;
 pub mod org;
 pub mod policy;
 pub mod time;

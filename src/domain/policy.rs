@@ -38,6 +38,11 @@ pub enum Refusal {
     KeyAlreadyExists,
     NoKey,
     SameAsCurrentKey,
+    /// An edit to a value that some login timestamp cannot tell from the current key (or,
+    /// with `previous`, from a key the org replaced recently): the old key would log in there.
+    TooSimilar {
+        previous: bool,
+    },
 }
 
 /// Checks, in this order: role, subscription, provider disablement, presence of a key.

@@ -19,7 +19,7 @@ use crate::domain::ids::{AdminId, OrgId};
 use crate::domain::key::ApiKeyValue;
 use crate::service::auth::LoginFailed;
 use crate::service::keys::{KeyChangeRequest, KeyObject, Shown};
-use crate::store::AuditFilter;
+use crate::store::{AuditFilter, KeyGuessState};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -30,6 +30,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(regenerate_key))
         .routes(routes!(reveal_key))
         .routes(routes!(audit))
+        .routes(routes!(key_guesses))
+        .routes(routes!(clear_key_guesses))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -131,6 +133,38 @@ async fn org(
 ) -> ApiResult<Json<OrgSummary>> {
     let org = state.admin_org(&s.admin).await?;
     Ok(Json(OrgSummary::of(&state, &org)))
+}
+
+/// The org's admins whose API logins failed with the right password but a wrong key: someone
+/// holds their password. `locked`: their API logins are refused until a FULL admin or the
+/// provider clears it.
+#[utoipa::path(get, path = "/admin/v1/keyGuesses", tag = "console",
+    responses((status = 200, body = Vec<KeyGuessState>), (status = 401, body = ErrorBody)))]
+async fn key_guesses(
+    State(state): State<AppState>,
+    ConsoleAuth(s): ConsoleAuth,
+) -> ApiResult<Json<Vec<KeyGuessState>>> {
+    Ok(Json(state.key_guess_states(s.admin.org_id).await?))
+}
+
+/// Clear an admin's key-guessing failures and the lock on their API logins (FULL admins).
+#[utoipa::path(delete, path = "/admin/v1/keyGuesses/{adminId}", tag = "console",
+    params(("adminId" = i64, Path)),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn clear_key_guesses(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    ConsoleAuth(s): ConsoleAuth,
+    super::extract::Path(admin_id): super::extract::Path<String>,
+) -> ApiResult<StatusCode> {
+    if s.admin.role != Role::Full {
+        return Err(ApiError::NotAuthorized);
+    }
+    let admin_id = AdminId(super::extract::parse_id("adminId", &admin_id)?);
+    state
+        .clear_key_guesses(s.admin.org_id, admin_id, s.admin.actor(), client)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The org's key, value masked; 404 when the org has none.

@@ -189,6 +189,20 @@ impl From<Refusal> for ApiError {
             Refusal::KeyAlreadyExists => ApiError::KeyAlreadyExists,
             Refusal::NoKey => ApiError::NotFound("The organization has no API key".into()),
             Refusal::SameAsCurrentKey => ApiError::SameAsCurrentKey,
+            Refusal::TooSimilar { previous } => ApiError::InvalidInput(FieldError::new(
+                "keyValue",
+                format!(
+                    "is too similar to {} for the login protocol: a login reads only some of the \
+                     key's positions, chosen by its timestamp, and at some timestamps it reads \
+                     only positions where the two keys have the same characters, so the old key \
+                     would still log in there; change more characters",
+                    if previous {
+                        "a key this organization replaced recently"
+                    } else {
+                        "the current key"
+                    }
+                ),
+            )),
         }
     }
 }

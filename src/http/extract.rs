@@ -218,18 +218,25 @@ pub fn parse_id(field: &str, raw: &str) -> Result<i64, ApiError> {
         .ok_or_else(|| ApiError::invalid(field, "must be a positive integer"))
 }
 
-/// The peer address, for audit records and throttling.
+/// The client's address, for audit records and throttling: the TCP peer's, or behind a
+/// trusted proxy the one it forwards (`http::forwarded`).
 pub struct ClientAddr(pub Option<String>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         Ok(ClientAddr(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip().to_string()),
+            parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| {
+                state
+                    .settings
+                    .trusted_proxies
+                    .client_address(c.0.ip(), &parts.headers)
+                    .to_string()
+            }),
         ))
     }
 }

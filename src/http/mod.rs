@@ -6,6 +6,7 @@ pub mod console;
 pub mod dispatch;
 pub mod error;
 pub mod extract;
+pub mod forwarded;
 pub mod health;
 pub mod pages;
 pub mod provider;

@@ -24,7 +24,7 @@ use crate::domain::org::{
 };
 use crate::service::keys::{KeyObject, Shown};
 use crate::service::orgs::{AdminInput, OrgInput};
-use crate::store::{AuditFilter, OrgRecord, UsageRow};
+use crate::store::{AuditFilter, KeyGuessState, OrgRecord, UsageRow};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -35,6 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(enable_key))
         .routes(routes!(add_admin))
         .routes(routes!(remove_admin))
+        .routes(routes!(clear_key_guesses))
         .routes(routes!(org_audit))
         .routes(routes!(set_limits))
         .routes(routes!(usage))
@@ -122,6 +123,9 @@ pub struct OrgView {
     key_disabled_reason: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     admins: Option<Vec<AdminSummary>>,
+    /// Admins whose API logins failed with the right password but a wrong key: someone holds
+    /// their password. `locked`: API logins refused until cleared.
+    key_guesses: Vec<KeyGuessState>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -188,6 +192,7 @@ async fn org_view(state: &AppState, org: &OrgRecord, with_admins: bool) -> ApiRe
         },
         key_disabled_reason: status.reason,
         admins,
+        key_guesses: state.key_guess_states(org.id).await?,
     })
 }
 
@@ -384,6 +389,25 @@ async fn remove_admin(
     let admin_id = AdminId(parse_id("adminId", &admin_id)?);
     state
         .remove_admin(org.id, admin_id, actor(&auth), client)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Clear an admin's key-guessing failures and the lock on their API logins (after making sure
+/// the password someone else holds was changed).
+#[utoipa::path(delete, path = "/provider/v1/orgs/{id}/admins/{adminId}/keyGuesses", tag = "provider",
+    params(("id" = i64, Path), ("adminId" = i64, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn clear_key_guesses(
+    State(state): State<AppState>,
+    auth: ProviderAuth,
+    ClientAddr(client): ClientAddr,
+    Path((id, admin_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let org = load_org(&state, &id).await?;
+    let admin_id = AdminId(parse_id("adminId", &admin_id)?);
+    state
+        .clear_key_guesses(org.id, admin_id, actor(&auth), client)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,10 +1,13 @@
 //! Who is calling: admins by login name and password, console sessions, provider tokens.
 
 use super::Services;
+use super::throttle::Failed;
 use crate::crypto::token::{ct_str_eq, random_token, token_hash};
 use crate::domain::admin::{LoginName, Password};
 use crate::domain::audit::{Actor, AuditAction};
-use crate::store::{AdminRecord, ConsoleSession, StoreResult};
+use crate::domain::ids::{AdminId, OrgId};
+use crate::domain::login_guard;
+use crate::store::{AdminRecord, ConsoleSession, KeyGuessState, StoreResult};
 
 /// A login that failed. Deliberately carries no reason: every failure looks the same.
 #[derive(Debug)]
@@ -41,8 +44,7 @@ impl Services {
         password: &str,
         client: Option<String>,
     ) -> StoreResult<Result<AdminRecord, LoginFailed>> {
-        let now = self.clock.now();
-        if let Err(secs) = self.throttle.check(login, client.as_deref(), now) {
+        if let Err(secs) = self.login_throttled(login, client.as_deref()).await? {
             return Ok(Err(LoginFailed::Throttled {
                 retry_after_secs: secs,
             }));
@@ -72,19 +74,16 @@ impl Services {
                 Ok(Ok(admin))
             }
             other => {
-                self.throttle.record_failure(login, client.as_deref(), now);
                 // The name as typed, cut short unless it is an admin's: it may be a mistyped
                 // password.
                 let shown = LoginName::shown_in_audit(login, other.is_some());
-                let ctx = self.ctx(Actor::Anonymous { login: shown }, client);
-                self.store
-                    .append_audit(
-                        other.map(|a| a.org_id),
-                        AuditAction::LoginFailure,
-                        serde_json::json!({"via": "console"}),
-                        &ctx,
-                    )
-                    .await?;
+                let failed = Failed {
+                    org: other.map(|a| a.org_id),
+                    action: AuditAction::LoginFailure,
+                    details: serde_json::json!({"via": "console"}),
+                    actor: Actor::Anonymous { login: shown },
+                };
+                self.login_failed(login, client, failed).await?;
                 Ok(Err(LoginFailed::BadCredentials))
             }
         }
@@ -185,5 +184,25 @@ impl Services {
             .add_provider_token(&token_hash(&token), "generated at first start", now)
             .await?;
         Ok(Some(token))
+    }
+
+    /// The org's admins whose API logins failed with the right password and a wrong key:
+    /// someone else holds their password.
+    pub async fn key_guess_states(&self, org: OrgId) -> StoreResult<Vec<KeyGuessState>> {
+        self.store
+            .key_guess_states(org, login_guard::GUESS_BUDGET)
+            .await
+    }
+
+    /// Clears an admin's key-guessing budget, and so the lock on their API logins.
+    pub async fn clear_key_guesses(
+        &self,
+        org: OrgId,
+        admin: AdminId,
+        actor: Actor,
+        client: Option<String>,
+    ) -> StoreResult<()> {
+        let ctx = self.ctx(actor, client);
+        self.store.clear_key_guesses(org, admin, &ctx).await
     }
 }

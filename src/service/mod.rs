@@ -34,6 +34,8 @@ pub struct Settings {
     pub api_timestamp_window_secs: i64,
     pub api_idle_timeout_secs: i64,
     pub api_max_lifetime_secs: i64,
+    /// Whose forwarding headers say who the client is.
+    pub trusted_proxies: crate::http::forwarded::TrustedProxies,
 }
 
 pub struct Services {
@@ -42,7 +44,9 @@ pub struct Services {
     pub hasher: PasswordHasher,
     pub settings: Settings,
     pub gate: gate::OrgGate,
-    pub throttle: throttle::LoginThrottle,
+    pub throttle: throttle::ThrottlePolicy,
+    /// When this node last swept expired login failure counters (ms).
+    pub throttle_swept: std::sync::atomic::AtomicI64,
     pub rate_limits: limits::RateLimits,
     pub meter: meter::Meter,
     pub cache: cache::ViewCache,

@@ -4,12 +4,17 @@
 use super::Services;
 use super::gate::RequestPass;
 use super::limits::{RateDenied, RateInfo};
+use super::throttle::{self, Failed, Scopes};
 use crate::crypto::token::{random_token, token_hash};
 use crate::domain::admin::{LoginName, Password};
 use crate::domain::audit::{Actor, AuditAction};
 use crate::domain::ids::OrgId;
+use crate::domain::login_guard;
 use crate::domain::org::{CallThreshold, DisableReason, Disablement, SubscriptionState};
-use crate::store::{AdminRecord, ApiSessionView, ProviderKeyAction, StoreError, StoreResult};
+use crate::store::{
+    AdminRecord, ApiSessionView, GuessCheck, LoginFailure, ProviderKeyAction, StoreError,
+    StoreResult,
+};
 
 /// A login attempt as the client sent it.
 pub struct ApiLoginRequest<'a> {
@@ -92,7 +97,10 @@ impl Services {
         client: Option<String>,
     ) -> StoreResult<ApiLoginOutcome> {
         let now = self.clock.now();
-        if let Err(secs) = self.throttle.check(req.username, client.as_deref(), now) {
+        if let Err(secs) = self
+            .login_throttled(req.username, client.as_deref())
+            .await?
+        {
             return Ok(ApiLoginOutcome::Throttled {
                 retry_after_secs: secs,
             });
@@ -117,38 +125,91 @@ impl Services {
         };
         let window_ms = self.settings.api_timestamp_window_secs * 1000;
         let timestamp_ok = (req.timestamp_ms - now.0).abs() <= window_ms;
-        let key_ok = match org.as_ref().and_then(|o| o.key.as_ref().map(|k| (o, k))) {
-            Some((o, k)) => self
-                .store
-                .open_key(o.id, k)?
-                .matches_obfuscated(req.timestamp_ms, req.api_key),
-            None => false,
-        };
-        let admin_org = admin.as_ref().map(|a| a.org_id);
-        let failure_reason = match (&admin, password_ok, key_ok, timestamp_ok) {
+        // Residues that read too few key positions are refused for everyone (login_guard).
+        let charge = login_guard::guess_charge(req.timestamp_ms);
+        let stored_key = org.as_ref().and_then(|o| o.key.clone().map(|k| (o.id, k)));
+        let failure_reason = match (&admin, password_ok, timestamp_ok, charge, &stored_key) {
             (None, ..) => Some("UNKNOWN_LOGIN"),
             (_, false, ..) => Some("BAD_PASSWORD"),
-            (_, _, false, _) => Some("BAD_KEY"),
-            (_, _, _, false) => Some("STALE_TIMESTAMP"),
+            (_, _, false, ..) => Some("STALE_TIMESTAMP"),
+            (_, _, _, None, _) => Some("REFUSED_TIMESTAMP"),
+            (_, _, _, _, None) => Some("NO_KEY"),
             _ => None,
         };
-        let (Some(admin), Some(org), None) = (admin, org, failure_reason) else {
-            self.throttle
-                .record_failure(req.username, client.as_deref(), now);
+        let admin_org = admin.as_ref().map(|a| a.org_id);
+        let (Some(admin), Some(org), Some(charge), Some((org_id, stored)), None) =
+            (admin, org, charge, stored_key, failure_reason)
+        else {
             // Cut short unless it names an admin: it may be a password in the wrong box.
             let shown = LoginName::shown_in_audit(req.username, admin_org.is_some());
-            let ctx = self.ctx(Actor::Anonymous { login: shown }, client);
-            self.store
-                .append_audit(
-                    admin_org,
-                    AuditAction::LoginFailure,
-                    serde_json::json!({"via": "api", "reason": failure_reason.unwrap_or("UNKNOWN")}),
-                    &ctx,
-                )
-                .await?;
+            let failed = Failed {
+                org: admin_org,
+                action: AuditAction::LoginFailure,
+                details: serde_json::json!({"via": "api", "reason": failure_reason.unwrap_or("UNKNOWN")}),
+                actor: Actor::Anonymous { login: shown },
+            };
+            self.login_failed(req.username, client, failed).await?;
             return Ok(ApiLoginOutcome::Failed);
         };
-        let ctx = self.ctx(admin.actor(), client);
+        // The caller holds the password: the key is what is left to check, and a wrong one
+        // is charged what it could have won (login_guard). A key the org replaced tests
+        // nothing about the current one (they differ at every residue): not charged, and not
+        // counted against the login, so an old script does not lock its admin out.
+        let key_right = self
+            .store
+            .open_key(org_id, &stored)?
+            .matches_obfuscated(req.timestamp_ms, req.api_key);
+        let replaced = !key_right
+            && self
+                .store
+                .replaced_keys(org_id)
+                .await?
+                .iter()
+                .any(|old| old.matches_obfuscated(req.timestamp_ms, req.api_key));
+        let Scopes(scopes) = throttle::scopes(req.username, client.as_deref());
+        let failure = (!key_right).then(|| LoginFailure {
+            scopes: if replaced { &scopes[..1] } else { &scopes[..] },
+            window_ms: self.throttle.window_ms(),
+            org: Some(org_id),
+            action: if replaced {
+                AuditAction::LoginFailure
+            } else {
+                AuditAction::KeyGuess
+            },
+            details: if replaced {
+                serde_json::json!({"via": "api", "reason": "REPLACED_KEY"})
+            } else {
+                serde_json::json!({
+                    "via": "api",
+                    "reason": "BAD_KEY",
+                    "positionsRead": login_guard::positions_read(req.timestamp_ms).count_ones(),
+                    "charged": charge,
+                })
+            },
+        });
+        let charged = if key_right || replaced { 0.0 } else { charge };
+        let ctx = self.ctx(admin.actor(), client.clone());
+        match self
+            .store
+            .key_guess_check(admin.id, charged, login_guard::GUESS_BUDGET, failure, &ctx)
+            .await?
+        {
+            GuessCheck::Locked => {
+                let failed = Failed {
+                    org: Some(org_id),
+                    action: AuditAction::LoginFailure,
+                    details: serde_json::json!({"via": "api", "reason": "KEY_GUESS_LOCKED"}),
+                    actor: admin.actor(),
+                };
+                self.login_failed(req.username, client, failed).await?;
+                return Ok(ApiLoginOutcome::Throttled {
+                    retry_after_secs: self.throttle.window_secs as u64,
+                });
+            }
+            GuessCheck::LockedNow => return Ok(ApiLoginOutcome::Failed),
+            GuessCheck::Open if !key_right => return Ok(ApiLoginOutcome::Failed),
+            GuessCheck::Open => {}
+        }
         let refusal = match (org.subscription.state_at(now), org.key_presence()) {
             (SubscriptionState::NotEnabled, _) => Some(ApiLoginOutcome::NoSubscription),
             (_, crate::domain::org::KeyPresence::Disabled(d)) => {

@@ -1,101 +1,100 @@
-//! Throttling of failed logins, per login name and per client address.
+//! Throttling of failed logins (admin console, provider console, cloud service API alike).
 //!
-//! Written by hand rather than with `governor`: it counts failures only (a success costs
-//! nothing), and it reads the injectable clock, so tests can drive it without sleeping.
+//! The policy, chosen so that no one who lacks the password can lock an admin out from
+//! another address:
+//! - per client address: `max_failures_per_addr` failures in a window throttle that address
+//!   for every login (one attacker spraying names stops only itself);
+//! - per (login, address): `max_failures_per_login_addr` failures throttle that pair;
+//! - per login, over all addresses: once a login has `login_under_attack` failures in a
+//!   window, any address that failed for it in that window is throttled for it (a distributed
+//!   guesser gets one try per address), while an address with no failures is never blocked
+//!   by this bound: the admin calling from elsewhere still logs in.
+//!
+//! IPv6 addresses are counted by their /64 (one host usually holds a whole /64). The counters
+//! live in the database (`login_failures`), so they survive restarts and hold across nodes;
+//! only logins read or write them, never authenticated calls. Written by hand rather than with
+//! `governor`: it counts failures only (a success costs nothing), shares its state through
+//! the database, and reads the injectable clock.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::net::IpAddr;
 
+use crate::crypto::token::token_hash;
 use crate::domain::time::Millis;
+use crate::store::FailureCount;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ThrottlePolicy {
-    pub max_failures_per_login: u32,
     pub max_failures_per_addr: u32,
+    pub max_failures_per_login_addr: u32,
+    pub login_under_attack: u32,
     pub window_secs: i64,
 }
 
 impl Default for ThrottlePolicy {
     fn default() -> Self {
         Self {
-            max_failures_per_login: 5,
             max_failures_per_addr: 20,
+            max_failures_per_login_addr: 5,
+            login_under_attack: 50,
             window_secs: 300,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    start: Millis,
-    failures: u32,
+/// The counted scopes of one attempt, as stored digests: address, (login, address), login.
+pub struct Scopes(pub [String; 3]);
+
+/// The address as counted: IPv6 by its /64, IPv4 (and IPv4-mapped IPv6) as is.
+fn counted_address(addr: Option<&str>) -> String {
+    match addr.and_then(|a| a.parse::<IpAddr>().ok()) {
+        Some(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Some(IpAddr::V6(v6)) => v6
+            .to_ipv4_mapped()
+            .map(|v4| v4.to_string())
+            .unwrap_or_default(),
+        Some(IpAddr::V4(v4)) => v4.to_string(),
+        None => addr.unwrap_or("-").to_owned(),
+    }
 }
 
-pub struct LoginThrottle {
-    policy: ThrottlePolicy,
-    windows: Mutex<HashMap<String, Window>>,
+/// `login` is what was typed (compared case-insensitively, as login names are).
+pub fn scopes(login: &str, addr: Option<&str>) -> Scopes {
+    let addr = counted_address(addr);
+    let login = login.to_lowercase();
+    Scopes([
+        token_hash(&format!("addr\n{addr}")),
+        token_hash(&format!("login-addr\n{login}\n{addr}")),
+        token_hash(&format!("login\n{login}")),
+    ])
 }
 
-/// Entries kept before expired ones are swept; bounds memory under a spray of names.
-const SWEEP_AT: usize = 100_000;
-
-impl LoginThrottle {
-    pub fn new(policy: ThrottlePolicy) -> Self {
-        Self {
-            policy,
-            windows: Mutex::new(HashMap::new()),
-        }
+impl ThrottlePolicy {
+    pub fn window_ms(&self) -> i64 {
+        self.window_secs * 1000
     }
 
-    fn keys(&self, login: &str, addr: Option<&str>) -> Vec<(String, u32)> {
-        let mut keys = vec![(
-            format!("login:{}", login.to_ascii_lowercase()),
-            self.policy.max_failures_per_login,
-        )];
-        if let Some(a) = addr {
-            keys.push((format!("addr:{a}"), self.policy.max_failures_per_addr));
-        }
-        keys
-    }
-
-    /// `Err(seconds)` while either the login name or the address is locked out.
-    pub fn check(&self, login: &str, addr: Option<&str>, now: Millis) -> Result<(), u64> {
-        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        let window_ms = self.policy.window_secs * 1000;
-        let mut wait_ms = 0i64;
-        for (key, limit) in self.keys(login, addr) {
-            if let Some(w) = windows.get(&key) {
-                let ends = w.start.0 + window_ms;
-                if w.failures >= limit && now.0 < ends {
-                    wait_ms = wait_ms.max(ends - now.0);
-                }
-            }
-        }
-        if wait_ms > 0 {
-            Err(((wait_ms + 999) / 1000) as u64)
-        } else {
-            Ok(())
-        }
-    }
-
-    pub fn record_failure(&self, login: &str, addr: Option<&str>, now: Millis) {
-        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        let window_ms = self.policy.window_secs * 1000;
-        if windows.len() >= SWEEP_AT {
-            windows.retain(|_, w| now.0 < w.start.0 + window_ms);
-        }
-        for (key, _) in self.keys(login, addr) {
-            let w = windows.entry(key).or_insert(Window {
-                start: now,
-                failures: 0,
-            });
-            if now.0 >= w.start.0 + window_ms {
-                *w = Window {
-                    start: now,
-                    failures: 0,
-                };
-            }
-            w.failures += 1;
+    /// `Err(seconds to wait)` while the attempt's address or (login, address) is throttled,
+    /// from the counters of its [`Scopes`] (in their order).
+    pub fn verdict(&self, counts: &[Option<FailureCount>], now: Millis) -> Result<(), u64> {
+        let [addr, pair, login] = [0, 1, 2].map(|i| counts.get(i).copied().flatten());
+        let over = |c: Option<FailureCount>, limit: u32| c.filter(|c| c.failures >= limit as i64);
+        let blocking = [
+            over(addr, self.max_failures_per_addr),
+            over(pair, self.max_failures_per_login_addr),
+            // Under attack, only addresses that failed for this login are held back.
+            over(login, self.login_under_attack).and(over(pair, 1)),
+        ];
+        let ends = blocking
+            .iter()
+            .flatten()
+            .map(|c| c.window_start.0 + self.window_ms())
+            .max();
+        match ends {
+            Some(end) if end > now.0 => Err(((end - now.0 + 999) / 1000) as u64),
+            _ => Ok(()),
         }
     }
 }
@@ -104,27 +103,131 @@ impl LoginThrottle {
 mod tests {
     use super::*;
 
+    fn count(failures: i64) -> Option<FailureCount> {
+        Some(FailureCount {
+            window_start: Millis(1_000_000),
+            failures,
+        })
+    }
+
     #[test]
-    fn locks_after_limit_and_unlocks_after_window() {
-        let t = LoginThrottle::new(ThrottlePolicy {
-            max_failures_per_login: 3,
-            max_failures_per_addr: 5,
-            window_secs: 60,
+    fn each_bound_holds_only_where_it_should() {
+        let p = ThrottlePolicy::default();
+        let now = Millis(1_000_000 + 60_000);
+        assert_eq!(p.verdict(&[None, None, None], now), Ok(()));
+        assert_eq!(p.verdict(&[count(20), None, None], now), Err(240));
+        assert_eq!(p.verdict(&[count(5), count(5), count(5)], now), Err(240));
+        assert_eq!(p.verdict(&[count(4), count(4), count(49)], now), Ok(()));
+        // Under attack: an address that failed for the login is held back, a clean one is not.
+        assert_eq!(p.verdict(&[count(1), count(1), count(500)], now), Err(240));
+        assert_eq!(p.verdict(&[None, None, count(100_000)], now), Ok(()));
+        // After the window, nothing holds.
+        let later = Millis(1_000_000 + 300_000);
+        assert_eq!(
+            p.verdict(&[count(99), count(99), count(999)], later),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn scopes_fold_case_and_ipv6_hosts_of_one_network() {
+        let a = scopes("Admin@X.com", Some("2001:db8:1:2:aaaa::1"));
+        let b = scopes("admin@x.com", Some("2001:db8:1:2:bbbb::9"));
+        assert_eq!(a.0, b.0);
+        let c = scopes("admin@x.com", Some("2001:db8:1:3::1"));
+        assert_ne!(a.0[0], c.0[0]);
+        assert_eq!(a.0[2], c.0[2]);
+        assert_eq!(
+            scopes("a", Some("::ffff:10.0.0.1")).0,
+            scopes("a", Some("10.0.0.1")).0
+        );
+        // Stored as digests: neither the name nor the address appears.
+        assert!(
+            a.0.iter()
+                .all(|s| !s.contains("admin") && !s.contains("2001"))
+        );
+    }
+}
+
+use super::Services;
+use crate::domain::audit::{Actor, AuditAction};
+use crate::domain::ids::OrgId;
+use crate::store::{LoginFailure, StoreResult};
+
+/// A failed attempt, as audited.
+pub struct Failed {
+    pub org: Option<OrgId>,
+    pub action: AuditAction,
+    pub details: serde_json::Value,
+    pub actor: Actor,
+}
+
+impl Services {
+    /// `Err(seconds)` while this login from this address is throttled.
+    pub async fn login_throttled(
+        &self,
+        login: &str,
+        client: Option<&str>,
+    ) -> StoreResult<Result<(), u64>> {
+        self.sweep_login_failures();
+        let now = self.clock.now();
+        let Scopes(scopes) = scopes(login, client);
+        let counts = self
+            .store
+            .login_failure_counts(&scopes, self.throttle.window_ms(), now)
+            .await?;
+        Ok(self.throttle.verdict(&counts, now))
+    }
+
+    /// Deletes counters whose window ended, at most once a minute per node and off the
+    /// failure's own transaction (a sweep there made concurrent failures wait on each other).
+    pub fn sweep_login_failures(&self) {
+        let now = self.clock.now();
+        let last = self
+            .throttle_swept
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if now.0 - last < 60_000
+            || self
+                .throttle_swept
+                .compare_exchange(
+                    last,
+                    now.0,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        let store = self.store.clone();
+        let before = Millis(now.0 - self.throttle.window_ms());
+        tokio::spawn(async move {
+            if let Err(e) = store.sweep_login_failures(before).await {
+                tracing::warn!(error = %e, "could not sweep expired login failure counters");
+            }
         });
-        let t0 = Millis(1_000_000);
-        for _ in 0..3 {
-            assert!(t.check("a@x", Some("1.2.3.4"), t0).is_ok());
-            t.record_failure("a@x", Some("1.2.3.4"), t0);
-        }
-        assert_eq!(t.check("a@x", Some("9.9.9.9"), t0), Err(60));
-        assert_eq!(t.check("A@X", None, t0.plus_secs(30)), Err(30));
-        assert!(t.check("b@x", Some("9.9.9.9"), t0).is_ok());
-        assert!(t.check("a@x", None, t0.plus_secs(60)).is_ok());
-        // Per address: five failures under different names lock the address.
-        for i in 0..2 {
-            t.record_failure(&format!("n{i}"), Some("1.2.3.4"), t0);
-        }
-        assert!(t.check("fresh", Some("1.2.3.4"), t0).is_err());
-        assert!(t.check("fresh", Some("5.6.7.8"), t0).is_ok());
+    }
+
+    /// Counts a failed attempt against its scopes and audits it, together.
+    pub async fn login_failed(
+        &self,
+        login: &str,
+        client: Option<String>,
+        failed: Failed,
+    ) -> StoreResult<()> {
+        let Scopes(scopes) = scopes(login, client.as_deref());
+        let ctx = self.ctx(failed.actor, client);
+        self.store
+            .record_login_failure(
+                LoginFailure {
+                    scopes: &scopes,
+                    window_ms: self.throttle.window_ms(),
+                    org: failed.org,
+                    action: failed.action,
+                    details: failed.details,
+                },
+                &ctx,
+            )
+            .await
     }
 }

@@ -208,6 +208,51 @@ pub enum ProviderKeyAction {
     Enable,
 }
 
+/// A failed login as the store records it: the throttle counters it bumps and its audit
+/// record, written in one transaction (R11).
+pub struct LoginFailure<'a> {
+    /// The counted scopes (`service::throttle::scopes`), as stored digests.
+    pub scopes: &'a [String],
+    pub window_ms: i64,
+    pub org: Option<OrgId>,
+    pub action: AuditAction,
+    pub details: serde_json::Value,
+}
+
+/// A login failure counter as read: failures since `window_start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureCount {
+    pub window_start: Millis,
+    pub failures: i64,
+}
+
+/// What an admin's key-guessing budget said to one login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuessCheck {
+    /// Below the budget (after this login's charge, if any).
+    Open,
+    /// This login's charge reached the budget: locked from now on.
+    LockedNow,
+    /// Already locked; nothing was charged or recorded.
+    Locked,
+}
+
+/// An admin whose API logins failed with the right password and a wrong key.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyGuessState {
+    pub admin_id: AdminId,
+    pub login_name: String,
+    /// Charged failures since the budget was last cleared.
+    pub failures: i64,
+    /// The win probability they were charged.
+    pub charged: f64,
+    /// Epoch ms of the last one.
+    pub last_at: Option<i64>,
+    /// API logins refused until a FULL admin or the provider clears it.
+    pub locked: bool,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn ready(&self) -> StoreResult<()>;
@@ -355,4 +400,35 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<(String, ApiSessionView)>>;
     async fn touch_api_session(&self, id_hash: &str, now: Millis) -> StoreResult<()>;
     async fn delete_api_session(&self, id_hash: &str) -> StoreResult<()>;
+
+    // --- login hardening (domain::login_guard, service::throttle)
+    /// The counters of these scopes that are still inside their window at `now`, by index.
+    async fn login_failure_counts(
+        &self,
+        scopes: &[String],
+        window_ms: i64,
+        now: Millis,
+    ) -> StoreResult<Vec<Option<FailureCount>>>;
+    /// Deletes the counters whose window started before `before`.
+    async fn sweep_login_failures(&self, before: Millis) -> StoreResult<u64>;
+    /// Bumps the failure's counters and writes its audit record, together.
+    async fn record_login_failure(&self, failure: LoginFailure<'_>, ctx: &Ctx) -> StoreResult<()>;
+    /// Charges `charge` to the admin's key-guessing budget unless it is already at `budget`
+    /// (a charge of 0 only checks); with `failure`, records it in the same transaction, and
+    /// audits the lock when this charge reaches the budget. Serialized per admin, so
+    /// concurrent guesses cannot overrun the budget.
+    async fn key_guess_check(
+        &self,
+        admin: AdminId,
+        charge: f64,
+        budget: f64,
+        failure: Option<LoginFailure<'_>>,
+        ctx: &Ctx,
+    ) -> StoreResult<GuessCheck>;
+    /// Clears an admin's key-guessing budget (and so its lock), audited.
+    async fn clear_key_guesses(&self, org: OrgId, admin: AdminId, ctx: &Ctx) -> StoreResult<()>;
+    /// The org's admins with charged key-guessing failures.
+    async fn key_guess_states(&self, org: OrgId, budget: f64) -> StoreResult<Vec<KeyGuessState>>;
+    /// The keys the org replaced (edited, regenerated or deleted), newest first, opened.
+    async fn replaced_keys(&self, org: OrgId) -> StoreResult<Vec<ApiKeyValue>>;
 }

@@ -226,7 +226,76 @@ async fn bump_generation(conn: &mut $conn, org: OrgId) -> StoreResult<i64> {
 }
 
 
+/// How many replaced keys an org keeps (sealed), to recognize old scripts and to keep new
+/// values distinguishable from them.
+const REPLACED_KEYS_KEPT: i64 = 8;
+
 impl $store {
+    async fn load_replaced(&self, conn: &mut $conn, org: OrgId) -> StoreResult<Vec<ApiKeyValue>> {
+        let sealed: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT sealed FROM replaced_keys WHERE org_id = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(org.0)
+        .bind(REPLACED_KEYS_KEPT)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?;
+        sealed
+            .iter()
+            .map(|s| {
+                self.cipher.open(org, s).ok_or_else(|| {
+                    StoreError::Internal(anyhow::anyhow!("a replaced key does not open"))
+                })
+            })
+            .collect()
+    }
+
+    async fn remember_replaced(
+        &self,
+        conn: &mut $conn,
+        org: OrgId,
+        old: &ApiKeyValue,
+        now: Millis,
+    ) -> StoreResult<()> {
+        sqlx::query("INSERT INTO replaced_keys (org_id, sealed, replaced_at) VALUES ($1, $2, $3)")
+            .bind(org.0)
+            .bind(self.cipher.seal(org, old))
+            .bind(now.0)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        sqlx::query(
+            "DELETE FROM replaced_keys WHERE org_id = $1 AND id NOT IN \
+             (SELECT id FROM replaced_keys WHERE org_id = $1 ORDER BY id DESC LIMIT $2)",
+        )
+        .bind(org.0)
+        .bind(REPLACED_KEYS_KEPT)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    /// Every failure's transaction bumps its scopes in the same order (address, pair, login),
+    /// so concurrent ones never wait for each other in a cycle.
+    async fn bump_failures(conn: &mut $conn, failure: &LoginFailure<'_>, ctx: &Ctx) -> StoreResult<()> {
+        for scope in failure.scopes {
+            sqlx::query(
+                "INSERT INTO login_failures (scope, window_start, failures) VALUES ($1, $2, 1) \
+                 ON CONFLICT (scope) DO UPDATE SET \
+                 failures = CASE WHEN login_failures.window_start + $3 <= $2 THEN 1 ELSE login_failures.failures + 1 END, \
+                 window_start = CASE WHEN login_failures.window_start + $3 <= $2 THEN $2 ELSE login_failures.window_start END",
+            )
+            .bind(scope)
+            .bind(ctx.now.0)
+            .bind(failure.window_ms)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        }
+        insert_audit(conn, failure.org, failure.action, None, failure.details.clone(), ctx).await
+    }
+
     /// Console and API sessions are rows keyed by the hash of their id, in two tables.
     async fn touch_session_row(&self, table: &'static str, id_hash: &str, now: Millis) -> StoreResult<()> {
         sqlx::query(&format!("UPDATE {table} SET last_seen_at = $1 WHERE id_hash = $2"))
@@ -326,6 +395,8 @@ impl $store {
         value: &ApiKeyValue,
         ctx: &Ctx,
     ) -> StoreResult<()> {
+        let replaced = self.load_replaced(conn, org).await?;
+        let value = &key_change::fresh_provision(value.clone(), &replaced, &mut rand::rngs::OsRng);
         self.insert_key(conn, org, value, ctx).await?;
         let generation = bump_generation(conn, org).await?;
         insert_audit(
@@ -680,14 +751,21 @@ impl Store for $store {
         if expected_generation.is_some_and(|g| g != before.key_generation) {
             return Err(StoreError::SessionEnded);
         }
+        let replaced = self.load_replaced(&mut tx, org).await?;
+        let mut change = change;
         key_change::decide(
-            &change,
+            &mut change,
             admin.role,
             before.subscription.state_at(ctx.now),
             &before.key_presence(),
             current.as_ref(),
+            &replaced,
+            &mut rand::rngs::OsRng,
         )
         .map_err(StoreError::Refused)?;
+        if let Some(old) = &current {
+            self.remember_replaced(&mut tx, org, old, ctx.now).await?;
+        }
 
         let (action, suffix) = match &change {
             KeyChange::Add(value) => {
@@ -1015,6 +1093,182 @@ impl Store for $store {
             .await
             .map_err(map_err)?;
         Ok(())
+    }
+
+    async fn login_failure_counts(
+        &self,
+        scopes: &[String],
+        window_ms: i64,
+        now: Millis,
+    ) -> StoreResult<Vec<Option<FailureCount>>> {
+        let Some((params, values)) = padded(scopes) else {
+            return Ok(Vec::new());
+        };
+        let n = scopes.len().next_power_of_two();
+        let sql = format!(
+            "SELECT scope, window_start, failures FROM login_failures WHERE scope IN ({params}) AND window_start > ${}",
+            n + 1
+        );
+        let mut query = sqlx::query(&sql);
+        for v in values {
+            query = query.bind(v);
+        }
+        let rows = query
+            .bind(now.0 - window_ms)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        Ok(scopes
+            .iter()
+            .map(|scope| {
+                rows.iter()
+                    .find(|r| r.get::<String, _>(0) == *scope)
+                    .map(|r| FailureCount {
+                        window_start: Millis(r.get::<i64, _>(1)),
+                        failures: r.get::<i64, _>(2),
+                    })
+            })
+            .collect())
+    }
+
+    async fn sweep_login_failures(&self, before: Millis) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM login_failures WHERE window_start < $1")
+            .bind(before.0)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn record_login_failure(&self, failure: LoginFailure<'_>, ctx: &Ctx) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        Self::bump_failures(&mut tx, &failure, ctx).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn key_guess_check(
+        &self,
+        admin: AdminId,
+        charge: f64,
+        budget: f64,
+        failure: Option<LoginFailure<'_>>,
+        ctx: &Ctx,
+    ) -> StoreResult<GuessCheck> {
+        if charge == 0.0 && failure.is_none() {
+            // Nothing to write: a read places this check in the order of the charges as well
+            // as a lock would (it sees every charge committed before it).
+            let spent: Option<f64> = sqlx::query_scalar("SELECT key_guess_spent FROM admins WHERE id = $1")
+                .bind(admin.0)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(map_err)?;
+            return Ok(match spent {
+                Some(s) if s < budget => GuessCheck::Open,
+                _ => GuessCheck::Locked,
+            });
+        }
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        // One statement both checks and charges, under the row's lock: concurrent guesses
+        // are charged one after another and none passes a budget that another reached.
+        let spent: Option<f64> = sqlx::query_scalar(
+            "UPDATE admins SET key_guess_spent = key_guess_spent + $2, \
+             key_guess_failures = key_guess_failures + CASE WHEN $2 > 0 THEN 1 ELSE 0 END, \
+             key_guess_last_at = CASE WHEN $2 > 0 THEN $4 ELSE key_guess_last_at END \
+             WHERE id = $1 AND key_guess_spent < $3 RETURNING key_guess_spent",
+        )
+        .bind(admin.0)
+        .bind(charge)
+        .bind(budget)
+        .bind(ctx.now.0)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let Some(spent) = spent else {
+            return Ok(GuessCheck::Locked);
+        };
+        let org = failure.as_ref().and_then(|f| f.org);
+        if let Some(failure) = &failure {
+            Self::bump_failures(&mut tx, failure, ctx).await?;
+        }
+        let locked_now = charge > 0.0 && spent >= budget;
+        if locked_now {
+            insert_audit(
+                &mut tx,
+                org,
+                AuditAction::KeyGuessLock,
+                None,
+                serde_json::json!({ "via": "api", "charged": spent, "budget": budget }),
+                ctx,
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(if locked_now { GuessCheck::LockedNow } else { GuessCheck::Open })
+    }
+
+    async fn clear_key_guesses(&self, org: OrgId, admin: AdminId, ctx: &Ctx) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let row = sqlx::query(
+            "SELECT login_name, key_guess_failures, key_guess_spent FROM admins WHERE id = $1 AND org_id = $2",
+        )
+        .bind(admin.0)
+        .bind(org.0)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .ok_or(StoreError::NotFound("admin"))?;
+        sqlx::query("UPDATE admins SET key_guess_spent = 0, key_guess_failures = 0 WHERE id = $1")
+            .bind(admin.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        insert_audit(
+            &mut tx,
+            Some(org),
+            AuditAction::KeyGuessClear,
+            None,
+            serde_json::json!({
+                "adminId": admin,
+                "loginName": row.get::<String, _>(0),
+                "failures": row.get::<i64, _>(1),
+                "charged": row.get::<f64, _>(2),
+            }),
+            ctx,
+        )
+        .await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn key_guess_states(&self, org: OrgId, budget: f64) -> StoreResult<Vec<KeyGuessState>> {
+        let rows = sqlx::query(
+            "SELECT id, login_name, key_guess_failures, key_guess_spent, key_guess_last_at FROM admins \
+             WHERE org_id = $1 AND key_guess_failures > 0 ORDER BY id",
+        )
+        .bind(org.0)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let charged: f64 = r.get(3);
+                KeyGuessState {
+                    admin_id: AdminId(r.get(0)),
+                    login_name: r.get(1),
+                    failures: r.get(2),
+                    charged,
+                    last_at: r.get(4),
+                    locked: charged >= budget,
+                }
+            })
+            .collect())
+    }
+
+    async fn replaced_keys(&self, org: OrgId) -> StoreResult<Vec<ApiKeyValue>> {
+        let mut conn = self.reader.acquire().await.map_err(map_err)?;
+        self.load_replaced(&mut conn, org).await
     }
 
     async fn set_limits(

@@ -286,7 +286,7 @@ async fn no_plaintext_secret_in_database_wal_or_trace_logs() {
         session_secrets.push(admin.csrf.clone());
         keys.push(admin.reveal().await);
 
-        let edited = random_key();
+        let edited = random_key_unlike(&keys);
         let (status, body) = admin.edit(json!(edited)).await;
         assert_eq!(status, StatusCode::OK, "edit: {body}");
         assert_eq!(body["keyValue"], edited.as_str());
@@ -314,7 +314,7 @@ async fn no_plaintext_secret_in_database_wal_or_trace_logs() {
         assert!(is_key_value(&added), "{body}");
         keys.push(added);
 
-        let edited2 = random_key();
+        let edited2 = random_key_unlike(&keys);
         let (status, body) = admin.edit(json!(edited2)).await;
         assert_eq!(status, StatusCode::OK, "edit: {body}");
         keys.push(edited2);
@@ -499,7 +499,7 @@ async fn fifty_concurrent_changes_form_one_serial_order() {
 
     let ops: Vec<Op> = (0..N)
         .map(|i| match i % 5 {
-            0 | 1 => Op::Edit(format!("ConcEdit{i:04}")),
+            0 | 1 => Op::Edit(spread_key(i)),
             2 | 3 => Op::Regenerate,
             _ => Op::Add,
         })
@@ -518,6 +518,7 @@ async fn fifty_concurrent_changes_form_one_serial_order() {
     let started = Instant::now();
     let mut acked: Vec<(Op, String)> = Vec::new();
     let mut conflicts = 0;
+    let mut similar = 0;
     while let Some(joined) = tasks.join_next().await {
         let (op, (status, body)) = joined.expect("task");
         match &op {
@@ -530,6 +531,8 @@ async fn fifty_concurrent_changes_form_one_serial_order() {
                 assert_eq!(body["code"], "KEY_ALREADY_EXISTS", "{body}");
                 conflicts += 1;
             }
+            // Near a regenerated value this edit ran after: refused, nothing changed.
+            Op::Edit(_) if too_similar(status, &body) => similar += 1,
             Op::Edit(v) => {
                 assert_eq!(status, StatusCode::OK, "edit {v}: {body}");
                 assert_eq!(body["keyValue"], v.as_str(), "edit response: {body}");
@@ -549,7 +552,7 @@ async fn fifty_concurrent_changes_form_one_serial_order() {
         acked.len()
     );
     assert_eq!(conflicts, N / 5);
-    assert_eq!(acked.len(), N - N / 5);
+    assert_eq!(acked.len(), N - N / 5 - similar);
 
     // The provider sees one key, and one generation per acknowledged change.
     let (status, view) = server
@@ -665,6 +668,7 @@ async fn sigkill_during_changes_loses_no_acknowledged_change() {
             let mut acked = Vec::new();
             for op in plan {
                 match try_change(&admin, &op).await {
+                    Ok((status, body)) if too_similar(status, &body) => {}
                     Ok((status, body)) => {
                         assert_eq!(status, StatusCode::OK, "{op:?}: {body}");
                         let v = body["keyValue"].as_str().unwrap_or_default().to_owned();
@@ -872,6 +876,9 @@ async fn sigterm_exits_zero_and_keeps_every_change() {
             Op::Regenerate
         };
         let (status, body) = try_change(&admin, &op).await.expect("request");
+        if too_similar(status, &body) {
+            continue;
+        }
         assert_eq!(status, StatusCode::OK, "{op:?}: {body}");
         acked.push((op, body["keyValue"].as_str().unwrap().to_owned()));
     }

@@ -23,6 +23,14 @@ pub const PASSWORD: &str = "correct-horse-battery-staple";
 /// 2026-11-01T00:00:00Z: tests start here and move the clock by hand.
 pub const T0_SECS: i64 = 1_793_491_200;
 
+/// Where test clocks start: T0 plus 467 ms. A whole second's timestamp ends in `000`, and the
+/// login protocol reads few key positions at such residues (T0's reads three, T0 + 800 s's is
+/// refused for everyone, see `domain::login_guard`); real clients' timestamps carry their
+/// milliseconds, and so do the tests'.
+pub fn t0() -> Millis {
+    Millis(T0_SECS * 1000 + 467)
+}
+
 pub struct TestServer {
     pub base: String,
     pub clock: Arc<ManualClock>,
@@ -60,7 +68,7 @@ impl TestServer {
             config.database_url = Some(SecretString::from(url));
         }
         tweak(&mut config);
-        let clock = ManualClock::new(Millis::from_secs(T0_SECS));
+        let clock = ManualClock::new(t0());
         let app = App::build(&config, clock.clone())
             .await
             .expect("app builds");
@@ -491,7 +499,7 @@ impl TestServer {
             p: 1,
         };
         tweak(&mut config);
-        let clock = ManualClock::new(Millis::from_secs(T0_SECS));
+        let clock = ManualClock::new(t0());
         let app = App::build(&config, clock.clone())
             .await
             .expect("node builds");
@@ -568,5 +576,44 @@ impl Process {
         }
         let status = child.wait().expect("wait");
         Err(format!("keygate exited before listening: {status}"))
+    }
+}
+
+/// The `i`-th (mod 62) of 62 key values that differ from each other at every position, so
+/// that editing from one to another is never refused as too similar (R4 + issue 12).
+pub fn spread_key(i: usize) -> String {
+    const ALNUM: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    // 7 and 62 are coprime: for i != j (mod 62), position p differs by 7 (i - j) != 0 (mod 62).
+    (0..12)
+        .map(|p| ALNUM[(i * 7 + p * 11 + 3) % 62] as char)
+        .collect()
+}
+
+/// Whether a key change was refused because its value is too similar to the current key or a
+/// recently replaced one for the login protocol: keygate refuses about 1 in 7,000 random
+/// values that way, so a test that edits to random values must allow it (nothing changed).
+pub fn too_similar(status: StatusCode, body: &Value) -> bool {
+    status == StatusCode::BAD_REQUEST
+        && body["code"] == "INVALID_INPUT_ARGUMENT"
+        && body["field"] == "keyValue"
+        && body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("too similar"))
+}
+
+/// A random key value that keygate will accept as an edit from any of `others` (the current
+/// key and those replaced recently): distinguishable from each at every login timestamp.
+pub fn random_key_unlike(others: &[String]) -> String {
+    use keygate::domain::key::ApiKeyValue;
+    use keygate::domain::login_guard::distinguishable;
+    let others: Vec<ApiKeyValue> = others
+        .iter()
+        .filter_map(|o| ApiKeyValue::parse("k", o).ok())
+        .collect();
+    loop {
+        let v = ApiKeyValue::generate(&mut rand::rngs::OsRng);
+        if others.iter().all(|o| distinguishable(o, &v)) {
+            return v.expose().to_owned();
+        }
     }
 }

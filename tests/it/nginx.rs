@@ -106,12 +106,8 @@ pub const PROVIDER_CONFIG: &str = r#"
 
 /// Everything of nginx.conf a test needs besides the provider's part: one process, every
 /// file under the test's directory.
-fn nginx_conf(dir: &Path, listen: SocketAddr, keygate: SocketAddr, api: SocketAddr) -> String {
+fn nginx_conf(dir: &Path, provider: &str) -> String {
     let d = dir.display();
-    let provider = PROVIDER_CONFIG
-        .replace("{listen}", &listen.to_string())
-        .replace("{keygate}", &keygate.to_string())
-        .replace("{api}", &api.to_string());
     format!(
         "master_process off;
 worker_processes 1;
@@ -137,7 +133,7 @@ fn in_ci() -> bool {
 
 /// nginx with `auth_request`: `$KEYGATE_NGINX`, else `nginx` on the PATH or in the usual
 /// sbin directories. `None` (after saying so loudly) when there is none outside CI.
-fn nginx_binary() -> Option<PathBuf> {
+pub(crate) fn nginx_binary() -> Option<PathBuf> {
     let found = std::env::var_os("KEYGATE_NGINX")
         .map(PathBuf::from)
         .or_else(|| {
@@ -172,24 +168,35 @@ fn nginx_binary() -> Option<PathBuf> {
 }
 
 /// A loopback port nobody listens on right now.
-fn free_port() -> SocketAddr {
+pub(crate) fn free_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().unwrap()
 }
 
 /// The nginx process; killed (and reaped) when dropped.
-struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
     dir: TempDir,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Nginx {
     async fn start(bin: &Path, keygate: SocketAddr, api: SocketAddr) -> Nginx {
+        Self::start_http(bin, |listen| {
+            PROVIDER_CONFIG
+                .replace("{listen}", &listen.to_string())
+                .replace("{keygate}", &keygate.to_string())
+                .replace("{api}", &api.to_string())
+        })
+        .await
+    }
+
+    /// nginx with the `http { }` body that `config` writes for the address it listens on.
+    pub(crate) async fn start_http(bin: &Path, config: impl FnOnce(SocketAddr) -> String) -> Nginx {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr = free_port();
         let conf = dir.path().join("nginx.conf");
-        std::fs::write(&conf, nginx_conf(dir.path(), addr, keygate, api)).expect("write conf");
+        std::fs::write(&conf, nginx_conf(dir.path(), &config(addr))).expect("write conf");
         let out = std::fs::File::create(dir.path().join("nginx.out")).expect("nginx.out");
         let child = Command::new(bin)
             .arg("-p")
@@ -224,7 +231,7 @@ impl Nginx {
         nginx
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         ["nginx.out", "error.log"]
             .iter()
             .map(|f| {

@@ -170,8 +170,10 @@ const LOGIN_TRIALS: usize = 150;
 async fn r7_logins_with_the_old_key_racing_a_change_open_no_live_session() {
     // Failed logins are the point here: keep the throttle out of the way.
     let server = TestServer::start_with(|c| {
-        c.login_throttle.max_failures_per_login = u32::MAX;
+        c.login_throttle.max_failures_per_login_addr = u32::MAX;
         c.login_throttle.max_failures_per_addr = u32::MAX;
+        c.login_throttle.login_under_attack = u32::MAX;
+        c.login_throttle.login_under_attack = u32::MAX;
     })
     .await;
     create_org(&server, "lrace").await;

@@ -340,7 +340,7 @@ async fn r2_r10a_without_subscription_there_is_no_key_until_the_provider_enables
         ["KEY_REVEAL", "KEY_PROVISION", "SUBSCRIPTION_UPDATE"]
     );
     assert_eq!(audit[1]["actorType"], "PROVIDER");
-    assert_eq!(audit[1]["time"], (T0_SECS + 60) * 1000);
+    assert_eq!(audit[1]["time"], t0().0 + 60_000);
     // Now it has one: add is refused.
     assert_error(
         &admin.add().await,
@@ -803,29 +803,14 @@ async fn r11_every_change_is_audited_once_with_actor_and_time_newest_first() {
     let mut keys: Vec<String> = Vec::new();
     // (action, actorType, actorName, time ms), oldest first.
     let mut expected: Vec<(&str, &str, String, i64)> = vec![
-        (
-            "ORG_CREATE",
-            "PROVIDER",
-            "Service Provider".into(),
-            T0_SECS * 1000,
-        ),
-        (
-            "ADMIN_ADD",
-            "PROVIDER",
-            "Service Provider".into(),
-            T0_SECS * 1000,
-        ),
-        (
-            "ADMIN_ADD",
-            "PROVIDER",
-            "Service Provider".into(),
-            T0_SECS * 1000,
-        ),
+        ("ORG_CREATE", "PROVIDER", "Service Provider".into(), t0().0),
+        ("ADMIN_ADD", "PROVIDER", "Service Provider".into(), t0().0),
+        ("ADMIN_ADD", "PROVIDER", "Service Provider".into(), t0().0),
         (
             "KEY_PROVISION",
             "PROVIDER",
             "Service Provider".into(),
-            T0_SECS * 1000,
+            t0().0,
         ),
     ];
     let sp = || "Service Provider".to_string();

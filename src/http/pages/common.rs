@@ -460,6 +460,7 @@ mod tests {
             api_timestamp_window_secs: 1,
             api_idle_timeout_secs: 1,
             api_max_lifetime_secs: 1,
+            trusted_proxies: Default::default(),
         };
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));

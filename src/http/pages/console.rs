@@ -34,7 +34,8 @@ use crate::http::error::ApiError;
 use crate::http::extract::{AppState, ClientAddr, parse_id};
 use crate::service::keys::Shown;
 use crate::service::orgs::{AdminInput, OrgInput};
-use crate::store::{AuditFilter, OrgRecord, Page, StoreError};
+use crate::service::throttle::Failed;
+use crate::store::{AuditFilter, KeyGuessState, OrgRecord, Page, StoreError};
 
 const AREA: &str = "console";
 const SESSION_COOKIE: &str = "keygate_provider";
@@ -56,6 +57,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/console/orgs/{id}/admins/{admin_id}/remove",
             post(remove_admin),
+        )
+        .route(
+            "/console/orgs/{id}/admins/{admin_id}/guesses/clear",
+            post(clear_guesses),
         )
 }
 
@@ -194,10 +199,16 @@ async fn login(
         .await;
     };
     let now = state.clock.now();
-    let throttle_name = format!("provider-console@{}", client.as_deref().unwrap_or("-"));
-    let refused = if let Err(retry_after_secs) =
-        state.throttle.check(&throttle_name, client.as_deref(), now)
+    // Counted like an admin login under one fixed name: per address, and per (name, address).
+    const THROTTLE_NAME: &str = "\n provider console";
+    let throttled = match state
+        .login_throttled(THROTTLE_NAME, client.as_deref())
+        .await
     {
+        Ok(t) => t,
+        Err(e) => return error_page(e.into()).await,
+    };
+    let refused = if let Err(retry_after_secs) = throttled {
         ApiError::RateLimited { retry_after_secs }
     } else {
         let token = fields
@@ -238,21 +249,15 @@ async fn login(
                 return response;
             }
             Ok(None) => {
-                state
-                    .throttle
-                    .record_failure(&throttle_name, client.as_deref(), now);
-                let ctx = state.ctx(
-                    Actor::Anonymous {
+                let failed = Failed {
+                    org: None,
+                    action: AuditAction::LoginFailure,
+                    details: serde_json::json!({"via": "provider_console"}),
+                    actor: Actor::Anonymous {
                         login: String::new(),
                     },
-                    client,
-                );
-                let details = serde_json::json!({"via": "provider_console"});
-                if let Err(e) = state
-                    .store
-                    .append_audit(None, AuditAction::LoginFailure, details, &ctx)
-                    .await
-                {
+                };
+                if let Err(e) = state.login_failed(THROTTLE_NAME, client, failed).await {
                     return error_page(e.into()).await;
                 }
                 ApiError::AuthenticationFailed
@@ -617,6 +622,8 @@ struct OrgPage {
     threshold_period: String,
     rate_limits: String,
     admins: Vec<AdminRow>,
+    /// Admins whose password someone else holds (API logins with a wrong key).
+    key_guesses: Vec<KeyGuessState>,
     audit: Vec<AuditRow>,
     audit_total: i64,
     page: u32,
@@ -636,6 +643,9 @@ fn org_notice(code: Option<&str>) -> Option<&'static str> {
         "limits" => "The limits were saved.",
         "admin_added" => "The admin was added.",
         "admin_removed" => "The admin was removed.",
+        "guesses_cleared" => {
+            "The admin's failed key guesses were cleared; their API logins are accepted again."
+        }
         _ => return None,
     })
 }
@@ -714,6 +724,7 @@ async fn org_view(
                 role: a.role.as_str(),
             })
             .collect(),
+        key_guesses: state.key_guess_states(org.id).await?,
         audit: records.iter().map(AuditRow::of).collect(),
         audit_total: total,
         page,
@@ -966,5 +977,28 @@ async fn remove_admin(
         svc.remove_admin(org.id, admin, actor, client).await?;
         Ok(())
     })
+    .await
+}
+
+/// Clears an admin's key-guessing failures and the lock on their API logins.
+async fn clear_guesses(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    Path((id, admin_id)): Path<(String, String)>,
+    post: ConsolePost,
+) -> Response {
+    let actor = post.user.actor();
+    let svc = state.clone();
+    org_action(
+        &state,
+        &post.user,
+        &id,
+        "guesses_cleared",
+        |org| async move {
+            let admin = AdminId(parse_id("adminId", &admin_id)?);
+            svc.clear_key_guesses(org.id, admin, actor, client).await?;
+            Ok(())
+        },
+    )
     .await
 }

@@ -49,6 +49,7 @@ pub fn router() -> Router<AppState> {
         .route("/portal/key/regenerate", post(regenerate))
         .route("/portal/key/delete", post(delete))
         .route("/portal/key/reveal", post(reveal))
+        .route("/portal/key/guesses/clear", post(clear_guesses))
 }
 
 /// A signed-in admin, with the CSRF token the pages write into forms.
@@ -291,6 +292,9 @@ struct KeyPage {
     can_delete: bool,
     can_reveal: bool,
     banners: Vec<Banner>,
+    /// Admins whose password someone else holds (API logins with a wrong key).
+    key_guesses: Vec<GuessRow>,
+    can_clear_guesses: bool,
     notice: Option<&'static str>,
     error: Option<String>,
     edit_error: Option<String>,
@@ -298,6 +302,14 @@ struct KeyPage {
     audit_total: i64,
     page: u32,
     pages: u32,
+}
+
+struct GuessRow {
+    admin_id: i64,
+    login: String,
+    failures: i64,
+    last_at: String,
+    locked: bool,
 }
 
 /// What a key page shows beyond the state: a notice, an error, a revealed value.
@@ -456,6 +468,22 @@ async fn key_page_view(
             (SubscriptionState::NotEnabled, _) => "Not enabled".into(),
         },
         banners: banners(admin.role, sub, &presence, can_add),
+        key_guesses: state
+            .key_guess_states(org.id)
+            .await?
+            .into_iter()
+            .map(|g| GuessRow {
+                admin_id: g.admin_id.0,
+                login: g.login_name,
+                failures: g.failures,
+                last_at: g
+                    .last_at
+                    .map(|ms| format_secs(ms / 1000))
+                    .unwrap_or_default(),
+                locked: g.locked,
+            })
+            .collect(),
+        can_clear_guesses: admin.role == Role::Full,
         can_add,
         can_edit: allowed(Operation::Edit),
         can_regenerate: allowed(Operation::Regenerate),
@@ -619,4 +647,58 @@ async fn reveal(
             render_key_page(&state, &post.user, extras, status).await
         }
     }
+}
+
+#[derive(Deserialize)]
+struct ClearGuessesForm {
+    #[serde(default)]
+    admin_id: String,
+}
+
+/// A FULL admin clears another (or their own) admin's key-guessing lock.
+async fn clear_guesses(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    post: PortalPost,
+) -> Response {
+    let fields: ClearGuessesForm = match post.form.fields(AREA) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let admin = &post.user.resolved.admin;
+    let outcome = match crate::http::extract::parse_id("adminId", &fields.admin_id) {
+        Err(e) => Err(e),
+        Ok(_) if admin.role != Role::Full => Err(ApiError::NotAuthorized),
+        Ok(id) => state
+            .clear_key_guesses(
+                admin.org_id,
+                crate::domain::ids::AdminId(id),
+                admin.actor(),
+                client,
+            )
+            .await
+            .map_err(ApiError::from),
+    };
+    let (extras, status) = match outcome {
+        Ok(()) => (
+            Extras {
+                notice: Some(
+                    "The admin's failed key guesses were cleared; their API logins are accepted again.",
+                ),
+                ..Default::default()
+            },
+            StatusCode::OK,
+        ),
+        Err(e) => {
+            let (status, text) = api_message(e).await;
+            (
+                Extras {
+                    error: Some(text),
+                    ..Default::default()
+                },
+                status,
+            )
+        }
+    };
+    render_key_page(&state, &post.user, extras, status).await
 }
