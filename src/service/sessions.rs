@@ -4,7 +4,7 @@
 use super::Services;
 use super::gate::RequestPass;
 use super::limits::{RateDenied, RateInfo};
-use super::throttle::{self, Failed, Scopes};
+use super::throttle::Failed;
 use crate::crypto::token::{random_token, token_hash};
 use crate::domain::admin::{LoginName, Password};
 use crate::domain::audit::{Actor, AuditAction};
@@ -166,10 +166,13 @@ impl Services {
                 .await?
                 .iter()
                 .any(|old| old.matches_obfuscated(req.timestamp_ms, req.api_key));
-        let Scopes(scopes) = throttle::scopes(req.username, client.as_deref());
+        if !key_right {
+            // An old key counts against its address only: not against the admin's login.
+            let n = if replaced { 1 } else { 3 };
+            self.count_login_failure(req.username, client.as_deref(), n)
+                .await?;
+        }
         let failure = (!key_right).then(|| LoginFailure {
-            scopes: if replaced { &scopes[..1] } else { &scopes[..] },
-            window_ms: self.throttle.window_ms(),
             org: Some(org_id),
             action: if replaced {
                 AuditAction::LoginFailure

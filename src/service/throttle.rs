@@ -152,7 +152,7 @@ mod tests {
 use super::Services;
 use crate::domain::audit::{Actor, AuditAction};
 use crate::domain::ids::OrgId;
-use crate::store::{LoginFailure, StoreResult};
+use crate::store::StoreResult;
 
 /// A failed attempt, as audited.
 pub struct Failed {
@@ -208,25 +208,35 @@ impl Services {
         });
     }
 
-    /// Counts a failed attempt against its scopes and audits it, together.
+    /// Counts a failed attempt against its scopes (all three, or `only` the first n), then
+    /// audits it.
     pub async fn login_failed(
         &self,
         login: &str,
         client: Option<String>,
         failed: Failed,
     ) -> StoreResult<()> {
-        let Scopes(scopes) = scopes(login, client.as_deref());
+        self.count_login_failure(login, client.as_deref(), 3)
+            .await?;
         let ctx = self.ctx(failed.actor, client);
         self.store
-            .record_login_failure(
-                LoginFailure {
-                    scopes: &scopes,
-                    window_ms: self.throttle.window_ms(),
-                    org: failed.org,
-                    action: failed.action,
-                    details: failed.details,
-                },
-                &ctx,
+            .append_audit(failed.org, failed.action, failed.details, &ctx)
+            .await
+    }
+
+    /// Counts a failure in the first `n` of the attempt's scopes (address, pair, login).
+    pub async fn count_login_failure(
+        &self,
+        login: &str,
+        client: Option<&str>,
+        n: usize,
+    ) -> StoreResult<()> {
+        let Scopes(scopes) = scopes(login, client);
+        self.store
+            .count_login_failure(
+                &scopes[..n.min(3)],
+                self.throttle.window_ms(),
+                self.clock.now(),
             )
             .await
     }

@@ -208,12 +208,8 @@ pub enum ProviderKeyAction {
     Enable,
 }
 
-/// A failed login as the store records it: the throttle counters it bumps and its audit
-/// record, written in one transaction (R11).
-pub struct LoginFailure<'a> {
-    /// The counted scopes (`service::throttle::scopes`), as stored digests.
-    pub scopes: &'a [String],
-    pub window_ms: i64,
+/// The audit record of a failed login.
+pub struct LoginFailure {
     pub org: Option<OrgId>,
     pub action: AuditAction,
     pub details: serde_json::Value,
@@ -411,10 +407,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Option<FailureCount>>>;
     /// Deletes the counters whose window started before `before`.
     async fn sweep_login_failures(&self, before: Millis) -> StoreResult<u64>;
-    /// Bumps the failure's counters and writes its audit record, together.
-    async fn record_login_failure(&self, failure: LoginFailure<'_>, ctx: &Ctx) -> StoreResult<()>;
+    /// Counts one failure in each of these scopes (`service::throttle::scopes`, stored
+    /// digests), in one short transaction of its own: a client address failing many logins at
+    /// once makes its counter a hot row, so nothing else waits behind its lock. On PostgreSQL
+    /// it commits asynchronously (a database crash may lose the last moment's counts).
+    async fn count_login_failure(
+        &self,
+        scopes: &[String],
+        window_ms: i64,
+        now: Millis,
+    ) -> StoreResult<()>;
     /// Charges `charge` to the admin's key-guessing budget unless it is already at `budget`
-    /// (a charge of 0 only checks); with `failure`, records it in the same transaction, and
+    /// (a charge of 0 only checks); with `failure`, audits it in the same transaction, and
     /// audits the lock when this charge reaches the budget. Serialized per admin, so
     /// concurrent guesses cannot overrun the budget.
     async fn key_guess_check(
@@ -422,7 +426,7 @@ pub trait Store: Send + Sync + 'static {
         admin: AdminId,
         charge: f64,
         budget: f64,
-        failure: Option<LoginFailure<'_>>,
+        failure: Option<LoginFailure>,
         ctx: &Ctx,
     ) -> StoreResult<GuessCheck>;
     /// Clears an admin's key-guessing budget (and so its lock), audited.

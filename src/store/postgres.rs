@@ -64,7 +64,8 @@ super::sql::sql_store!(
     PgConnection,
     Some(LOCK_ORG),
     "ILIKE",
-    DELETE_API_SESSION
+    DELETE_API_SESSION,
+    Some("SET LOCAL synchronous_commit TO OFF")
 );
 
 #[cfg(test)]

@@ -60,9 +60,10 @@ pub(super) fn subscription_json(s: &Subscription) -> serde_json::Value {
 
 /// The store implementation over one database's types:
 /// `sql_store!(Type, RowType, ConnectionType, lock_org: Option<&str>, like: &str,
-/// delete_api_session: &str)`.
+/// delete_api_session: &str, relaxed_commit: Option<&str>)`; `relaxed_commit` is run first
+/// in a transaction whose commit need not wait for the disk (login failure counters).
 macro_rules! sql_store {
-    ($store:ident, $row:ty, $conn:ty, $lock_org:expr, $like:expr, $delete_api_session:expr) => {
+    ($store:ident, $row:ty, $conn:ty, $lock_org:expr, $like:expr, $delete_api_session:expr, $relaxed_commit:expr) => {
         use $crate::store::sql::{ORG_SELECT, is_unique_violation, map_err, padded, subscription_json};
 
         const LIKE: &str = $like;
@@ -274,26 +275,6 @@ impl $store {
         .await
         .map_err(map_err)?;
         Ok(())
-    }
-
-    /// Every failure's transaction bumps its scopes in the same order (address, pair, login),
-    /// so concurrent ones never wait for each other in a cycle.
-    async fn bump_failures(conn: &mut $conn, failure: &LoginFailure<'_>, ctx: &Ctx) -> StoreResult<()> {
-        for scope in failure.scopes {
-            sqlx::query(
-                "INSERT INTO login_failures (scope, window_start, failures) VALUES ($1, $2, 1) \
-                 ON CONFLICT (scope) DO UPDATE SET \
-                 failures = CASE WHEN login_failures.window_start + $3 <= $2 THEN 1 ELSE login_failures.failures + 1 END, \
-                 window_start = CASE WHEN login_failures.window_start + $3 <= $2 THEN $2 ELSE login_failures.window_start END",
-            )
-            .bind(scope)
-            .bind(ctx.now.0)
-            .bind(failure.window_ms)
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err)?;
-        }
-        insert_audit(conn, failure.org, failure.action, None, failure.details.clone(), ctx).await
     }
 
     /// Console and API sessions are rows keyed by the hash of their id, in two tables.
@@ -1140,9 +1121,36 @@ impl Store for $store {
         Ok(done.rows_affected())
     }
 
-    async fn record_login_failure(&self, failure: LoginFailure<'_>, ctx: &Ctx) -> StoreResult<()> {
+    async fn count_login_failure(
+        &self,
+        scopes: &[String],
+        window_ms: i64,
+        now: Millis,
+    ) -> StoreResult<()> {
+        if scopes.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        Self::bump_failures(&mut tx, &failure, ctx).await?;
+        if let Some(relaxed) = $relaxed_commit {
+            sqlx::query(relaxed).execute(&mut *tx).await.map_err(map_err)?;
+        }
+        // One statement, rows in the same order (address, pair, login) in every transaction,
+        // so concurrent ones never wait for each other in a cycle.
+        let values = (0..scopes.len())
+            .map(|i| format!("(${}, $1, 1)", i + 3))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO login_failures (scope, window_start, failures) VALUES {values} \
+             ON CONFLICT (scope) DO UPDATE SET \
+             failures = CASE WHEN login_failures.window_start + $2 <= $1 THEN 1 ELSE login_failures.failures + 1 END, \
+             window_start = CASE WHEN login_failures.window_start + $2 <= $1 THEN $1 ELSE login_failures.window_start END"
+        );
+        let mut query = sqlx::query(&sql).bind(now.0).bind(window_ms);
+        for scope in scopes {
+            query = query.bind(scope);
+        }
+        query.execute(&mut *tx).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(())
     }
@@ -1152,7 +1160,7 @@ impl Store for $store {
         admin: AdminId,
         charge: f64,
         budget: f64,
-        failure: Option<LoginFailure<'_>>,
+        failure: Option<LoginFailure>,
         ctx: &Ctx,
     ) -> StoreResult<GuessCheck> {
         if charge == 0.0 && failure.is_none() {
@@ -1188,8 +1196,8 @@ impl Store for $store {
             return Ok(GuessCheck::Locked);
         };
         let org = failure.as_ref().and_then(|f| f.org);
-        if let Some(failure) = &failure {
-            Self::bump_failures(&mut tx, failure, ctx).await?;
+        if let Some(f) = failure {
+            insert_audit(&mut tx, f.org, f.action, None, f.details, ctx).await?;
         }
         let locked_now = charge > 0.0 && spent >= budget;
         if locked_now {

@@ -93,5 +93,7 @@ super::sql::sql_store!(
     SqliteConnection,
     None::<&str>,
     "LIKE",
-    "DELETE FROM api_sessions WHERE id_hash = $1"
+    "DELETE FROM api_sessions WHERE id_hash = $1",
+    // One writer connection: no row waits, and `synchronous = FULL` stays as it is.
+    None::<&str>
 );
