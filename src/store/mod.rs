@@ -418,9 +418,10 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> StoreResult<()>;
     /// Charges `charge` to the admin's key-guessing budget unless it is already at `budget`
-    /// (a charge of 0 only checks); with `failure`, audits it in the same transaction, and
-    /// audits the lock when this charge reaches the budget. Serialized per admin, so
-    /// concurrent guesses cannot overrun the budget.
+    /// (a charge of 0 only checks, without locking the admin's row); with `failure`, audits it
+    /// (with a charge, in the same transaction), and audits the lock when this charge reaches
+    /// the budget. Charges are serialized per admin, so concurrent guesses cannot overrun the
+    /// budget.
     async fn key_guess_check(
         &self,
         admin: AdminId,

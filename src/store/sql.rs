@@ -1163,18 +1163,23 @@ impl Store for $store {
         failure: Option<LoginFailure>,
         ctx: &Ctx,
     ) -> StoreResult<GuessCheck> {
-        if charge == 0.0 && failure.is_none() {
-            // Nothing to write: a read places this check in the order of the charges as well
-            // as a lock would (it sees every charge committed before it).
+        if charge == 0.0 {
+            // Nothing to charge: a read places this check in the order of the charges as well
+            // as the row lock would (it sees every charge committed before it), and many
+            // logins of one admin at once (an old script's retries) do not queue on the row.
             let spent: Option<f64> = sqlx::query_scalar("SELECT key_guess_spent FROM admins WHERE id = $1")
                 .bind(admin.0)
                 .fetch_optional(&self.reader)
                 .await
                 .map_err(map_err)?;
-            return Ok(match spent {
-                Some(s) if s < budget => GuessCheck::Open,
-                _ => GuessCheck::Locked,
-            });
+            if !spent.is_some_and(|s| s < budget) {
+                return Ok(GuessCheck::Locked);
+            }
+            if let Some(f) = failure {
+                let mut conn = self.writer.acquire().await.map_err(map_err)?;
+                insert_audit(&mut conn, f.org, f.action, None, f.details, ctx).await?;
+            }
+            return Ok(GuessCheck::Open);
         }
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         // One statement both checks and charges, under the row's lock: concurrent guesses
