@@ -45,6 +45,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("payload too large")]
     PayloadTooLarge,
+    #[error("request body timeout")]
+    BodyTimeout,
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("database unavailable")]
@@ -124,6 +126,11 @@ impl ApiError {
                 "The request body must be JSON with Content-Type: application/json".into(),
             ),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "The request body is too large".into()),
+            BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "REQUEST_TIMEOUT",
+                "The request body did not arrive in time".into(),
+            ),
             MethodNotAllowed => {
                 (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "This method is not allowed on this path".into())
             }

@@ -34,6 +34,8 @@ pub struct Settings {
     pub api_timestamp_window_secs: i64,
     pub api_idle_timeout_secs: i64,
     pub api_max_lifetime_secs: i64,
+    /// Cookies get `Secure`: served over TLS, or behind a proxy at an https public URL.
+    pub secure_cookies: bool,
 }
 
 pub struct Services {

@@ -3,6 +3,7 @@
 mod browser;
 mod cli_client;
 mod cloud_api;
+mod config_file;
 mod durability;
 mod enforcement;
 mod harness;
