@@ -21,6 +21,10 @@ use crate::config::TlsFiles;
 /// The serving certificate, replaceable while connections are open.
 pub struct Tls {
     files: TlsFiles,
+    /// Registered at load, before the server says it listens: a SIGHUP from then on
+    /// reloads (and never kills the process).
+    #[cfg(unix)]
+    hangup: std::sync::Mutex<Option<tokio::signal::unix::Signal>>,
     provider: Arc<CryptoProvider>,
     current: Arc<Current>,
     acceptor: TlsAcceptor,
@@ -44,7 +48,7 @@ pub struct Snapshot {
 }
 
 impl Tls {
-    /// Loads the pair; an error stops the start.
+    /// Loads the pair; an error stops the start. Needs the runtime (for the SIGHUP handler).
     pub fn load(files: &TlsFiles) -> anyhow::Result<(Tls, Snapshot)> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let snapshot = read(files)?;
@@ -58,6 +62,11 @@ impl Tls {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let tls = Tls {
             files: files.clone(),
+            #[cfg(unix)]
+            hangup: std::sync::Mutex::new(Some(
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                    .context("cannot handle SIGHUP")?,
+            )),
             provider,
             current,
             acceptor: TlsAcceptor::from(Arc::new(config)),
@@ -105,8 +114,7 @@ impl Tls {
     /// Polls the files every `watch_interval` and reloads on SIGHUP, until aborted.
     pub async fn watch(self: Arc<Self>, mut last: Option<Snapshot>) {
         #[cfg(unix)]
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut hangup = self.hangup.lock().unwrap_or_else(|e| e.into_inner()).take();
         let mut tick = tokio::time::interval(self.files.watch_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
