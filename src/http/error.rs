@@ -51,6 +51,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("database unavailable")]
     Unavailable(anyhow::Error),
+    /// `/readyz`: why this node should get no traffic now.
+    #[error("not ready")]
+    NotReady(&'static str),
     #[error("internal error")]
     Internal(anyhow::Error),
 }
@@ -139,6 +142,7 @@ impl ApiError {
                 "DATABASE_UNAVAILABLE",
                 "The database is unavailable; try again shortly".into(),
             ),
+            NotReady(reason) => (StatusCode::SERVICE_UNAVAILABLE, "NOT_READY", (*reason).into()),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "An internal error occurred".into()),
         }
     }

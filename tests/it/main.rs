@@ -12,6 +12,7 @@ mod input;
 mod multinode;
 mod nginx;
 mod race;
+mod readyz;
 mod rules;
 mod smoke;
 mod tls;
