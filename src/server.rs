@@ -230,7 +230,15 @@ async fn accept_loop(
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let max = limits.max_connections.min(open_files_budget());
+    let budget = open_files_budget();
+    if budget < limits.max_connections {
+        tracing::warn!(
+            max_connections = limits.max_connections,
+            budget,
+            "the open files limit allows fewer connections than max_connections; using it"
+        );
+    }
+    let max = limits.max_connections.min(budget);
     let pressure = max.saturating_sub(limits.reserve);
     let open = Arc::new(Open::default());
     // Bumped to ask idle connections to close (under pressure) and, with `stop`, all.
@@ -238,6 +246,7 @@ async fn accept_loop(
     let (stop, _) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut refused_logged = false;
+    let mut last_shed: Option<std::time::Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -261,8 +270,10 @@ async fn accept_loop(
             continue;
         }
         refused_logged = false;
-        if now_open >= pressure {
+        // Every connection wakes to a shed: at most one per interval, not one per accept.
+        if now_open >= pressure && last_shed.is_none_or(|t| t.elapsed() >= SHED_INTERVAL) {
             shed.send_modify(|g| *g += 1);
+            last_shed = Some(std::time::Instant::now());
         }
         // Answers are one write each; Nagle would only hold them back.
         let _ = stream.set_nodelay(true);
@@ -428,6 +439,9 @@ fn open_files_budget() -> usize {
         usize::MAX
     }
 }
+
+/// Under pressure, idle connections are asked to close at most this often.
+const SHED_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Open files kept for everything but client connections.
 const OPEN_FILES_KEPT: usize = 256;
