@@ -344,7 +344,9 @@ fn read_file(path: &Path) -> anyhow::Result<(FileSettings, String)> {
         file_error(path, &text, Some(key), e.inner())
     })?;
     // A secret written into the file makes the file a secret too.
-    if (file.provider_token.is_some() || file.master_key.is_some()) && loosely_readable(path)? {
+    let holds_secret =
+        file.provider_token.is_some() || file.master_key.is_some() || file.database_url.is_some();
+    if holds_secret && loosely_readable(path)? {
         bail!(
             "config file {} holds a secret and is readable by group or others; chmod 600 it",
             path.display()
