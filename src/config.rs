@@ -1,7 +1,9 @@
-//! Settings, from flags and `KEYGATE_*` environment variables (see `cli`).
+//! Settings, from flags, `KEYGATE_*` environment variables and the config file (see
+//! `cli::settings`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use secrecy::SecretString;
 
@@ -38,6 +40,41 @@ pub struct Config {
     /// How long a node may use its cache without renewing its lease, and so the longest a
     /// change waits for a node that stopped answering.
     pub node_lease: std::time::Duration,
+    /// Serve HTTPS with these PEM files (reloaded when they change and on SIGHUP).
+    pub tls: Option<TlsFiles>,
+    pub connections: ConnectionLimits,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// How often the files are checked for a change.
+    pub watch_interval: Duration,
+}
+
+/// What one client may hold of the server (`server::accept_loop`).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// For a request's head; also how long a keep-alive connection may sit idle.
+    pub header_read_timeout: Duration,
+    /// For a request's body, from the end of its head.
+    pub body_read_timeout: Duration,
+    pub max_connections: usize,
+    /// When fewer than this many connections are left, idle keep-alive connections are
+    /// closed and new connections get short timeouts.
+    pub reserve: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            reserve: 256,
+        }
+    }
 }
 
 impl Config {
@@ -63,6 +100,8 @@ impl Config {
             password_hash_params: Default::default(),
             node_cache: false,
             node_lease: std::time::Duration::from_secs(5),
+            tls: None,
+            connections: ConnectionLimits::default(),
         }
     }
 }

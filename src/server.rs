@@ -5,15 +5,17 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::sync::{Notify, watch};
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
 use crate::clock::SharedClock;
-use crate::config::Config;
+use crate::config::{Config, ConnectionLimits};
 use crate::crypto::{KeyCipher, MasterKey, PasswordHasher};
 use crate::http::dispatch::Dispatch;
 use crate::service::cache::CacheMode;
@@ -22,12 +24,18 @@ use crate::service::{Services, Settings};
 use crate::store::Store;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
+use crate::tls::{Snapshot, Tls};
 
 pub struct App {
     pub services: Arc<Services>,
     pub router: axum::Router,
     /// A provider token created at first start, to be shown once to the operator.
     pub generated_provider_token: Option<String>,
+    /// HTTPS: the certificate loaded at build (a bad pair stops the start) and what its files
+    /// held, for the reload task.
+    pub tls: Option<(Arc<Tls>, Snapshot)>,
+    pub connections: ConnectionLimits,
+    pub max_body_bytes: usize,
 }
 
 impl App {
@@ -35,6 +43,14 @@ impl App {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("cannot create data directory {}", config.data_dir.display())
         })?;
+        let tls = match &config.tls {
+            Some(files) => {
+                let (tls, snapshot) =
+                    Tls::load(files).context("cannot load the TLS certificate")?;
+                Some((Arc::new(tls), snapshot))
+            }
+            None => None,
+        };
         let master = match &config.master_key {
             Some(k) => MasterKey::from_base64(k.expose_secret())?,
             None => MasterKey::load_or_create(&config.data_dir.join("master.key"))?,
@@ -64,12 +80,14 @@ impl App {
             ),
             None => Arc::new(SqliteStore::open(&config.data_dir, cipher).await?),
         };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let public_base_url = config
             .public_base_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}", config.listen))
+            .unwrap_or_else(|| format!("{scheme}://{}", config.listen))
             .trim_end_matches('/')
             .to_owned();
+        let secure_cookies = tls.is_some() || public_base_url.starts_with("https://");
         // Exact by itself while this process owns the database (the embedded store); on
         // PostgreSQL only with the other nodes' notifications and a lease.
         let (cache_mode, peers) = match (&shared_url, config.node_cache) {
@@ -97,6 +115,7 @@ impl App {
                 api_idle_timeout_secs: config.api_idle_timeout_secs,
                 api_max_lifetime_secs: config.api_max_lifetime_secs,
                 trusted_proxies: config.trusted_proxies.clone(),
+                secure_cookies,
             },
             gate: Default::default(),
             throttle: config.login_throttle,
@@ -117,6 +136,9 @@ impl App {
             services,
             router,
             generated_provider_token,
+            tls,
+            connections: config.connections,
+            max_body_bytes: config.max_body_bytes,
         })
     }
 }
@@ -160,12 +182,25 @@ pub async fn serve(
         ],
         None => Vec::new(),
     };
-    let served = accept_loop(
-        listener,
-        Dispatch::new(app.router, services.clone()),
-        shutdown,
-    )
-    .await;
+    let tls = app.tls.map(|(tls, snapshot)| {
+        let acceptor = tls.acceptor().clone();
+        (acceptor, tokio::spawn(tls.watch(Some(snapshot))))
+    });
+    let (acceptor, reloader) = match tls {
+        Some((a, r)) => (Some(a), Some(r)),
+        None => (None, None),
+    };
+    let dispatch = Dispatch::new(
+        app.router,
+        services.clone(),
+        app.max_body_bytes,
+        app.connections.body_read_timeout,
+    );
+    let served = accept_loop(listener, dispatch, acceptor, app.connections, shutdown).await;
+    if let Some(reloader) = reloader {
+        reloader.abort();
+        let _ = reloader.await;
+    }
     flusher.abort();
     let _ = flusher.await;
     for task in peer_tasks {
@@ -185,13 +220,35 @@ pub async fn serve(
 
 /// Accepts connections until `shutdown`, then waits for those open to finish their requests
 /// (idle keep-alive connections are closed at once).
+///
+/// At most `max_connections` are open (a connection past it is closed as soon as accepted);
+/// once fewer than `reserve` are left, every idle keep-alive connection is asked to close, so
+/// the reserve stays free for new connections (load balancers' `/healthz` and `/readyz`
+/// among them). Stalled heads and bodies are ended by the header and body timeouts.
 async fn accept_loop(
     listener: TcpListener,
     dispatch: Dispatch,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let graceful = GracefulShutdown::new();
+    let budget = open_files_budget();
+    if budget < limits.max_connections {
+        tracing::warn!(
+            max_connections = limits.max_connections,
+            budget,
+            "the open files limit allows fewer connections than max_connections; using it"
+        );
+    }
+    let max = limits.max_connections.min(budget);
+    let pressure = max.saturating_sub(limits.reserve);
+    let open = Arc::new(Open::default());
+    // Bumped to ask idle connections to close (under pressure) and, with `stop`, all.
+    let (shed, _) = watch::channel(0u64);
+    let (stop, _) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut refused_logged = false;
+    let mut last_shed: Option<std::time::Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -205,31 +262,191 @@ async fn accept_loop(
             },
             () = &mut shutdown => break,
         };
+        let now_open = open.count.load(Ordering::Relaxed);
+        if now_open >= max {
+            if !refused_logged {
+                tracing::warn!(max, "connection limit reached; closing new connections");
+                refused_logged = true;
+            }
+            drop(stream);
+            continue;
+        }
+        refused_logged = false;
+        // Every connection wakes to a shed: at most one per interval, not one per accept.
+        if now_open >= pressure && last_shed.is_none_or(|t| t.elapsed() >= SHED_INTERVAL) {
+            shed.send_modify(|g| *g += 1);
+            last_shed = Some(std::time::Instant::now());
+        }
         // Answers are one write each; Nagle would only hold them back.
         let _ = stream.set_nodelay(true);
-        let dispatch = dispatch.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let dispatch = dispatch.clone();
-            async move { dispatch.handle(req, peer).await }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        let guard = open.enter();
+        let conn = Conn {
+            dispatch: dispatch.clone(),
+            peer,
+            header_read_timeout: limits.header_read_timeout,
+            shed: shed.subscribe(),
+            stop: stop.subscribe(),
+        };
+        match &tls {
+            None => {
+                tokio::spawn(async move {
+                    conn.serve(TokioIo::new(stream)).await;
+                    drop(guard);
+                });
             }
-        });
+            Some(acceptor) => {
+                let accept = acceptor.accept(stream);
+                tokio::spawn(async move {
+                    // The handshake gets the same time as a request's head.
+                    match tokio::time::timeout(limits.header_read_timeout, accept).await {
+                        Ok(Ok(stream)) => conn.serve(TokioIo::new(stream)).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                    drop(guard);
+                });
+            }
+        }
     }
     drop(listener);
-    graceful.shutdown().await;
+    let _ = stop.send(true);
+    open.wait_empty().await;
     Ok(())
 }
 
-/// A client has this long to send a request's head (slow-header attacks).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Open connections, and a wake-up when the last one closes (graceful shutdown waits for it).
+#[derive(Default)]
+struct Open {
+    count: AtomicUsize,
+    empty: Notify,
+}
+
+struct OpenGuard(Arc<Open>);
+
+impl Open {
+    fn enter(self: &Arc<Self>) -> OpenGuard {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(self.clone())
+    }
+
+    async fn wait_empty(&self) {
+        loop {
+            let notified = self.empty.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.empty.notify_waiters();
+        }
+    }
+}
+
+/// One connection's service and the signals it obeys.
+struct Conn {
+    dispatch: Dispatch,
+    peer: std::net::SocketAddr,
+    header_read_timeout: Duration,
+    shed: watch::Receiver<u64>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Conn {
+    async fn serve<I>(mut self, io: I)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        // Requests in flight on this connection: under pressure only idle ones are closed.
+        let busy = Arc::new(AtomicUsize::new(0));
+        let service = {
+            let (dispatch, peer, busy) = (self.dispatch.clone(), self.peer, busy.clone());
+            hyper::service::service_fn(move |req| {
+                let dispatch = dispatch.clone();
+                let busy = busy.clone();
+                async move {
+                    busy.fetch_add(1, Ordering::Relaxed);
+                    let response = dispatch.handle(req, peer).await;
+                    busy.fetch_sub(1, Ordering::Relaxed);
+                    response
+                }
+            })
+        };
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout)
+            .serve_connection(io, service);
+        let mut conn = std::pin::pin!(conn);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                ended = conn.as_mut() => {
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                changed = self.stop.changed(), if !closing => {
+                    let _ = changed;
+                    // Lets a request in flight finish; an idle connection closes now.
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                changed = self.shed.changed(), if !closing => {
+                    if changed.is_err() || busy.load(Ordering::Relaxed) == 0 {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Raises the open files soft limit to the hard limit (connections are files) and returns how
+/// many connections fit in it, leaving room for the database, logs and listeners.
+fn open_files_budget() -> usize {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return usize::MAX;
+            }
+            if lim.rlim_cur < lim.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: lim.rlim_max,
+                    rlim_max: lim.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    lim.rlim_cur = lim.rlim_max;
+                }
+            }
+        }
+        let budget = (lim.rlim_cur as usize).saturating_sub(OPEN_FILES_KEPT);
+        tracing::debug!(budget, "open files available for connections");
+        budget
+    }
+    #[cfg(not(unix))]
+    {
+        usize::MAX
+    }
+}
+
+/// Under pressure, idle connections are asked to close at most this often.
+const SHED_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Open files kept for everything but client connections.
+const OPEN_FILES_KEPT: usize = 256;
 
 /// Usage counts are written this often: the most calls a crash can lose are those counted
 /// in one interval.

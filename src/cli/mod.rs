@@ -2,13 +2,14 @@
 //! operation against a running server.
 
 pub mod client;
+pub mod settings;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use secrecy::SecretString;
 
 use crate::clock::SystemClock;
@@ -18,6 +19,7 @@ use crate::domain::audit::Actor;
 use crate::domain::org::{OrgName, Subscription};
 use crate::server::{App, serve};
 use crate::service::orgs::{AdminInput, OrgInput};
+pub use settings::ServeArgs;
 
 #[derive(Parser)]
 #[command(
@@ -41,97 +43,21 @@ pub enum Command {
     Provider(client::ProviderArgs),
     /// Org admin operations on the org's key against a running server (login + password).
     Admin(client::AdminArgs),
+    /// The configuration: `config check`.
+    Config(ConfigArgs),
 }
 
-#[derive(Args, Clone)]
-pub struct ServeArgs {
-    /// Address to listen on (port 0 picks a free port).
-    #[arg(long, env = "KEYGATE_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    /// Where the embedded database and the master key file live.
-    #[arg(long, env = "KEYGATE_DATA_DIR", default_value = "./keygate-data")]
-    pub data_dir: PathBuf,
-    /// `postgres://…` to share one PostgreSQL database between nodes; default: embedded SQLite.
-    #[arg(long, env = "KEYGATE_DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<SecretString>,
-    /// Base URL clients reach this service at (shown with the key); default http://LISTEN.
-    #[arg(long, env = "KEYGATE_PUBLIC_BASE_URL")]
-    pub public_base_url: Option<String>,
-    /// Provider bearer token to accept; if unset and none exists, one is created and printed once.
-    #[arg(long, env = "KEYGATE_PROVIDER_TOKEN", hide_env_values = true)]
-    pub provider_token: Option<SecretString>,
-    /// Master key (base64 of 32 bytes); default: DATA_DIR/master.key, created on first start.
-    #[arg(long, env = "KEYGATE_MASTER_KEY", hide_env_values = true)]
-    pub master_key: Option<SecretString>,
-    /// Admin console session idle timeout, seconds.
-    #[arg(long, env = "KEYGATE_CONSOLE_IDLE_TIMEOUT_SECS", default_value_t = 900)]
-    pub console_idle_timeout_secs: i64,
-    /// Admin console session absolute lifetime, seconds.
-    #[arg(
-        long,
-        env = "KEYGATE_CONSOLE_MAX_LIFETIME_SECS",
-        default_value_t = 28_800
-    )]
-    pub console_max_lifetime_secs: i64,
-    /// Cloud service API login: largest accepted distance of `timestamp` from the server clock, seconds.
-    #[arg(long, env = "KEYGATE_API_TIMESTAMP_WINDOW_SECS", default_value_t = 600)]
-    pub api_timestamp_window_secs: i64,
-    /// Cloud service API session idle timeout, seconds.
-    #[arg(long, env = "KEYGATE_API_IDLE_TIMEOUT_SECS", default_value_t = 300)]
-    pub api_idle_timeout_secs: i64,
-    /// Cloud service API session absolute lifetime, seconds.
-    #[arg(long, env = "KEYGATE_API_MAX_LIFETIME_SECS", default_value_t = 28_800)]
-    pub api_max_lifetime_secs: i64,
-    /// Largest accepted request body, bytes.
-    #[arg(long, env = "KEYGATE_MAX_BODY_BYTES", default_value_t = 65_536)]
-    pub max_body_bytes: usize,
-    /// Log format: text or json.
-    #[arg(long, env = "KEYGATE_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
-    /// PostgreSQL: cache sessions and orgs on each node, kept exact across nodes by change
-    /// notifications and leases (off: every request reads the database).
-    #[arg(long, env = "KEYGATE_NODE_CACHE", default_value_t = false)]
-    pub node_cache: bool,
-    /// PostgreSQL with --node-cache: the node's lease, milliseconds (the longest a change
-    /// waits for a node that stopped answering).
-    #[arg(long, env = "KEYGATE_NODE_LEASE_MS", default_value_t = 5_000,
-          value_parser = clap::value_parser!(u64).range(500..=60_000))]
-    pub node_lease_ms: u64,
-    /// Reverse proxies (addresses or CIDR networks, comma-separated) whose forwarding header
-    /// names the client; from any other peer the headers are ignored.
-    #[arg(long, env = "KEYGATE_TRUSTED_PROXIES", value_delimiter = ',',
-          value_parser = crate::http::forwarded::parse_proxy)]
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// The header the trusted proxies set: x-forwarded-for, forwarded or x-real-ip.
-    #[arg(
-        long,
-        env = "KEYGATE_CLIENT_IP_HEADER",
-        default_value = "x-forwarded-for"
-    )]
-    pub client_ip_header: crate::http::forwarded::ClientIpHeader,
+#[derive(Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub command: ConfigCommand,
 }
 
-impl ServeArgs {
-    fn config(&self, listen: SocketAddr) -> Config {
-        let mut c = Config::new(listen, self.data_dir.clone());
-        c.public_base_url = self.public_base_url.clone();
-        c.database_url = self.database_url.clone();
-        c.provider_token = self.provider_token.clone();
-        c.master_key = self.master_key.clone();
-        c.console_idle_timeout_secs = self.console_idle_timeout_secs;
-        c.console_max_lifetime_secs = self.console_max_lifetime_secs;
-        c.max_body_bytes = self.max_body_bytes;
-        c.api_timestamp_window_secs = self.api_timestamp_window_secs;
-        c.api_idle_timeout_secs = self.api_idle_timeout_secs;
-        c.api_max_lifetime_secs = self.api_max_lifetime_secs;
-        c.node_cache = self.node_cache;
-        c.node_lease = std::time::Duration::from_millis(self.node_lease_ms);
-        c.trusted_proxies = crate::http::forwarded::TrustedProxies {
-            nets: self.trusted_proxies.clone(),
-            header: self.client_ip_header,
-        };
-        c
-    }
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Print the settings `serve` would run with (same flags, environment and --config),
+    /// secrets redacted, each with where it came from; fails where `serve` would.
+    Check(ServeArgs),
 }
 
 #[derive(Args)]
@@ -182,17 +108,32 @@ async fn bind(listen: SocketAddr) -> anyhow::Result<(tokio::net::TcpListener, So
     Ok((listener, addr))
 }
 
-async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn run_serve(settings: settings::Effective) -> anyhow::Result<()> {
+    let args = &settings.args;
+    // Before binding: a bad secret file or setting stops the start.
+    settings.config(args.listen)?;
     init_logging(&args.log_format);
     let (listener, addr) = bind(args.listen).await?;
-    let app = App::build(&args.config(addr), Arc::new(SystemClock)).await?;
+    let config = settings.config(addr)?;
+    let app = App::build(&config, Arc::new(SystemClock)).await?;
     if let Some(token) = &app.generated_provider_token {
         // Printed once to the operator's terminal, never logged.
         println!("provider token (shown once, store it now): {token}");
     }
-    println!("keygate listening on http://{addr}");
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("keygate listening on {scheme}://{addr}");
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "serving");
     serve(listener, app, shutdown_signal()).await
+}
+
+fn config_check(settings: settings::Effective) -> anyhow::Result<()> {
+    settings.config(settings.args.listen)?;
+    print!("{}", settings.report());
+    Ok(())
 }
 
 async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
@@ -264,7 +205,33 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // `serve` and `config check` read the config file with their matches (which tell a
+    // flag or variable from a default).
+    let settings = match &cli.command {
+        Command::Serve(args) => Some((args, matches.subcommand_matches("serve"))),
+        Command::Config(ConfigArgs {
+            command: ConfigCommand::Check(args),
+        }) => Some((
+            args,
+            matches
+                .subcommand_matches("config")
+                .and_then(|m| m.subcommand_matches("check")),
+        )),
+        _ => None,
+    }
+    .map(|(args, m)| settings::effective(args.clone(), m.expect("subcommand matches")));
+    let settings = match settings.transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -277,7 +244,8 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => run_serve(args).await,
+            Command::Serve(_) => run_serve(settings.expect("serve settings")).await,
+            Command::Config(_) => config_check(settings.expect("check settings")),
             Command::Demo(args) => run_demo(args).await,
             Command::Provider(args) => client::run_provider(args).await,
             Command::Admin(args) => client::run_admin(args).await,

@@ -262,7 +262,7 @@ async fn login(state: AppState, client: Option<String>, body: LoginBody) -> ApiR
     };
     match state.api_login(req, client).await? {
         ApiLoginOutcome::Opened(token) => {
-            let secure = if state.settings.public_base_url.starts_with("https://") {
+            let secure = if state.settings.secure_cookies {
                 "; Secure"
             } else {
                 ""

@@ -60,7 +60,7 @@ pub struct LoginResponse {
 }
 
 fn session_cookie(state: &AppState, value: &str, max_age: i64) -> HeaderValue {
-    let secure = if state.settings.public_base_url.starts_with("https://") {
+    let secure = if state.settings.secure_cookies {
         "; Secure"
     } else {
         ""

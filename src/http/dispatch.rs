@@ -4,17 +4,30 @@
 //! balancers). Everything else goes to the router with its layers (tracing, body limit). The
 //! router declares these routes too, with the same code behind them, for the OpenAPI document
 //! and for callers that use it as a tower service.
+//!
+//! Requests for the router have a body deadline (`DeadlineBody`: a stalled body answers 408 and
+//! closes the connection) and a declared `Content-Length` above the body limit is answered 413
+//! before any of the body is read. The three direct routes read no body: hyper closes a
+//! connection whose request body was left unread.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::ConnectInfo;
-use axum::http::{Method, Request};
-use axum::response::Response;
+use axum::http::{HeaderValue, Method, Request, header};
+use axum::response::{IntoResponse, Response};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tower::ServiceExt;
 
+use super::error::ApiError;
 use super::extract::AppState;
 use super::{authz, cloud, health, security_headers};
 
@@ -22,11 +35,23 @@ use super::{authz, cloud, health, security_headers};
 pub struct Dispatch {
     router: Router,
     state: AppState,
+    max_body_bytes: u64,
+    body_read_timeout: Duration,
 }
 
 impl Dispatch {
-    pub fn new(router: Router, state: AppState) -> Self {
-        Self { router, state }
+    pub fn new(
+        router: Router,
+        state: AppState,
+        max_body_bytes: usize,
+        body_read_timeout: Duration,
+    ) -> Self {
+        Self {
+            router,
+            state,
+            max_body_bytes: max_body_bytes as u64,
+            body_read_timeout,
+        }
     }
 
     pub async fn handle<B>(&self, req: Request<B>, peer: SocketAddr) -> Result<Response, Infallible>
@@ -46,8 +71,79 @@ impl Dispatch {
             let response = cloud::list_keys_direct(&self.state, req.headers(), req.method()).await;
             return Ok(security_headers(response));
         }
-        let mut req = req.map(Body::new);
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body_bytes) {
+            return Ok(closing(ApiError::PayloadTooLarge.into_response()));
+        }
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let deadline = Box::pin(tokio::time::sleep(self.body_read_timeout));
+        let mut req = req.map(|body| {
+            Body::new(DeadlineBody {
+                inner: Body::new(body),
+                deadline,
+                timed_out: timed_out.clone(),
+            })
+        });
         req.extensions_mut().insert(ConnectInfo(peer));
-        self.router.clone().oneshot(req).await
+        let response = self.router.clone().oneshot(req).await?;
+        if timed_out.load(Ordering::Relaxed) {
+            // Whatever the handler made of the failed read, the client hears 408.
+            return Ok(closing(security_headers(
+                ApiError::BodyTimeout.into_response(),
+            )));
+        }
+        Ok(response)
+    }
+}
+
+/// The connection is closed after this answer (the rest of the body is never read).
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// A request body that fails once its deadline passes (counted from the request's head, so a
+/// trickle of bytes does not extend it).
+struct DeadlineBody {
+    inner: Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    timed_out: Arc<AtomicBool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body timeout")]
+struct BodyTimedOut;
+
+impl HttpBody for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            this.timed_out.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -45,10 +45,15 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("payload too large")]
     PayloadTooLarge,
+    #[error("request body timeout")]
+    BodyTimeout,
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("database unavailable")]
     Unavailable(anyhow::Error),
+    /// `/readyz`: why this node should get no traffic now.
+    #[error("not ready")]
+    NotReady(&'static str),
     #[error("internal error")]
     Internal(anyhow::Error),
 }
@@ -124,6 +129,11 @@ impl ApiError {
                 "The request body must be JSON with Content-Type: application/json".into(),
             ),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "The request body is too large".into()),
+            BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "REQUEST_TIMEOUT",
+                "The request body did not arrive in time".into(),
+            ),
             MethodNotAllowed => {
                 (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "This method is not allowed on this path".into())
             }
@@ -132,6 +142,7 @@ impl ApiError {
                 "DATABASE_UNAVAILABLE",
                 "The database is unavailable; try again shortly".into(),
             ),
+            NotReady(reason) => (StatusCode::SERVICE_UNAVAILABLE, "NOT_READY", (*reason).into()),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "An internal error occurred".into()),
         }
     }

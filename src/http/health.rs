@@ -35,14 +35,25 @@ pub fn healthz_response() -> Response {
     json_response(StatusCode::OK, &Health { status: "ok" })
 }
 
-/// The process can reach its database.
+/// The node can serve: its database answers and, with `--node-cache`, it holds its lease.
+/// 503 `NOT_READY` or `DATABASE_UNAVAILABLE` (with the reason) otherwise; `/healthz` only
+/// says the process is up.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
-    state
-        .store
-        .ready()
-        .await
-        .map_err(|e| ApiError::Unavailable(anyhow::anyhow!("{e}")))?;
-    Ok(Json(Health { status: "ready" }))
+    if state.cache.leased() && !state.cache.lease_held() {
+        return Err(ApiError::NotReady(
+            "This node holds no node-cache lease (it cannot reach the database's notifications)",
+        ));
+    }
+    // A pool waiting for an unreachable database would hold the probe past its own timeout.
+    match tokio::time::timeout(READY_DB_TIMEOUT, state.store.ready()).await {
+        Ok(Ok(())) => Ok(Json(Health { status: "ready" })),
+        Ok(Err(e)) => Err(ApiError::Unavailable(anyhow::anyhow!("{e}"))),
+        Err(_) => Err(ApiError::Unavailable(anyhow::anyhow!(
+            "the database did not answer within {READY_DB_TIMEOUT:?}"
+        ))),
+    }
 }
+
+const READY_DB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);

@@ -98,6 +98,12 @@ impl ViewCache {
         matches!(self.mode, CacheMode::Leased)
     }
 
+    /// Whether the node's lease runs now (`/readyz`: a leased node without one reads the
+    /// database for everything and cannot confirm changes to the others).
+    pub fn lease_held(&self) -> bool {
+        self.lease.running()
+    }
+
     /// Lets the cache be used until `lease` after `renewed_at` (taken before the renewal was
     /// sent). After a lapse the entries are dropped first: changes may have been answered
     /// without this node while it held no lease.

@@ -36,6 +36,8 @@ pub struct Settings {
     pub api_max_lifetime_secs: i64,
     /// Whose forwarding headers say who the client is.
     pub trusted_proxies: crate::http::forwarded::TrustedProxies,
+    /// Cookies get `Secure`: served over TLS, or behind a proxy at an https public URL.
+    pub secure_cookies: bool,
 }
 
 pub struct Services {

@@ -3,12 +3,17 @@
 Run by `.ci/run` (which makes the venv); locally:
     python3 -m venv .venv && .venv/bin/pip install -r tests/compat/requirements.txt
     cargo build && .venv/bin/pytest tests/compat
+
+Over HTTPS: set KEYGATE_COMPAT_TLS_CERT and KEYGATE_COMPAT_TLS_KEY (the server's PEM files)
+and REQUESTS_CA_BUNDLE (their CA, which `requests`, so pyzscaler, and this file's own calls
+trust); `.ci/run` does both runs.
 """
 
 import json
 import os
 import re
 import secrets
+import ssl
 import subprocess
 import tempfile
 import time
@@ -23,6 +28,11 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BINARY = os.environ.get("KEYGATE_BIN", os.path.join(ROOT, "target", "debug", "keygate"))
 PROVIDER_TOKEN = "compat-provider-token-" + secrets.token_hex(16)
 PASSWORD = "compat-password-" + secrets.token_hex(8)
+TLS_CERT = os.environ.get("KEYGATE_COMPAT_TLS_CERT")
+TLS_KEY = os.environ.get("KEYGATE_COMPAT_TLS_KEY")
+# urllib does not read REQUESTS_CA_BUNDLE; give it the same CA.
+CA_BUNDLE = os.environ.get("REQUESTS_CA_BUNDLE")
+SSL_CONTEXT = ssl.create_default_context(cafile=CA_BUNDLE) if CA_BUNDLE else None
 
 
 def http(method, url, body=None, headers=None):
@@ -31,7 +41,7 @@ def http(method, url, body=None, headers=None):
     if data is not None:
         req.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(req) as resp:
+        with urllib.request.urlopen(req, context=SSL_CONTEXT) as resp:
             text = resp.read().decode()
             return resp.status, (json.loads(text) if text else None), resp.headers
     except urllib.error.HTTPError as e:
@@ -43,19 +53,24 @@ def http(method, url, body=None, headers=None):
 def server():
     data_dir = tempfile.mkdtemp(prefix="keygate-compat-")
     env = dict(os.environ, KEYGATE_PROVIDER_TOKEN=PROVIDER_TOKEN, RUST_LOG="warn")
+    args = [BINARY, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir]
+    if TLS_CERT:
+        assert TLS_KEY and CA_BUNDLE, "HTTPS needs the key and REQUESTS_CA_BUNDLE too"
+        args += ["--tls-cert", TLS_CERT, "--tls-key", TLS_KEY]
     proc = subprocess.Popen(
-        [BINARY, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir],
+        args,
         stdout=subprocess.PIPE,
         env=env,
         text=True,
     )
     base = None
     for line in proc.stdout:
-        m = re.match(r"keygate listening on (http://\S+)", line)
+        m = re.match(r"keygate listening on (https?://\S+)", line)
         if m:
             base = m.group(1)
             break
     assert base, "keygate did not print its address"
+    assert base.startswith("https://" if TLS_CERT else "http://"), base
     yield base
     proc.terminate()
     proc.wait(timeout=20)
@@ -75,7 +90,9 @@ def new_org(base, slug):
         {"Authorization": f"Bearer {PROVIDER_TOKEN}"},
     )
     assert status == 201, org
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(), urllib.request.HTTPSHandler(context=SSL_CONTEXT)
+    )
     req = urllib.request.Request(
         f"{base}/admin/v1/login",
         data=json.dumps({"loginName": login, "password": PASSWORD}).encode(),

@@ -3,6 +3,8 @@
 mod browser;
 mod cli_client;
 mod cloud_api;
+mod config_file;
+mod connections;
 mod durability;
 mod enforcement;
 mod harness;
@@ -11,5 +13,7 @@ mod login_guard;
 mod multinode;
 mod nginx;
 mod race;
+mod readyz;
 mod rules;
 mod smoke;
+mod tls;

@@ -64,16 +64,16 @@ fn random_lower(len: usize) -> String {
 
 /// One test's database: the nodes of that test share it. Dropped (`WITH (FORCE)`, which
 /// ends the nodes' connections) when this value is dropped, also when the test fails.
-pub(crate) struct SharedDb {
-    admin_url: String,
-    name: String,
-    pub(crate) url: String,
+pub struct SharedDb {
+    pub admin_url: String,
+    pub name: String,
+    pub url: String,
 }
 
 impl SharedDb {
     /// `None` when PostgreSQL cannot be reached and CI is not set (after a loud message);
     /// under `CI=true` an unreachable PostgreSQL fails the test.
-    pub(crate) async fn create(test: &str) -> Option<SharedDb> {
+    pub async fn create(test: &str) -> Option<SharedDb> {
         use sqlx::Connection;
         let admin_url = pg_admin_url();
         let why = match tokio::time::timeout(
@@ -145,7 +145,7 @@ impl Drop for SharedDb {
 }
 
 /// Base64 of 32 random bytes: the `KEYGATE_MASTER_KEY` every node of a deployment shares.
-pub(crate) fn random_master_key() -> String {
+pub fn random_master_key() -> String {
     let bytes: [u8; 32] = rand::thread_rng().r#gen();
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }

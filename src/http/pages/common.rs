@@ -127,7 +127,7 @@ pub fn see_other(location: &str) -> Response {
     }
 }
 
-/// A `Set-Cookie` value: always `HttpOnly; SameSite=Strict`, `Secure` under https.
+/// A `Set-Cookie` value: always `HttpOnly; SameSite=Strict`, `Secure` under https (TLS here or at the public URL).
 pub fn cookie(
     settings: &Settings,
     name: &str,
@@ -135,7 +135,7 @@ pub fn cookie(
     path: &str,
     max_age: i64,
 ) -> HeaderValue {
-    let secure = if settings.public_base_url.starts_with("https://") {
+    let secure = if settings.secure_cookies {
         "; Secure"
     } else {
         ""
@@ -461,6 +461,7 @@ mod tests {
             api_idle_timeout_secs: 1,
             api_max_lifetime_secs: 1,
             trusted_proxies: Default::default(),
+            secure_cookies: true,
         };
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));

@@ -9,7 +9,7 @@
 //! Security: every state-changing form is a POST carrying a CSRF token and is refused (403,
 //! nothing changed) when the token is missing or wrong or when `Origin`/`Referer`/
 //! `Sec-Fetch-Site` show another site; successes answer 303 to a GET (POST-redirect-GET);
-//! cookies are `HttpOnly; SameSite=Strict` (`Secure` when the public URL is https); every
+//! cookies are `HttpOnly; SameSite=Strict` (`Secure` when served over TLS or the public URL is https); every
 //! page carries a Content-Security-Policy without `unsafe-inline` and with
 //! `frame-ancestors 'none'`; a key value never appears in a URL.
 
