@@ -36,6 +36,18 @@ pub struct Config {
     /// How long a node may use its cache without renewing its lease, and so the longest a
     /// change waits for a node that stopped answering.
     pub node_lease: std::time::Duration,
+    /// Serve `/metrics` on this separate address (without a token: bind it where only the
+    /// scraper reaches it).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Serve `/metrics` on the main listener to `Authorization: Bearer <this>` (kept hashed).
+    pub metrics_token: Option<SecretString>,
+}
+
+impl Config {
+    /// Whether metrics are recorded: only when they are served somewhere.
+    pub fn metrics_enabled(&self) -> bool {
+        self.metrics_listen.is_some() || self.metrics_token.is_some()
+    }
 }
 
 impl Config {
@@ -60,6 +72,8 @@ impl Config {
             password_hash_params: Default::default(),
             node_cache: false,
             node_lease: std::time::Duration::from_secs(5),
+            metrics_listen: None,
+            metrics_token: None,
         }
     }
 }

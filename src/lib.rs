@@ -13,5 +13,6 @@ pub mod http;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 
 pub use server::{App, serve};

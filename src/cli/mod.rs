@@ -97,6 +97,14 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYGATE_NODE_LEASE_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(500..=60_000))]
     pub node_lease_ms: u64,
+    /// Serve Prometheus metrics at /metrics on this separate address, to anyone who reaches
+    /// it (bind it where only the scraper can). Default: metrics off.
+    #[arg(long, env = "KEYGATE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics at /metrics on the main listener to `Authorization: Bearer
+    /// TOKEN` (404 without it). Default: metrics off.
+    #[arg(long, env = "KEYGATE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<SecretString>,
 }
 
 impl ServeArgs {
@@ -114,6 +122,8 @@ impl ServeArgs {
         c.api_max_lifetime_secs = self.api_max_lifetime_secs;
         c.node_cache = self.node_cache;
         c.node_lease = std::time::Duration::from_millis(self.node_lease_ms);
+        c.metrics_listen = self.metrics_listen;
+        c.metrics_token = self.metrics_token.clone();
         c
     }
 }
@@ -173,6 +183,17 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(token) = &app.generated_provider_token {
         // Printed once to the operator's terminal, never logged.
         println!("provider token (shown once, store it now): {token}");
+    }
+    if let Some(listen) = args.metrics_listen {
+        let (metrics_listener, metrics_addr) = bind(listen).await?;
+        let router = crate::http::metrics::standalone(app.services.clone());
+        // Lives as long as the process: a scraper may read the last counts until it exits.
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(metrics_listener, router).await {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        });
+        println!("keygate metrics on http://{metrics_addr}/metrics");
     }
     println!("keygate listening on http://{addr}");
     tracing::info!(%addr, data_dir = %args.data_dir.display(), "serving");

@@ -23,6 +23,7 @@ use crate::domain::time::Millis;
 use crate::service::keys::{KeyChangeRequest, KeyObject, Shown};
 use crate::service::limits::RateInfo;
 use crate::service::sessions::{ApiLoginOutcome, ApiLoginRequest, ApiPrincipal, Denial};
+use crate::telemetry::{self, DecisionSurface, LoginOutcome, LoginSurface};
 
 pub const SESSION_COOKIE: &str = "JSESSIONID";
 /// The session id as a header (what Cloud Connector clients send); built once, since a `&str`
@@ -132,9 +133,16 @@ async fn admit(
     method: &Method,
 ) -> Result<ApiPrincipal, Response> {
     let Some(token) = session_token(headers) else {
+        if let Some(hot) = telemetry::hot() {
+            hot.decision(DecisionSurface::Api, None);
+        }
         return Err(ApiError::SessionNotValid.into_response());
     };
-    match state.authorize_api_request(token, method.as_str()).await {
+    let decision = state.authorize_api_request(token, method.as_str()).await;
+    if let Some(hot) = telemetry::hot() {
+        hot.decision(DecisionSurface::Api, Some(&decision));
+    }
+    match decision {
         Ok(Ok(p)) => Ok(p),
         Ok(Err(denial)) => Err(denial_response(denial)),
         Err(e) => Err(ApiError::from(e).into_response()),
@@ -260,7 +268,16 @@ async fn login(state: AppState, client: Option<String>, body: LoginBody) -> ApiR
         password: &body.password,
         timestamp_ms,
     };
-    match state.api_login(req, client).await? {
+    let outcome = state.api_login(req, client).await?;
+    telemetry::login(
+        LoginSurface::Api,
+        match &outcome {
+            ApiLoginOutcome::Opened(_) => LoginOutcome::Success,
+            ApiLoginOutcome::Throttled { .. } => LoginOutcome::Throttled,
+            _ => LoginOutcome::Failure,
+        },
+    );
+    match outcome {
         ApiLoginOutcome::Opened(token) => {
             let secure = if state.settings.public_base_url.starts_with("https://") {
                 "; Secure"

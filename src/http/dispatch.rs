@@ -7,16 +7,18 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, MatchedPath};
 use axum::http::{Method, Request};
 use axum::response::Response;
 use tower::ServiceExt;
 
 use super::extract::AppState;
 use super::{authz, cloud, health, security_headers};
+use crate::telemetry::{self, FastRoute};
 
 #[derive(Clone)]
 pub struct Dispatch {
@@ -34,20 +36,53 @@ impl Dispatch {
         B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
+        let Some(hot) = telemetry::hot().filter(|_| self.state.metrics.is_some()) else {
+            return Ok(self.route(req, peer).await.0);
+        };
+        let started = Instant::now();
+        let method = telemetry::method_index(req.method());
+        let (response, fast) = self.route(req, peer).await;
+        match fast {
+            Some(route) => hot.request(route, method, response.status(), started),
+            None => telemetry::router_request(
+                response
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map(|m| m.as_str()),
+                method,
+                response.status(),
+                started,
+            ),
+        }
+        Ok(response)
+    }
+
+    /// The answer, and which fast path gave it (`None`: the router).
+    async fn route<B>(&self, req: Request<B>, peer: SocketAddr) -> (Response, Option<FastRoute>)
+    where
+        B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
         let path = req.uri().path();
         if path == "/authz" || path.starts_with("/authz/") {
             let response = authz::decide(&self.state, req.headers(), req.method()).await;
-            return Ok(security_headers(response));
+            return (security_headers(response), Some(FastRoute::Authz));
         }
         if path == "/healthz" && req.method() == Method::GET {
-            return Ok(security_headers(health::healthz_response()));
+            return (
+                security_headers(health::healthz_response()),
+                Some(FastRoute::Healthz),
+            );
         }
         if path == "/api/v1/apiKeys" && req.method() == Method::GET {
             let response = cloud::list_keys_direct(&self.state, req.headers(), req.method()).await;
-            return Ok(security_headers(response));
+            return (security_headers(response), Some(FastRoute::ListKeys));
         }
         let mut req = req.map(Body::new);
         req.extensions_mut().insert(ConnectInfo(peer));
-        self.router.clone().oneshot(req).await
+        match self.router.clone().oneshot(req).await {
+            Ok(response) => (response, None),
+            Err(never) => match never {},
+        }
     }
 }

@@ -226,6 +226,8 @@ impl Services {
             };
             self.auto_disable(principal.org_id, disablement.clone())
                 .await?;
+            crate::telemetry::threshold_trip();
+            crate::telemetry::key_change(crate::telemetry::KeyChangeKind::Disable, &Actor::System);
             return Ok(Err(Denial::KeyDisabled(disablement)));
         }
         Ok(Ok(principal))

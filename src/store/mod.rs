@@ -355,4 +355,22 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<(String, ApiSessionView)>>;
     async fn touch_api_session(&self, id_hash: &str, now: Millis) -> StoreResult<()>;
     async fn delete_api_session(&self, id_hash: &str) -> StoreResult<()>;
+
+    // --- for the metrics
+    /// Live (API, console) sessions at `now`; each timeout pair is (idle, lifetime) seconds.
+    async fn live_sessions(
+        &self,
+        now: Millis,
+        api: (i64, i64),
+        console: (i64, i64),
+    ) -> StoreResult<(i64, i64)>;
+    /// The connection pools' sizes and idle connections.
+    fn pool_stats(&self) -> Vec<PoolStat>;
+}
+
+/// One connection pool's use, for the metrics.
+pub struct PoolStat {
+    pub pool: &'static str,
+    pub size: u32,
+    pub idle: usize,
 }

@@ -3,6 +3,7 @@
 //! Every action is a confirmed form post that calls the same `Services` method as the
 //! provider API.
 
+use crate::telemetry::{self, LoginOutcome, LoginSurface};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -198,6 +199,7 @@ async fn login(
     let refused = if let Err(retry_after_secs) =
         state.throttle.check(&throttle_name, client.as_deref(), now)
     {
+        telemetry::login(LoginSurface::Provider, LoginOutcome::Throttled);
         ApiError::RateLimited { retry_after_secs }
     } else {
         let token = fields
@@ -213,6 +215,7 @@ async fn login(
         match found {
             Err(e) => ApiError::from(e),
             Ok(Some(token_id)) => {
+                telemetry::login(LoginSurface::Provider, LoginOutcome::Success);
                 let actor = Actor::Provider { token_id };
                 let ctx = state.ctx(actor, client);
                 let details = serde_json::json!({"via": "provider_console"});
@@ -238,6 +241,7 @@ async fn login(
                 return response;
             }
             Ok(None) => {
+                telemetry::login(LoginSurface::Provider, LoginOutcome::Failure);
                 state
                     .throttle
                     .record_failure(&throttle_name, client.as_deref(), now);
