@@ -7,6 +7,7 @@ mod durability;
 mod enforcement;
 mod harness;
 mod input;
+mod metrics;
 mod multinode;
 mod nginx;
 mod race;
