@@ -132,6 +132,9 @@ impl ServeArgs {
 pub struct DemoArgs {
     #[arg(long, env = "KEYGATE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Serve /metrics on the listener to `Authorization: Bearer TOKEN` (as `serve`).
+    #[arg(long, env = "KEYGATE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<SecretString>,
 }
 
 fn init_logging(format: &str) {
@@ -207,6 +210,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let provider_token = crate::crypto::token::random_token();
     let mut config = Config::new(addr, dir.clone());
     config.provider_token = Some(SecretString::from(provider_token.clone()));
+    config.metrics_token = args.metrics_token.clone();
     let app = App::build(&config, Arc::new(SystemClock)).await?;
     let password = crate::crypto::token::random_token()[..20].to_string();
     let login = "admin@demo.example";

@@ -216,9 +216,12 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionToken {
 
 // ------------------------------------------------------------------------- sessions
 
+/// The cloud service API login (`POST /api/v1/authenticatedSession`, `POST /api/v1/auth`).
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct LoginBody {
+#[schema(example = json!({"apiKey": "aBcDeFgHiJkL", "username": "admin@example.com",
+    "password": "correct-horse-battery-staple", "timestamp": 1793491200000_i64}))]
+pub struct ApiLoginBody {
     /// The key obfuscated with `timestamp`.
     api_key: String,
     username: String,
@@ -260,7 +263,7 @@ fn epoch_millis(field: &str, v: &Value) -> Result<i64, ApiError> {
     })
 }
 
-async fn login(state: AppState, client: Option<String>, body: LoginBody) -> ApiResult<Response> {
+async fn login(state: AppState, client: Option<String>, body: ApiLoginBody) -> ApiResult<Response> {
     let timestamp_ms = epoch_millis("timestamp", &body.timestamp)?;
     let req = ApiLoginRequest {
         api_key: &body.api_key,
@@ -316,12 +319,12 @@ async fn logout(
 }
 
 /// Open a session (ZIA).
-#[utoipa::path(post, path = "/api/v1/authenticatedSession", tag = "cloud", request_body = LoginBody,
+#[utoipa::path(post, path = "/api/v1/authenticatedSession", tag = "cloud", request_body = ApiLoginBody,
     responses((status = 200, body = SessionBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn zia_login(
     State(s): State<AppState>,
     ClientAddr(c): ClientAddr,
-    JsonBody(b): JsonBody<LoginBody>,
+    JsonBody(b): JsonBody<ApiLoginBody>,
 ) -> ApiResult<Response> {
     login(s, c, b).await
 }
@@ -354,12 +357,12 @@ async fn zia_logout_unprefixed(
 }
 
 /// Open a session (Cloud Connector).
-#[utoipa::path(post, path = "/api/v1/auth", tag = "cloud", request_body = LoginBody,
+#[utoipa::path(post, path = "/api/v1/auth", tag = "cloud", request_body = ApiLoginBody,
     responses((status = 200, body = SessionBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn zcon_login(
     State(s): State<AppState>,
     ClientAddr(c): ClientAddr,
-    JsonBody(b): JsonBody<LoginBody>,
+    JsonBody(b): JsonBody<ApiLoginBody>,
 ) -> ApiResult<Response> {
     login(s, c, b).await
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod pages;
 pub mod provider;
 pub mod views;
@@ -45,13 +46,16 @@ struct ApiDoc;
 
 /// The routers of every feature and the OpenAPI document they describe.
 pub fn routes(state: AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (routes, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(health::router())
         .merge(provider::router())
         .merge(console::router())
         .merge(cloud::router(state.clone()))
         .merge(authz::router())
-        .split_for_parts()
+        .split_for_parts();
+    let mut doc = doc;
+    openapi::finish(&mut doc);
+    (routes, doc)
 }
 
 // Responses may carry a key value: never cached.

@@ -10,6 +10,7 @@ mod input;
 mod metrics;
 mod multinode;
 mod nginx;
+mod openapi;
 mod race;
 mod rules;
 mod smoke;
