@@ -133,7 +133,7 @@ fn common_errors(area: Area, method: &str, path: &str, op: &Operation) -> Vec<(u
         }
         _ => {}
     }
-    if area == Area::Cloud && security(area, method, path).is_none() {
+    if matches!(area, Area::Cloud | Area::Console) && security(area, method, path).is_none() {
         // Logins: throttled after repeated failures.
         codes.push((
             429,
