@@ -37,6 +37,8 @@ pub fn router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(regenerate_key))
         .routes(routes!(create_report, report_status, cancel_report))
         .routes(routes!(download_report))
+        .routes(routes!(activation_status))
+        .routes(routes!(activate))
         .route_layer(axum::middleware::from_fn_with_state(state, api_guard));
     OpenApiRouter::new()
         .routes(routes!(zia_login, zia_status, zia_logout))
@@ -598,4 +600,41 @@ async fn download_report(
         report.csv,
     )
         .into_response())
+}
+
+// ------------------------------------------------------------------------- activation
+
+/// ZIA's configuration activation states. keygate applies every change when it is made, so
+/// nothing is ever pending: it always answers `ACTIVE`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ActivationState {
+    Active,
+    Pending,
+    Inprogress,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ActivationStatus {
+    status: ActivationState,
+}
+
+const ACTIVE: ActivationStatus = ActivationStatus {
+    status: ActivationState::Active,
+};
+
+/// The activation status, as ZIA's `GET /status` (clients also use it to check a session).
+#[utoipa::path(get, path = "/api/v1/status", tag = "cloud",
+    responses((status = 200, body = ActivationStatus)))]
+async fn activation_status(ApiCall(_p): ApiCall) -> Json<ActivationStatus> {
+    Json(ACTIVE)
+}
+
+/// Activates pending changes, as ZIA's `POST /status/activate`: there are none, every change
+/// is live when answered. A write like any POST: refused to a view-only admin and while the
+/// subscription is expired. Any request body (ZIA clients send `{}`) is ignored.
+#[utoipa::path(post, path = "/api/v1/status/activate", tag = "cloud",
+    responses((status = 200, body = ActivationStatus)))]
+async fn activate(ApiCall(_p): ApiCall) -> Json<ActivationStatus> {
+    Json(ACTIVE)
 }

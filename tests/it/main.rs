@@ -14,3 +14,4 @@ mod openapi;
 mod race;
 mod rules;
 mod smoke;
+mod zia_status;
