@@ -4,6 +4,8 @@
     python3 bench/instructions.py [N]      # N requests per endpoint (default 2000)
     python3 bench/instructions.py N --postgres postgres://postgres@127.0.0.1:5432
         # the same on a PostgreSQL node with --node-cache (a scratch database is made and dropped)
+    python3 bench/instructions.py N --metrics
+        # the same with metrics on (`--metrics-token`), and one scrape of /metrics before counting
 
 Counts instructions, not seconds: the figures repeat for the same binary whatever else the
 machine is doing, so they show what a change to the hot path saved while the throughput
@@ -29,6 +31,7 @@ import bench  # noqa: E402  (its HTTP client and the key obfuscation)
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
 PG = sys.argv[sys.argv.index("--postgres") + 1].rstrip("/") if "--postgres" in sys.argv else None
 PORT = 18_000 + os.getpid() % 1000
+METRICS_TOKEN = "instructions-metrics-token" if "--metrics" in sys.argv else None
 
 
 def wait_for(proc, pattern):
@@ -47,7 +50,8 @@ def start_demo(out):
     """`keygate demo` (embedded store): it prints its org's credentials."""
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-         os.path.join(bench.REPO, "target", "release", "keygate"), "demo", "--listen", f"127.0.0.1:{PORT}"],
+         os.path.join(bench.REPO, "target", "release", "keygate"), "demo", "--listen", f"127.0.0.1:{PORT}",
+         *(["--metrics-token", METRICS_TOKEN] if METRICS_TOKEN else [])],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _, text = wait_for(proc, r"provider token:\s+(\S+)")
     field = lambda name: re.search(name + r":\s+(\S+)", text).group(1)  # noqa: E731
@@ -63,6 +67,7 @@ def start_demo(out):
 def start_postgres_node(out, url, data_dir):
     """`keygate serve` on PostgreSQL with --node-cache; one org made through the provider API."""
     env = dict(os.environ, KEYGATE_DATABASE_URL=url, KEYGATE_NODE_CACHE="true",
+               **({"KEYGATE_METRICS_TOKEN": METRICS_TOKEN} if METRICS_TOKEN else {}),
                KEYGATE_MASTER_KEY=base64.b64encode(os.urandom(32)).decode(),
                KEYGATE_PROVIDER_TOKEN=bench.PROVIDER_TOKEN)
     proc = subprocess.Popen(
@@ -112,6 +117,9 @@ def main():
             for _ in range(200):
                 status, _, _ = http.req("GET", path, headers=headers)
                 assert status < 300, (path, status)
+        if METRICS_TOKEN:
+            status, _, _ = http.req("GET", "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+            assert status == 200, status
         results = {}
         for path in endpoints:
             control("-z")

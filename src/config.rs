@@ -43,6 +43,18 @@ pub struct Config {
     /// Serve HTTPS with these PEM files (reloaded when they change and on SIGHUP).
     pub tls: Option<TlsFiles>,
     pub connections: ConnectionLimits,
+    /// Serve `/metrics` on this separate address (without a token: bind it where only the
+    /// scraper reaches it).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Serve `/metrics` on the main listener to `Authorization: Bearer <this>` (kept hashed).
+    pub metrics_token: Option<SecretString>,
+}
+
+impl Config {
+    /// Whether metrics are recorded: only when they are served somewhere.
+    pub fn metrics_enabled(&self) -> bool {
+        self.metrics_listen.is_some() || self.metrics_token.is_some()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +114,8 @@ impl Config {
             node_lease: std::time::Duration::from_secs(5),
             tls: None,
             connections: ConnectionLimits::default(),
+            metrics_listen: None,
+            metrics_token: None,
         }
     }
 }

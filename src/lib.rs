@@ -14,5 +14,6 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod tls;
+pub mod telemetry;
 
 pub use server::{App, serve};

@@ -126,6 +126,12 @@ impl App {
             session_reads: Default::default(),
             org_reads: Default::default(),
             peers,
+            metrics: match config.metrics_enabled() {
+                true => Some(crate::telemetry::Exposition::new(
+                    config.metrics_token.as_ref().map(|t| t.expose_secret()),
+                )?),
+                false => None,
+            },
         });
         let generated_provider_token = services
             .bootstrap_provider_token(config.provider_token.as_ref().map(|t| t.expose_secret()))

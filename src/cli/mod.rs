@@ -64,6 +64,9 @@ pub enum ConfigCommand {
 pub struct DemoArgs {
     #[arg(long, env = "KEYGATE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Serve /metrics on the listener to `Authorization: Bearer TOKEN` (as `serve`).
+    #[arg(long, env = "KEYGATE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<SecretString>,
 }
 
 fn init_logging(format: &str) {
@@ -120,6 +123,17 @@ async fn run_serve(settings: settings::Effective) -> anyhow::Result<()> {
         // Printed once to the operator's terminal, never logged.
         println!("provider token (shown once, store it now): {token}");
     }
+    if let Some(listen) = config.metrics_listen {
+        let (metrics_listener, metrics_addr) = bind(listen).await?;
+        let router = crate::http::metrics::standalone(app.services.clone());
+        // Lives as long as the process: a scraper may read the last counts until it exits.
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(metrics_listener, router).await {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        });
+        println!("keygate metrics on http://{metrics_addr}/metrics");
+    }
     let scheme = if config.tls.is_some() {
         "https"
     } else {
@@ -143,6 +157,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let provider_token = crate::crypto::token::random_token();
     let mut config = Config::new(addr, dir.clone());
     config.provider_token = Some(SecretString::from(provider_token.clone()));
+    config.metrics_token = args.metrics_token.clone();
     let app = App::build(&config, Arc::new(SystemClock)).await?;
     let password = crate::crypto::token::random_token()[..20].to_string();
     let login = "admin@demo.example";

@@ -88,7 +88,8 @@ macro_rules! optional_setting {
 optional_setting!(
     String => |v: &String| v.clone(),
     PathBuf => |v: &PathBuf| v.display().to_string(),
-    Secret => |v: &Secret| v.0.expose_secret().to_owned()
+    Secret => |v: &Secret| v.0.expose_secret().to_owned(),
+    SocketAddr => |v: &SocketAddr| v.to_string()
 );
 
 impl Setting for TrustedProxyList {
@@ -289,6 +290,16 @@ serve_settings! {
     /// The header the trusted proxies set: x-forwarded-for, forwarded or x-real-ip.
     #[arg(long, env = "KEYGATE_CLIENT_IP_HEADER", default_value = "x-forwarded-for")]
     client_ip_header: ClientIpHeader,
+    /// Serve `/metrics` on this separate address, without a token (bind it where only the
+    /// scraper reaches it).
+    #[arg(long, env = "KEYGATE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Serve `/metrics` on the main listener to `Authorization: Bearer <this>`.
+    #[arg(long, env = "KEYGATE_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<Secret>,
+    /// File holding the metrics token (readable by its owner only).
+    #[arg(long, env = "KEYGATE_METRICS_TOKEN_FILE")]
+    metrics_token_file: Option<PathBuf>,
     /// PEM certificate chain to serve HTTPS with (with --tls-key); reloaded on SIGHUP and when
     /// the files change.
     #[arg(long, env = "KEYGATE_TLS_CERT")]
@@ -503,6 +514,8 @@ impl Effective {
         c.api_max_lifetime_secs = a.api_max_lifetime_secs;
         c.node_cache = a.node_cache;
         c.node_lease = std::time::Duration::from_millis(a.node_lease_ms);
+        c.metrics_listen = a.metrics_listen;
+        c.metrics_token = self.secret("metrics_token", &a.metrics_token, &a.metrics_token_file)?;
         c.trusted_proxies = crate::http::forwarded::TrustedProxies {
             nets: a.trusted_proxies.0.clone(),
             header: a.client_ip_header,

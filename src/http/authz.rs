@@ -11,6 +11,7 @@ use super::empty_response;
 use super::error::{ApiError, ErrorBody};
 use super::extract::AppState;
 use crate::service::sessions::Denial;
+use crate::telemetry::{self, DecisionSurface};
 
 /// The refusal's `code`, also sent as the `X-Keygate-Code` header: a proxy cannot pass the
 /// sub-request's body on (nginx `auth_request` keeps only its status and headers), but it can
@@ -76,10 +77,17 @@ pub async fn authz(State(state): State<AppState>, method: Method, headers: Heade
 /// called directly by the connection service (`http::dispatch`) for every `/authz` request.
 pub async fn decide(state: &AppState, headers: &HeaderMap, method: &Method) -> Response {
     let Some(token) = session_token(headers) else {
+        if let Some(hot) = telemetry::hot() {
+            hot.decision(DecisionSurface::Authz, None);
+        }
         return refused(Denial::SessionNotValid);
     };
     let method = original_method(headers, method);
-    match state.authorize_api_request(token, method).await {
+    let decision = state.authorize_api_request(token, method).await;
+    if let Some(hot) = telemetry::hot() {
+        hot.decision(DecisionSurface::Authz, Some(&decision));
+    }
+    match decision {
         Ok(Ok(principal)) => {
             // Written straight into the response's own headers (no map to merge).
             let mut response = empty_response(StatusCode::NO_CONTENT);

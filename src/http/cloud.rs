@@ -23,6 +23,7 @@ use crate::domain::time::Millis;
 use crate::service::keys::{KeyChangeRequest, KeyObject, Shown};
 use crate::service::limits::RateInfo;
 use crate::service::sessions::{ApiLoginOutcome, ApiLoginRequest, ApiPrincipal, Denial};
+use crate::telemetry::{self, DecisionSurface, LoginOutcome, LoginSurface};
 
 pub const SESSION_COOKIE: &str = "JSESSIONID";
 /// The session id as a header (what Cloud Connector clients send); built once, since a `&str`
@@ -36,6 +37,8 @@ pub fn router(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(regenerate_key))
         .routes(routes!(create_report, report_status, cancel_report))
         .routes(routes!(download_report))
+        .routes(routes!(activation_status))
+        .routes(routes!(activate))
         .route_layer(axum::middleware::from_fn_with_state(state, api_guard));
     OpenApiRouter::new()
         .routes(routes!(zia_login, zia_status, zia_logout))
@@ -132,9 +135,16 @@ async fn admit(
     method: &Method,
 ) -> Result<ApiPrincipal, Response> {
     let Some(token) = session_token(headers) else {
+        if let Some(hot) = telemetry::hot() {
+            hot.decision(DecisionSurface::Api, None);
+        }
         return Err(ApiError::SessionNotValid.into_response());
     };
-    match state.authorize_api_request(token, method.as_str()).await {
+    let decision = state.authorize_api_request(token, method.as_str()).await;
+    if let Some(hot) = telemetry::hot() {
+        hot.decision(DecisionSurface::Api, Some(&decision));
+    }
+    match decision {
         Ok(Ok(p)) => Ok(p),
         Ok(Err(denial)) => Err(denial_response(denial)),
         Err(e) => Err(ApiError::from(e).into_response()),
@@ -208,9 +218,12 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionToken {
 
 // ------------------------------------------------------------------------- sessions
 
+/// The cloud service API login (`POST /api/v1/authenticatedSession`, `POST /api/v1/auth`).
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct LoginBody {
+#[schema(example = json!({"apiKey": "aBcDeFgHiJkL", "username": "admin@example.com",
+    "password": "correct-horse-battery-staple", "timestamp": 1793491200000_i64}))]
+pub struct ApiLoginBody {
     /// The key obfuscated with `timestamp`.
     api_key: String,
     username: String,
@@ -252,7 +265,7 @@ fn epoch_millis(field: &str, v: &Value) -> Result<i64, ApiError> {
     })
 }
 
-async fn login(state: AppState, client: Option<String>, body: LoginBody) -> ApiResult<Response> {
+async fn login(state: AppState, client: Option<String>, body: ApiLoginBody) -> ApiResult<Response> {
     let timestamp_ms = epoch_millis("timestamp", &body.timestamp)?;
     let req = ApiLoginRequest {
         api_key: &body.api_key,
@@ -260,7 +273,17 @@ async fn login(state: AppState, client: Option<String>, body: LoginBody) -> ApiR
         password: &body.password,
         timestamp_ms,
     };
-    match state.api_login(req, client).await? {
+    let outcome = state.api_login(req, client).await?;
+    telemetry::login(
+        LoginSurface::Api,
+        match &outcome {
+            ApiLoginOutcome::Opened(_) => LoginOutcome::Success,
+            ApiLoginOutcome::Throttled { .. } => LoginOutcome::Throttled,
+            ApiLoginOutcome::Locked { .. } => LoginOutcome::Locked,
+            _ => LoginOutcome::Failure,
+        },
+    );
+    match outcome {
         ApiLoginOutcome::Opened(token) => {
             let secure = if state.settings.secure_cookies {
                 "; Secure"
@@ -276,7 +299,10 @@ async fn login(state: AppState, client: Option<String>, body: LoginBody) -> ApiR
             Ok((headers, Json(SESSION_BODY)).into_response())
         }
         ApiLoginOutcome::Failed => Err(ApiError::AuthenticationFailed),
-        ApiLoginOutcome::Throttled { retry_after_secs } => {
+        // The key-guessing lock answers as the throttle does (only the password's holder
+        // ever sees it).
+        ApiLoginOutcome::Throttled { retry_after_secs }
+        | ApiLoginOutcome::Locked { retry_after_secs } => {
             Err(ApiError::RateLimited { retry_after_secs })
         }
         ApiLoginOutcome::KeyDisabled(d) => Err(ApiError::ApiKeyDisabled {
@@ -299,12 +325,12 @@ async fn logout(
 }
 
 /// Open a session (ZIA).
-#[utoipa::path(post, path = "/api/v1/authenticatedSession", tag = "cloud", request_body = LoginBody,
+#[utoipa::path(post, path = "/api/v1/authenticatedSession", tag = "cloud", request_body = ApiLoginBody,
     responses((status = 200, body = SessionBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn zia_login(
     State(s): State<AppState>,
     ClientAddr(c): ClientAddr,
-    JsonBody(b): JsonBody<LoginBody>,
+    JsonBody(b): JsonBody<ApiLoginBody>,
 ) -> ApiResult<Response> {
     login(s, c, b).await
 }
@@ -337,12 +363,12 @@ async fn zia_logout_unprefixed(
 }
 
 /// Open a session (Cloud Connector).
-#[utoipa::path(post, path = "/api/v1/auth", tag = "cloud", request_body = LoginBody,
+#[utoipa::path(post, path = "/api/v1/auth", tag = "cloud", request_body = ApiLoginBody,
     responses((status = 200, body = SessionBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn zcon_login(
     State(s): State<AppState>,
     ClientAddr(c): ClientAddr,
-    JsonBody(b): JsonBody<LoginBody>,
+    JsonBody(b): JsonBody<ApiLoginBody>,
 ) -> ApiResult<Response> {
     login(s, c, b).await
 }
@@ -578,4 +604,41 @@ async fn download_report(
         report.csv,
     )
         .into_response())
+}
+
+// ------------------------------------------------------------------------- activation
+
+/// ZIA's configuration activation states. keygate applies every change when it is made, so
+/// nothing is ever pending: it always answers `ACTIVE`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ActivationState {
+    Active,
+    Pending,
+    Inprogress,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ActivationStatus {
+    status: ActivationState,
+}
+
+const ACTIVE: ActivationStatus = ActivationStatus {
+    status: ActivationState::Active,
+};
+
+/// The activation status, as ZIA's `GET /status` (clients also use it to check a session).
+#[utoipa::path(get, path = "/api/v1/status", tag = "cloud",
+    responses((status = 200, body = ActivationStatus)))]
+async fn activation_status(ApiCall(_p): ApiCall) -> Json<ActivationStatus> {
+    Json(ACTIVE)
+}
+
+/// Activates pending changes, as ZIA's `POST /status/activate`: there are none, every change
+/// is live when answered. A write like any POST: refused to a view-only admin and while the
+/// subscription is expired. Any request body (ZIA clients send `{}`) is ignored.
+#[utoipa::path(post, path = "/api/v1/status/activate", tag = "cloud",
+    responses((status = 200, body = ActivationStatus)))]
+async fn activate(ApiCall(_p): ApiCall) -> Json<ActivationStatus> {
+    Json(ACTIVE)
 }

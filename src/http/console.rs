@@ -20,6 +20,7 @@ use crate::domain::key::ApiKeyValue;
 use crate::service::auth::LoginFailed;
 use crate::service::keys::{KeyChangeRequest, KeyObject, Shown};
 use crate::store::{AuditFilter, KeyGuessState};
+use crate::telemetry::{self, LoginOutcome, LoginSurface};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -81,13 +82,19 @@ async fn login(
 ) -> ApiResult<Response> {
     let admin = state
         .authenticate_admin(&body.login_name, body.password.expose_secret(), client)
-        .await?
-        .map_err(|e| match e {
-            LoginFailed::BadCredentials => ApiError::AuthenticationFailed,
-            LoginFailed::Throttled { retry_after_secs } => {
-                ApiError::RateLimited { retry_after_secs }
-            }
-        })?;
+        .await?;
+    telemetry::login(
+        LoginSurface::Console,
+        match &admin {
+            Ok(_) => LoginOutcome::Success,
+            Err(LoginFailed::Throttled { .. }) => LoginOutcome::Throttled,
+            Err(_) => LoginOutcome::Failure,
+        },
+    );
+    let admin = admin.map_err(|e| match e {
+        LoginFailed::BadCredentials => ApiError::AuthenticationFailed,
+        LoginFailed::Throttled { retry_after_secs } => ApiError::RateLimited { retry_after_secs },
+    })?;
     let org = state.admin_org(&admin).await?;
     let session = state.open_console_session(&admin).await?;
     let mut headers = HeaderMap::new();

@@ -16,12 +16,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
 use axum::body::Bytes;
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, MatchedPath};
 use axum::http::{HeaderValue, Method, Request, header};
 use axum::response::{IntoResponse, Response};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
@@ -30,6 +30,7 @@ use tower::ServiceExt;
 use super::error::ApiError;
 use super::extract::AppState;
 use super::{authz, cloud, health, security_headers};
+use crate::telemetry::{self, FastRoute};
 
 #[derive(Clone)]
 pub struct Dispatch {
@@ -59,17 +60,47 @@ impl Dispatch {
         B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
+        let Some(hot) = telemetry::hot().filter(|_| self.state.metrics.is_some()) else {
+            return Ok(self.route(req, peer).await.0);
+        };
+        let started = Instant::now();
+        let method = telemetry::method_index(req.method());
+        let (response, fast) = self.route(req, peer).await;
+        match fast {
+            Some(route) => hot.request(route, method, response.status(), started),
+            None => telemetry::router_request(
+                response
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map(|m| m.as_str()),
+                method,
+                response.status(),
+                started,
+            ),
+        }
+        Ok(response)
+    }
+
+    /// The answer, and which fast path gave it (`None`: the router).
+    async fn route<B>(&self, req: Request<B>, peer: SocketAddr) -> (Response, Option<FastRoute>)
+    where
+        B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
         let path = req.uri().path();
         if path == "/authz" || path.starts_with("/authz/") {
             let response = authz::decide(&self.state, req.headers(), req.method()).await;
-            return Ok(security_headers(response));
+            return (security_headers(response), Some(FastRoute::Authz));
         }
         if path == "/healthz" && req.method() == Method::GET {
-            return Ok(security_headers(health::healthz_response()));
+            return (
+                security_headers(health::healthz_response()),
+                Some(FastRoute::Healthz),
+            );
         }
         if path == "/api/v1/apiKeys" && req.method() == Method::GET {
             let response = cloud::list_keys_direct(&self.state, req.headers(), req.method()).await;
-            return Ok(security_headers(response));
+            return (security_headers(response), Some(FastRoute::ListKeys));
         }
         let declared = req
             .headers()
@@ -77,7 +108,7 @@ impl Dispatch {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body_bytes) {
-            return Ok(closing(ApiError::PayloadTooLarge.into_response()));
+            return (closing(ApiError::PayloadTooLarge.into_response()), None);
         }
         let timed_out = Arc::new(AtomicBool::new(false));
         let deadline = Box::pin(tokio::time::sleep(self.body_read_timeout));
@@ -89,14 +120,18 @@ impl Dispatch {
             })
         });
         req.extensions_mut().insert(ConnectInfo(peer));
-        let response = self.router.clone().oneshot(req).await?;
+        let response = match self.router.clone().oneshot(req).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
         if timed_out.load(Ordering::Relaxed) {
             // Whatever the handler made of the failed read, the client hears 408.
-            return Ok(closing(security_headers(
-                ApiError::BodyTimeout.into_response(),
-            )));
+            return (
+                closing(security_headers(ApiError::BodyTimeout.into_response())),
+                None,
+            );
         }
-        Ok(response)
+        (response, None)
     }
 }
 

@@ -8,6 +8,8 @@ pub mod error;
 pub mod extract;
 pub mod forwarded;
 pub mod health;
+pub mod metrics;
+pub mod openapi;
 pub mod pages;
 pub mod provider;
 pub mod views;
@@ -45,13 +47,16 @@ struct ApiDoc;
 
 /// The routers of every feature and the OpenAPI document they describe.
 pub fn routes(state: AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (routes, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(health::router())
         .merge(provider::router())
         .merge(console::router())
         .merge(cloud::router(state.clone()))
         .merge(authz::router())
-        .split_for_parts()
+        .split_for_parts();
+    let mut doc = doc;
+    openapi::finish(&mut doc);
+    (routes, doc)
 }
 
 // Responses may carry a key value: never cached.
@@ -120,12 +125,18 @@ pub fn json_bytes_response(status: StatusCode, body: Bytes) -> Response {
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let (routes, openapi) = routes(state.clone());
     let openapi = Arc::new(openapi);
-    let router = routes
+    let mut routes = routes
         .merge(pages::router())
+        .merge(metrics::router())
         .route(
             "/openapi.json",
             get(move || async move { axum::Json(openapi.as_ref().clone()) }),
-        )
+        );
+    if state.metrics.is_some() {
+        // Tells `dispatch` which route answered (routes only: added before the fallbacks).
+        routes = routes.route_layer(axum::middleware::from_fn(keep_matched_path));
+    }
+    let router = routes
         .fallback(|| async { ApiError::NotFound("No such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -135,4 +146,17 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             security_headers as fn(Response) -> Response,
         ))
         .layer(TraceLayer::new_for_http())
+}
+
+/// Copies the matched route's template into the response, where `dispatch` reads it.
+async fn keep_matched_path(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let matched = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .cloned();
+    let mut response = next.run(req).await;
+    if let Some(m) = matched {
+        response.extensions_mut().insert(m);
+    }
+    response
 }

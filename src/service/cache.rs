@@ -14,6 +14,7 @@
 //! raced a change elsewhere is not kept.
 
 use super::FastMap;
+use crate::telemetry::CacheMap;
 use std::borrow::Borrow;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -155,7 +156,7 @@ impl ViewCache {
     /// What `f` takes from the entry under `key`, while the cache may be used.
     fn look_up<K, Q, V, R>(
         &self,
-        map: &Mutex<FastMap<K, V>>,
+        (map, name): (&Mutex<FastMap<K, V>>, CacheMap),
         key: &Q,
         f: impl FnOnce(&V) -> Option<R>,
     ) -> Option<R>
@@ -166,7 +167,11 @@ impl ViewCache {
         if !self.enabled() {
             return None;
         }
-        locked(map).get(key).and_then(f)
+        let found = locked(map).get(key).and_then(f);
+        if let Some(hot) = crate::telemetry::hot() {
+            hot.cache_lookup(name, found.is_some());
+        }
+        found
     }
 
     /// Keeps `value` under `key` if it comes from a read begun when [`Self::changes`] was
@@ -179,13 +184,17 @@ impl ViewCache {
     }
 
     pub fn session(&self, hash: &str) -> Option<ApiSessionView> {
-        self.look_up(&self.sessions, hash, |v| Some(v.clone()))
+        self.look_up((&self.sessions, CacheMap::Session), hash, |v| {
+            Some(v.clone())
+        })
     }
 
     /// The org of a cached session, without copying the session (the first look-up of every
     /// API call, before it enters the org's gate).
     pub fn session_org(&self, hash: &str) -> Option<OrgId> {
-        self.look_up(&self.sessions, hash, |v| Some(v.org_id))
+        self.look_up((&self.sessions, CacheMap::Session), hash, |v| {
+            Some(v.org_id)
+        })
     }
 
     /// Keeps `view`, read from the database by a read begun when [`Self::changes`] was `since`.
@@ -227,7 +236,7 @@ impl ViewCache {
     }
 
     pub fn org(&self, id: OrgId) -> Option<OrgRecord> {
-        self.look_up(&self.orgs, &id, |org| Some(org.clone()))
+        self.look_up((&self.orgs, CacheMap::Org), &id, |org| Some(org.clone()))
     }
 
     /// Keeps `org`, read by a read begun when [`Self::changes`] was `since`.
@@ -238,7 +247,7 @@ impl ViewCache {
     /// The org's key list as rendered at key generation `generation`, if the subscription
     /// is still in the state it was rendered in at `now`.
     pub fn key_list(&self, org: OrgId, generation: i64, now: Millis) -> Option<Bytes> {
-        self.look_up(&self.key_lists, &org, |r| {
+        self.look_up((&self.key_lists, CacheMap::KeyList), &org, |r| {
             (r.generation == generation && r.subscription.state_at(now) == r.state)
                 .then(|| r.body.clone())
         })

@@ -185,6 +185,13 @@ impl Services {
         expected_generation: Option<i64>,
         client_addr: Option<String>,
     ) -> StoreResult<(OrgRecord, Option<KeyObject>)> {
+        use crate::telemetry::KeyChangeKind as K;
+        let kind = match &request {
+            KeyChangeRequest::Add => K::Add,
+            KeyChangeRequest::Edit(_) => K::Edit,
+            KeyChangeRequest::Regenerate => K::Regenerate,
+            KeyChangeRequest::Delete => K::Delete,
+        };
         let change = match request {
             KeyChangeRequest::Add => KeyChange::Add(ApiKeyValue::generate(&mut rand::rngs::OsRng)),
             KeyChangeRequest::Edit(v) => KeyChange::Edit(v),
@@ -201,6 +208,7 @@ impl Services {
                     .change_key(admin.org_id, admin.id, change, expected_generation, &ctx),
             )
             .await?;
+        crate::telemetry::key_change(kind, &ctx.actor);
         let key = self.key_object(&org, Shown::Full)?;
         Ok((org, key))
     }

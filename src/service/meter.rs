@@ -194,7 +194,10 @@ impl Services {
     /// deployment-wide total (other nodes flush theirs too).
     pub async fn flush_usage(&self) -> StoreResult<()> {
         let _flushing = self.meter.flushing.lock().await;
-        self.flush_locked().await
+        let started = std::time::Instant::now();
+        let flushed = self.flush_locked().await;
+        crate::telemetry::meter_flush(started, flushed.is_ok());
+        flushed
     }
 
     async fn flush_locked(&self) -> StoreResult<()> {

@@ -56,6 +56,8 @@ pub struct Services {
     pub org_reads: Arc<reads::Coalesced<reads::OrgRows>>,
     /// The other nodes, when this one caches on PostgreSQL (`--node-cache`).
     pub peers: Option<Arc<peers::Peers>>,
+    /// `/metrics`, when metrics are on (`--metrics-listen` or `--metrics-token`).
+    pub metrics: Option<Arc<crate::telemetry::Exposition>>,
 }
 
 impl Services {
@@ -113,7 +115,9 @@ impl Services {
                 | StoreError::SessionEnded)
         );
         if let Some(peers) = self.peers.as_ref().filter(|_| may_have_committed) {
+            let started = std::time::Instant::now();
             peers.settle().await;
+            crate::telemetry::change_confirmation(started);
         }
         outcome
     }

@@ -54,9 +54,12 @@ impl Services {
             admins,
         };
         let ctx = self.ctx(actor, client);
-        self.store
+        let created = self
+            .store
             .create_org(org, ApiKeyValue::generate(&mut rand::rngs::OsRng), &ctx)
-            .await
+            .await?;
+        crate::telemetry::key_change(crate::telemetry::KeyChangeKind::Provision, &ctx.actor);
+        Ok(created)
     }
 
     pub async fn set_subscription(
@@ -84,12 +87,15 @@ impl Services {
         client: Option<String>,
     ) -> StoreResult<OrgRecord> {
         let ctx = self.ctx(actor, client);
-        self.change(
-            org,
-            self.store
-                .provider_key_action(org, ProviderKeyAction::Disable(d), &ctx),
-        )
-        .await
+        let after = self
+            .change(
+                org,
+                self.store
+                    .provider_key_action(org, ProviderKeyAction::Disable(d), &ctx),
+            )
+            .await?;
+        crate::telemetry::key_change(crate::telemetry::KeyChangeKind::Disable, &ctx.actor);
+        Ok(after)
     }
 
     pub async fn enable_key(
@@ -101,19 +107,23 @@ impl Services {
         // Re-enabling after R9 starts the period's count afresh (the store zeroes it in the
         // enable's own transaction, so no node counts on from the old total); this node's
         // counts are written first, and its in-memory count restarts after.
-        self.change(org, async {
-            let after = self
-                .with_usage_flushed(async {
-                    let ctx = self.ctx(actor, client);
-                    self.store
-                        .provider_key_action(org, ProviderKeyAction::Enable, &ctx)
-                        .await
-                })
-                .await?;
-            self.restart_local_usage(org, after.call_threshold);
-            Ok(after)
-        })
-        .await
+        let kind_actor = actor.clone();
+        let after = self
+            .change(org, async {
+                let after = self
+                    .with_usage_flushed(async {
+                        let ctx = self.ctx(actor, client);
+                        self.store
+                            .provider_key_action(org, ProviderKeyAction::Enable, &ctx)
+                            .await
+                    })
+                    .await?;
+                self.restart_local_usage(org, after.call_threshold);
+                Ok(after)
+            })
+            .await?;
+        crate::telemetry::key_change(crate::telemetry::KeyChangeKind::Enable, &kind_actor);
+        Ok(after)
     }
 
     pub async fn add_admin(

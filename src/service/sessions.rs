@@ -32,6 +32,10 @@ pub enum ApiLoginOutcome {
     Throttled {
         retry_after_secs: u64,
     },
+    /// The password was right, but the admin's key-guessing budget is spent (login_guard).
+    Locked {
+        retry_after_secs: u64,
+    },
     /// All three were right, but the provider disabled the key.
     KeyDisabled(Disablement),
     /// All three were right, but the org has no enabled subscription.
@@ -205,7 +209,7 @@ impl Services {
                     actor: admin.actor(),
                 };
                 self.login_failed(req.username, client, failed).await?;
-                return Ok(ApiLoginOutcome::Throttled {
+                return Ok(ApiLoginOutcome::Locked {
                     retry_after_secs: self.throttle.window_secs as u64,
                 });
             }
@@ -290,6 +294,8 @@ impl Services {
             };
             self.auto_disable(principal.org_id, disablement.clone())
                 .await?;
+            crate::telemetry::threshold_trip();
+            crate::telemetry::key_change(crate::telemetry::KeyChangeKind::Disable, &Actor::System);
             return Ok(Err(Denial::KeyDisabled(disablement)));
         }
         Ok(Ok(principal))

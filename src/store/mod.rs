@@ -436,4 +436,22 @@ pub trait Store: Send + Sync + 'static {
     async fn key_guess_states(&self, org: OrgId, budget: f64) -> StoreResult<Vec<KeyGuessState>>;
     /// The keys the org replaced (edited, regenerated or deleted), newest first, opened.
     async fn replaced_keys(&self, org: OrgId) -> StoreResult<Vec<ApiKeyValue>>;
+
+    // --- for the metrics
+    /// Live (API, console) sessions at `now`; each timeout pair is (idle, lifetime) seconds.
+    async fn live_sessions(
+        &self,
+        now: Millis,
+        api: (i64, i64),
+        console: (i64, i64),
+    ) -> StoreResult<(i64, i64)>;
+    /// The connection pools' sizes and idle connections.
+    fn pool_stats(&self) -> Vec<PoolStat>;
+}
+
+/// One connection pool's use, for the metrics.
+pub struct PoolStat {
+    pub pool: &'static str,
+    pub size: u32,
+    pub idle: usize,
 }

@@ -19,6 +19,7 @@ pub(super) fn map_err(e: sqlx::Error) -> StoreError {
             .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c.starts_with("40")),
         _ => false,
     };
+    crate::telemetry::db_error(unavailable);
     if unavailable {
         StoreError::Unavailable(e.into())
     } else {
@@ -1373,6 +1374,32 @@ impl Store for $store {
             .iter()
             .map(|r| UsageRow { period_seconds: r.get(0), period_start: r.get(1), calls: r.get(2) })
             .collect())
+    }
+
+    async fn live_sessions(&self, now: Millis, api: (i64, i64), console: (i64, i64)) -> StoreResult<(i64, i64)> {
+        let live = |table: &'static str, (idle, lifetime): (i64, i64)| {
+            sqlx::query_scalar::<_, i64>(if table == "api" {
+                "SELECT COUNT(*) FROM api_sessions WHERE last_seen_at > $1 AND created_at > $2"
+            } else {
+                "SELECT COUNT(*) FROM console_sessions WHERE last_seen_at > $1 AND created_at > $2"
+            })
+            .bind(now.0 - idle * 1000)
+            .bind(now.0 - lifetime * 1000)
+            .fetch_one(&self.reader)
+        };
+        let api = live("api", api).await.map_err(map_err)?;
+        let console = live("console", console).await.map_err(map_err)?;
+        Ok((api, console))
+    }
+
+    fn pool_stats(&self) -> Vec<$crate::store::PoolStat> {
+        let stat = |pool, p: &sqlx::Pool<_>| $crate::store::PoolStat { pool, size: p.size(), idle: p.num_idle() };
+        // PostgreSQL reads and writes share one pool.
+        if $lock_org.is_some() {
+            vec![stat("shared", &self.writer)]
+        } else {
+            vec![stat("writer", &self.writer), stat("reader", &self.reader)]
+        }
     }
 }
 

@@ -176,3 +176,15 @@ def test_failures_are_uniform(server, monkeypatch):
     # The right credentials still work: three failures stay under the throttle.
     ok = ZIA(api_key=key, username=login, password=PASSWORD, override_url=url)
     assert ok.session.status().auth_type == "ADMIN_LOGIN"
+
+
+def test_zia_config_status_and_activate(server):
+    """pyzscaler's `zia.config.status()` / `activate()` (GET /status, POST /status/activate)."""
+    _, login, key = new_org(server, "activate")
+    zia = ZIA(api_key=key, username=login, password=PASSWORD, override_url=f"{server}/api/v1")
+    assert zia.config.status() == "ACTIVE"
+    assert zia.config.activate() == "ACTIVE"
+    assert zia.session.delete() == 204
+    with pytest.raises(APIError) as err:
+        zia.config.status()
+    assert err.value.response.status_code == 401

@@ -291,6 +291,8 @@ pub struct Process {
     pub child: Child,
     pub base: String,
     pub log_path: PathBuf,
+    /// The `/metrics` URL of `--metrics-listen`, when given.
+    pub metrics_url: Option<String>,
 }
 
 impl Process {
@@ -564,13 +566,18 @@ impl Process {
             .spawn()
             .expect("spawn keygate");
         let stdout = child.stdout.take().unwrap();
+        let mut metrics_url = None;
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
+            if let Some(rest) = line.strip_prefix("keygate metrics on ") {
+                metrics_url = Some(rest.trim().to_owned());
+            }
             if let Some(rest) = line.strip_prefix("keygate listening on ") {
                 return Ok(Process {
                     child,
                     base: rest.trim().to_owned(),
                     log_path: log_path.to_path_buf(),
+                    metrics_url,
                 });
             }
         }

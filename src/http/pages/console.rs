@@ -3,6 +3,7 @@
 //! Every action is a confirmed form post that calls the same `Services` method as the
 //! provider API.
 
+use crate::telemetry::{self, LoginOutcome, LoginSurface};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -209,6 +210,7 @@ async fn login(
         Err(e) => return error_page(e.into()).await,
     };
     let refused = if let Err(retry_after_secs) = throttled {
+        telemetry::login(LoginSurface::Provider, LoginOutcome::Throttled);
         ApiError::RateLimited { retry_after_secs }
     } else {
         let token = fields
@@ -224,6 +226,7 @@ async fn login(
         match found {
             Err(e) => ApiError::from(e),
             Ok(Some(token_id)) => {
+                telemetry::login(LoginSurface::Provider, LoginOutcome::Success);
                 let actor = Actor::Provider { token_id };
                 let ctx = state.ctx(actor, client);
                 let details = serde_json::json!({"via": "provider_console"});
@@ -249,6 +252,7 @@ async fn login(
                 return response;
             }
             Ok(None) => {
+                telemetry::login(LoginSurface::Provider, LoginOutcome::Failure);
                 let failed = Failed {
                     org: None,
                     action: AuditAction::LoginFailure,

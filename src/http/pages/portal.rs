@@ -6,6 +6,7 @@
 //! `HttpOnly`) and written into each form; a post is accepted only when its token matches the
 //! session's (`Services::csrf_matches`).
 
+use crate::telemetry::{self, LoginOutcome, LoginSurface};
 use std::collections::HashMap;
 
 use askama::Template;
@@ -176,10 +177,20 @@ async fn login(
         .as_ref()
         .map(|p| p.expose_secret().to_owned())
         .unwrap_or_default();
-    let refused = match state
+    let authenticated = state
         .authenticate_admin(&fields.login_name, &password, client)
-        .await
-    {
+        .await;
+    if let Ok(outcome) = &authenticated {
+        telemetry::login(
+            LoginSurface::Console,
+            match outcome {
+                Ok(_) => LoginOutcome::Success,
+                Err(LoginFailed::Throttled { .. }) => LoginOutcome::Throttled,
+                Err(_) => LoginOutcome::Failure,
+            },
+        );
+    }
+    let refused = match authenticated {
         Err(e) => ApiError::from(e),
         Ok(Err(LoginFailed::BadCredentials)) => ApiError::AuthenticationFailed,
         Ok(Err(LoginFailed::Throttled { retry_after_secs })) => {

@@ -1,0 +1,516 @@
+//! Prometheus metrics through the `metrics` facade and its Prometheus exporter.
+//!
+//! One registry per process (the facade's global recorder), installed by the first
+//! [`App`](crate::App) built with metrics on. Counters and histograms touched by every
+//! request are registered once ([`Hot`]) and reached through a `OnceLock`, so the fast paths
+//! pay one atomic load when metrics are off and an atomic add per series when on; the rest
+//! use the facade's macros. Every label value comes from a fixed set in this file or from a
+//! route template: never a key, session id, login name, client address or org id.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::http::{Method, StatusCode};
+use metrics::{Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::service::Services;
+use crate::service::sessions::{ApiPrincipal, Denial};
+use crate::store::StoreResult;
+
+/// Seconds; from a cached answer (tens of microseconds) to a database under strain.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Histogram samples wait in lock-free buckets until rendered; this drains them when nobody
+/// scrapes, so memory stays flat.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+static HOT: OnceLock<Hot> = OnceLock::new();
+
+/// Where `/metrics` is served, and for the main listener the bearer token's hash.
+pub struct Exposition {
+    handle: PrometheusHandle,
+    token_hash: Option<[u8; 32]>,
+}
+
+impl Exposition {
+    /// Installs the process's recorder (once) and describes every metric.
+    pub fn new(token: Option<&str>) -> anyhow::Result<Arc<Self>> {
+        let handle = install().map_err(|e| anyhow::anyhow!("cannot install metrics: {e}"))?;
+        Ok(Arc::new(Exposition {
+            handle,
+            token_hash: token.map(|t| Sha256::digest(t.as_bytes()).into()),
+        }))
+    }
+
+    /// Whether `Authorization: Bearer <token>` carries the metrics token (compared as
+    /// SHA-256 digests in constant time, so neither its length nor its bytes leak by timing).
+    pub fn token_accepted(&self, authorization: Option<&str>) -> bool {
+        let (Some(expected), Some(presented)) = (
+            self.token_hash.as_ref(),
+            authorization.and_then(|v| v.strip_prefix("Bearer ")),
+        ) else {
+            return false;
+        };
+        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
+        digest.ct_eq(expected).into()
+    }
+
+    /// The text exposition, after the gauges read at scrape time are set.
+    pub async fn render(&self, services: &Services) -> String {
+        scrape_gauges(services).await;
+        self.handle.render()
+    }
+}
+
+fn install() -> Result<PrometheusHandle, String> {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .map_err(|e| e.to_string())?
+                .install_recorder()
+                .map_err(|e| e.to_string())?;
+            describe();
+            let _ = HOT.set(Hot::register());
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_INTERVAL);
+                        upkeep.run_upkeep();
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+            Ok(handle)
+        })
+        .clone()
+}
+
+/// The pre-registered series of the fast paths, once metrics are on.
+pub fn hot() -> Option<&'static Hot> {
+    HOT.get()
+}
+
+// ------------------------------------------------------------------ label sets
+
+pub const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER",
+];
+
+pub fn method_index(m: &Method) -> usize {
+    match *m {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::PATCH => 4,
+        Method::DELETE => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn status_index(s: StatusCode) -> usize {
+    (usize::from(s.as_u16() / 100)).clamp(1, 5) - 1
+}
+
+/// Decisions on an API call or an `/authz` sub-request: allowed, each refusal's code, or a
+/// server error.
+const OUTCOMES: [&str; 8] = [
+    "ALLOWED",
+    "SESSION_NOT_VALID",
+    "NO_API_SUBSCRIPTION",
+    "SUBSCRIPTION_EXPIRED",
+    "NOT_AUTHORIZED",
+    "RATE_LIMIT_EXCEEDED",
+    "API_KEY_DISABLED",
+    "INTERNAL_ERROR",
+];
+const RATE_LIMITED: usize = 5;
+
+fn outcome_index(decision: Option<&StoreResult<Result<ApiPrincipal, Denial>>>) -> usize {
+    match decision {
+        None => 1,
+        Some(Ok(Ok(_))) => 0,
+        Some(Ok(Err(d))) => match d {
+            Denial::SessionNotValid => 1,
+            Denial::NoApiSubscription => 2,
+            Denial::SubscriptionExpired => 3,
+            Denial::NotAuthorized => 4,
+            Denial::RateLimited(_) => RATE_LIMITED,
+            Denial::KeyDisabled(_) => 6,
+        },
+        Some(Err(_)) => 7,
+    }
+}
+
+/// The routes answered in `http::dispatch` without the router.
+#[derive(Clone, Copy)]
+pub enum FastRoute {
+    Authz = 0,
+    ListKeys = 1,
+    Healthz = 2,
+}
+const FAST_ROUTES: [&str; 3] = ["/authz", "/api/v1/apiKeys", "/healthz"];
+
+/// Which caller asked for a decision.
+#[derive(Clone, Copy)]
+pub enum DecisionSurface {
+    Api = 0,
+    Authz = 1,
+}
+const DECISION_SURFACES: [&str; 2] = ["api", "authz"];
+
+#[derive(Clone, Copy)]
+pub enum CacheMap {
+    Session = 0,
+    Org = 1,
+    KeyList = 2,
+}
+const CACHE_MAPS: [&str; 3] = ["session", "org", "key_list"];
+
+#[derive(Clone, Copy)]
+pub enum LoginSurface {
+    Api,
+    Console,
+    Provider,
+}
+
+#[derive(Clone, Copy)]
+pub enum LoginOutcome {
+    Success,
+    Failure,
+    Throttled,
+    Locked,
+}
+
+impl LoginSurface {
+    const ALL: [LoginSurface; 3] = [Self::Api, Self::Console, Self::Provider];
+    fn label(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Console => "console",
+            Self::Provider => "provider",
+        }
+    }
+}
+
+impl LoginOutcome {
+    const ALL: [LoginOutcome; 4] = [Self::Success, Self::Failure, Self::Throttled, Self::Locked];
+    fn label(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failure => "failure",
+            Self::Throttled => "throttled",
+            Self::Locked => "locked",
+        }
+    }
+}
+
+/// Changes to an org's key, by what changed and who changed it.
+#[derive(Clone, Copy)]
+pub enum KeyChangeKind {
+    Provision,
+    Add,
+    Edit,
+    Regenerate,
+    Delete,
+    Disable,
+    Enable,
+}
+
+impl KeyChangeKind {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Provision => "provision",
+            Self::Add => "add",
+            Self::Edit => "edit",
+            Self::Regenerate => "regenerate",
+            Self::Delete => "delete",
+            Self::Disable => "disable",
+            Self::Enable => "enable",
+        }
+    }
+}
+
+/// The combinations that can happen, registered up front so they are exported at 0.
+const KEY_CHANGES: [(KeyChangeKind, &str); 8] = [
+    (KeyChangeKind::Add, "admin"),
+    (KeyChangeKind::Edit, "admin"),
+    (KeyChangeKind::Regenerate, "admin"),
+    (KeyChangeKind::Delete, "admin"),
+    (KeyChangeKind::Provision, "provider"),
+    (KeyChangeKind::Disable, "provider"),
+    (KeyChangeKind::Enable, "provider"),
+    (KeyChangeKind::Disable, "system"),
+];
+
+fn actor_label(actor: &crate::domain::audit::Actor) -> &'static str {
+    use crate::domain::audit::Actor;
+    match actor {
+        Actor::Provider { .. } => "provider",
+        Actor::Admin { .. } => "admin",
+        Actor::System => "system",
+        Actor::Anonymous { .. } => "anonymous",
+    }
+}
+
+// ------------------------------------------------------------------ the hot series
+
+struct RouteSeries {
+    /// By method, then status class: registered on first use (most never happen).
+    requests: [[OnceLock<Counter>; 5]; 8],
+    latency: [OnceLock<Histogram>; 8],
+}
+
+pub struct Hot {
+    routes: [RouteSeries; 3],
+    decisions: [[Counter; OUTCOMES.len()]; 2],
+    rate_limited: [Counter; 2],
+    cache: [[Counter; 2]; 3],
+}
+
+impl Hot {
+    fn register() -> Hot {
+        let routes = std::array::from_fn(|_| RouteSeries {
+            requests: Default::default(),
+            latency: Default::default(),
+        });
+        let decisions = std::array::from_fn(|s| {
+            std::array::from_fn(
+                |o| counter!(DECISIONS, "surface" => DECISION_SURFACES[s], "outcome" => OUTCOMES[o]),
+            )
+        });
+        let rate_limited = std::array::from_fn(
+            |s| counter!(RATE_LIMIT_REFUSALS, "surface" => DECISION_SURFACES[s]),
+        );
+        let cache = std::array::from_fn(|m| {
+            std::array::from_fn(
+                |r| counter!(CACHE_LOOKUPS, "map" => CACHE_MAPS[m], "result" => ["hit", "miss"][r]),
+            )
+        });
+        for s in LoginSurface::ALL {
+            for o in LoginOutcome::ALL {
+                counter!(LOGINS, "surface" => s.label(), "outcome" => o.label()).absolute(0);
+            }
+        }
+        for (kind, actor) in KEY_CHANGES {
+            counter!(KEY_CHANGES_TOTAL, "kind" => kind.label(), "actor" => actor).absolute(0);
+        }
+        counter!(THRESHOLD_TRIPS).absolute(0);
+        counter!(FLUSH_FAILURES).absolute(0);
+        for kind in ["unavailable", "other"] {
+            counter!(DB_ERRORS, "kind" => kind).absolute(0);
+        }
+        metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        Hot {
+            routes,
+            decisions,
+            rate_limited,
+            cache,
+        }
+    }
+
+    /// One request answered on a fast path.
+    pub fn request(&self, route: FastRoute, method: usize, status: StatusCode, started: Instant) {
+        let series = &self.routes[route as usize];
+        let path = FAST_ROUTES[route as usize];
+        series.requests[method][status_index(status)]
+            .get_or_init(|| {
+                counter!(HTTP_REQUESTS, "route" => path, "method" => METHODS[method],
+                    "status" => STATUS_CLASSES[status_index(status)])
+            })
+            .increment(1);
+        series.latency[method]
+            .get_or_init(|| histogram_for(path.into(), method))
+            .record(started.elapsed().as_secs_f64());
+    }
+
+    pub fn decision(
+        &self,
+        surface: DecisionSurface,
+        decision: Option<&StoreResult<Result<ApiPrincipal, Denial>>>,
+    ) {
+        let outcome = outcome_index(decision);
+        self.decisions[surface as usize][outcome].increment(1);
+        if outcome == RATE_LIMITED {
+            self.rate_limited[surface as usize].increment(1);
+        }
+    }
+
+    pub fn cache_lookup(&self, map: CacheMap, hit: bool) {
+        self.cache[map as usize][usize::from(!hit)].increment(1);
+    }
+}
+
+fn histogram_for(route: metrics::SharedString, method: usize) -> Histogram {
+    metrics::histogram!(HTTP_DURATION, "route" => route, "method" => METHODS[method])
+}
+
+/// A request the router answered; `route` is its template (`None`: no route matched).
+pub fn router_request(route: Option<&str>, method: usize, status: StatusCode, started: Instant) {
+    let route: metrics::SharedString = match route {
+        Some(r) => r.to_owned().into(),
+        None => "unmatched".into(),
+    };
+    counter!(HTTP_REQUESTS, "route" => route.clone(), "method" => METHODS[method],
+        "status" => STATUS_CLASSES[status_index(status)])
+    .increment(1);
+    histogram_for(route, method).record(started.elapsed().as_secs_f64());
+}
+
+pub fn login(surface: LoginSurface, outcome: LoginOutcome) {
+    if hot().is_some() {
+        counter!(LOGINS, "surface" => surface.label(), "outcome" => outcome.label()).increment(1);
+    }
+}
+
+pub fn key_change(kind: KeyChangeKind, actor: &crate::domain::audit::Actor) {
+    if hot().is_some() {
+        counter!(KEY_CHANGES_TOTAL, "kind" => kind.label(), "actor" => actor_label(actor))
+            .increment(1);
+    }
+}
+
+/// R9: a call went over its org's threshold and the key was disabled.
+pub fn threshold_trip() {
+    if hot().is_some() {
+        counter!(THRESHOLD_TRIPS).increment(1);
+    }
+}
+
+pub fn meter_flush(started: Instant, ok: bool) {
+    if hot().is_some() {
+        metrics::histogram!(FLUSH_DURATION).record(started.elapsed().as_secs_f64());
+        if !ok {
+            counter!(FLUSH_FAILURES).increment(1);
+        }
+    }
+}
+
+/// A database error; `unavailable` when the database could not be reached or asked for a retry.
+pub fn db_error(unavailable: bool) {
+    if hot().is_some() {
+        let kind = if unavailable { "unavailable" } else { "other" };
+        counter!(DB_ERRORS, "kind" => kind).increment(1);
+    }
+}
+
+/// How long a change waited for the other caching nodes to confirm it (PostgreSQL).
+pub fn change_confirmation(started: Instant) {
+    if hot().is_some() {
+        metrics::histogram!(CHANGE_WAIT).record(started.elapsed().as_secs_f64());
+    }
+}
+
+async fn scrape_gauges(services: &Services) {
+    let s = &services.settings;
+    let now = services.clock.now();
+    match services
+        .store
+        .live_sessions(
+            now,
+            (s.api_idle_timeout_secs, s.api_max_lifetime_secs),
+            (s.console_idle_timeout_secs, s.console_max_lifetime_secs),
+        )
+        .await
+    {
+        Ok((api, console)) => {
+            metrics::gauge!(API_SESSIONS).set(api as f64);
+            metrics::gauge!(CONSOLE_SESSIONS).set(console as f64);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot count live sessions for the metrics"),
+    }
+    for p in services.store.pool_stats() {
+        let idle = p.idle as f64;
+        metrics::gauge!(DB_POOL, "pool" => p.pool, "state" => "idle").set(idle);
+        metrics::gauge!(DB_POOL, "pool" => p.pool, "state" => "in_use")
+            .set((f64::from(p.size) - idle).max(0.0));
+    }
+    if services.peers.is_some() {
+        metrics::gauge!(LEASE).set(if services.cache.leased() { 1.0 } else { 0.0 });
+    }
+}
+
+// ------------------------------------------------------------------ names
+
+const HTTP_REQUESTS: &str = "keygate_http_requests_total";
+const HTTP_DURATION: &str = "keygate_http_request_duration_seconds";
+const DECISIONS: &str = "keygate_api_decisions_total";
+const RATE_LIMIT_REFUSALS: &str = "keygate_rate_limit_refusals_total";
+const LOGINS: &str = "keygate_logins_total";
+const KEY_CHANGES_TOTAL: &str = "keygate_key_changes_total";
+const THRESHOLD_TRIPS: &str = "keygate_call_threshold_trips_total";
+const API_SESSIONS: &str = "keygate_api_sessions";
+const CONSOLE_SESSIONS: &str = "keygate_console_sessions";
+const FLUSH_DURATION: &str = "keygate_meter_flush_duration_seconds";
+const FLUSH_FAILURES: &str = "keygate_meter_flush_failures_total";
+const DB_POOL: &str = "keygate_db_pool_connections";
+const DB_ERRORS: &str = "keygate_db_query_errors_total";
+const CACHE_LOOKUPS: &str = "keygate_node_cache_lookups_total";
+const LEASE: &str = "keygate_node_cache_lease_held";
+const CHANGE_WAIT: &str = "keygate_node_cache_change_wait_seconds";
+const BUILD_INFO: &str = "keygate_build_info";
+
+fn describe() {
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by route template, method and status class"
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        metrics::Unit::Seconds,
+        "Time to answer a request's head, by route template and method"
+    );
+    describe_counter!(
+        DECISIONS,
+        "Decisions on cloud service API calls (surface=api) and /authz sub-requests (surface=authz), by outcome code"
+    );
+    describe_counter!(RATE_LIMIT_REFUSALS, "Calls refused by an org's rate limits");
+    describe_counter!(
+        LOGINS,
+        "Logins by surface (api, console, provider) and outcome (success, failure, throttled, locked)"
+    );
+    describe_counter!(
+        KEY_CHANGES_TOTAL,
+        "Changes to an org's API key, by kind and actor kind"
+    );
+    describe_counter!(
+        THRESHOLD_TRIPS,
+        "Keys disabled because their org exceeded its call threshold (R9)"
+    );
+    describe_gauge!(API_SESSIONS, "Live cloud service API sessions");
+    describe_gauge!(CONSOLE_SESSIONS, "Live admin console sessions");
+    describe_histogram!(
+        FLUSH_DURATION,
+        metrics::Unit::Seconds,
+        "Time to write the metered call counts to the database"
+    );
+    describe_counter!(
+        FLUSH_FAILURES,
+        "Metered call count writes that failed (retried at the next flush)"
+    );
+    describe_gauge!(DB_POOL, "Database pool connections, by pool and state");
+    describe_counter!(DB_ERRORS, "Database query errors, by kind");
+    describe_counter!(CACHE_LOOKUPS, "Node cache look-ups, by map and result");
+    describe_gauge!(
+        LEASE,
+        "1 while this node holds its cache lease (PostgreSQL with --node-cache)"
+    );
+    describe_histogram!(
+        CHANGE_WAIT,
+        metrics::Unit::Seconds,
+        "Time a change waited for the other caching nodes to confirm it (PostgreSQL with --node-cache)"
+    );
+    describe_gauge!(BUILD_INFO, "Always 1; the version in its label");
+}
