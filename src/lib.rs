@@ -13,7 +13,7 @@ pub mod http;
 pub mod server;
 pub mod service;
 pub mod store;
-pub mod tls;
 pub mod telemetry;
+pub mod tls;
 
 pub use server::{App, serve};

@@ -87,7 +87,7 @@ impl TrustedProxies {
 
     /// The hops the configured header lists, leftmost first (`None` for one unreadable).
     fn hops(&self, headers: &HeaderMap) -> Vec<Option<IpAddr>> {
-        let values = headers
+        let mut values = headers
             .get_all(self.header.as_str())
             .iter()
             .filter_map(|v| v.to_str().ok());
@@ -106,7 +106,7 @@ impl TrustedProxies {
                 })
                 .collect(),
             // One address; several headers mean the client added its own: take the last.
-            ClientIpHeader::XRealIp => values.last().map(parse_hop).into_iter().collect(),
+            ClientIpHeader::XRealIp => values.next_back().map(parse_hop).into_iter().collect(),
         }
     }
 

@@ -18,9 +18,13 @@
 
 use std::net::IpAddr;
 
+use super::Services;
 use crate::crypto::token::token_hash;
+use crate::domain::audit::{Actor, AuditAction};
+use crate::domain::ids::OrgId;
 use crate::domain::time::Millis;
 use crate::store::FailureCount;
+use crate::store::StoreResult;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ThrottlePolicy {
@@ -98,61 +102,6 @@ impl ThrottlePolicy {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn count(failures: i64) -> Option<FailureCount> {
-        Some(FailureCount {
-            window_start: Millis(1_000_000),
-            failures,
-        })
-    }
-
-    #[test]
-    fn each_bound_holds_only_where_it_should() {
-        let p = ThrottlePolicy::default();
-        let now = Millis(1_000_000 + 60_000);
-        assert_eq!(p.verdict(&[None, None, None], now), Ok(()));
-        assert_eq!(p.verdict(&[count(20), None, None], now), Err(240));
-        assert_eq!(p.verdict(&[count(5), count(5), count(5)], now), Err(240));
-        assert_eq!(p.verdict(&[count(4), count(4), count(49)], now), Ok(()));
-        // Under attack: an address that failed for the login is held back, a clean one is not.
-        assert_eq!(p.verdict(&[count(1), count(1), count(500)], now), Err(240));
-        assert_eq!(p.verdict(&[None, None, count(100_000)], now), Ok(()));
-        // After the window, nothing holds.
-        let later = Millis(1_000_000 + 300_000);
-        assert_eq!(
-            p.verdict(&[count(99), count(99), count(999)], later),
-            Ok(())
-        );
-    }
-
-    #[test]
-    fn scopes_fold_case_and_ipv6_hosts_of_one_network() {
-        let a = scopes("Admin@X.com", Some("2001:db8:1:2:aaaa::1"));
-        let b = scopes("admin@x.com", Some("2001:db8:1:2:bbbb::9"));
-        assert_eq!(a.0, b.0);
-        let c = scopes("admin@x.com", Some("2001:db8:1:3::1"));
-        assert_ne!(a.0[0], c.0[0]);
-        assert_eq!(a.0[2], c.0[2]);
-        assert_eq!(
-            scopes("a", Some("::ffff:10.0.0.1")).0,
-            scopes("a", Some("10.0.0.1")).0
-        );
-        // Stored as digests: neither the name nor the address appears.
-        assert!(
-            a.0.iter()
-                .all(|s| !s.contains("admin") && !s.contains("2001"))
-        );
-    }
-}
-
-use super::Services;
-use crate::domain::audit::{Actor, AuditAction};
-use crate::domain::ids::OrgId;
-use crate::store::StoreResult;
 
 /// A failed attempt, as audited.
 pub struct Failed {
@@ -239,5 +188,55 @@ impl Services {
                 self.clock.now(),
             )
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(failures: i64) -> Option<FailureCount> {
+        Some(FailureCount {
+            window_start: Millis(1_000_000),
+            failures,
+        })
+    }
+
+    #[test]
+    fn each_bound_holds_only_where_it_should() {
+        let p = ThrottlePolicy::default();
+        let now = Millis(1_000_000 + 60_000);
+        assert_eq!(p.verdict(&[None, None, None], now), Ok(()));
+        assert_eq!(p.verdict(&[count(20), None, None], now), Err(240));
+        assert_eq!(p.verdict(&[count(5), count(5), count(5)], now), Err(240));
+        assert_eq!(p.verdict(&[count(4), count(4), count(49)], now), Ok(()));
+        // Under attack: an address that failed for the login is held back, a clean one is not.
+        assert_eq!(p.verdict(&[count(1), count(1), count(500)], now), Err(240));
+        assert_eq!(p.verdict(&[None, None, count(100_000)], now), Ok(()));
+        // After the window, nothing holds.
+        let later = Millis(1_000_000 + 300_000);
+        assert_eq!(
+            p.verdict(&[count(99), count(99), count(999)], later),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn scopes_fold_case_and_ipv6_hosts_of_one_network() {
+        let a = scopes("Admin@X.com", Some("2001:db8:1:2:aaaa::1"));
+        let b = scopes("admin@x.com", Some("2001:db8:1:2:bbbb::9"));
+        assert_eq!(a.0, b.0);
+        let c = scopes("admin@x.com", Some("2001:db8:1:3::1"));
+        assert_ne!(a.0[0], c.0[0]);
+        assert_eq!(a.0[2], c.0[2]);
+        assert_eq!(
+            scopes("a", Some("::ffff:10.0.0.1")).0,
+            scopes("a", Some("10.0.0.1")).0
+        );
+        // Stored as digests: neither the name nor the address appears.
+        assert!(
+            a.0.iter()
+                .all(|s| !s.contains("admin") && !s.contains("2001"))
+        );
     }
 }
