@@ -36,6 +36,11 @@ async fn api_login(
     api_login_with(http, base, login, password, api_key, ts, &[]).await
 }
 
+/// A login with the right password and `key` obfuscated for `ts`.
+async fn key_login(http: &Client, base: &str, login: &str, key: &str, ts: i64) -> Raw {
+    api_login(http, base, login, PASSWORD, &obfuscate(key, ts), ts).await
+}
+
 async fn api_login_with(
     http: &Client,
     base: &str,
@@ -189,15 +194,7 @@ async fn a_password_without_the_key_gets_no_session_then_the_lock() {
         assert_api_error(&raw, StatusCode::UNAUTHORIZED, "AUTHENTICATION_FAILED");
     }
     // So does the real key there: those residues are refused for everyone.
-    let raw = api_login(
-        &attacker,
-        &server.base,
-        "full@guess",
-        PASSWORD,
-        &obfuscate(&key, single),
-        single,
-    )
-    .await;
+    let raw = key_login(&attacker, &server.base, "full@guess", &key, single).await;
     assert_api_error(&raw, StatusCode::UNAUTHORIZED, "AUTHENTICATION_FAILED");
 
     // Residues reading three positions: each wrong guess is charged 62^-3.
@@ -230,26 +227,10 @@ async fn a_password_without_the_key_gets_no_session_then_the_lock() {
     // Now even the right key, at a residue that reads many positions, is turned away.
     let strong = at_residue(now, 135_246);
     assert!(positions_read(strong).count_ones() >= 7);
-    let raw = api_login(
-        &attacker,
-        &server.base,
-        "full@guess",
-        PASSWORD,
-        &obfuscate(&key, strong),
-        strong,
-    )
-    .await;
+    let raw = key_login(&attacker, &server.base, "full@guess", &key, strong).await;
     assert_api_error(&raw, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMIT_EXCEEDED");
     let victim = client_from("127.0.0.3");
-    let raw = api_login(
-        &victim,
-        &server.base,
-        "full@guess",
-        PASSWORD,
-        &obfuscate(&key, strong),
-        strong,
-    )
-    .await;
+    let raw = key_login(&victim, &server.base, "full@guess", &key, strong).await;
     assert_api_error(&raw, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMIT_EXCEEDED");
 
     // Audited as their own action, with the lock.
@@ -307,15 +288,7 @@ async fn a_password_without_the_key_gets_no_session_then_the_lock() {
         )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
-    let raw = api_login(
-        &victim,
-        &server.base,
-        "full@guess",
-        PASSWORD,
-        &obfuscate(&key, strong),
-        strong,
-    )
-    .await;
+    let raw = key_login(&victim, &server.base, "full@guess", &key, strong).await;
     assert_eq!(raw.status, StatusCode::OK, "{}", raw.text);
     let records = provider_audit_actions(&server, org).await;
     assert_eq!(count_action(&records, "API_KEY_GUESS_CLEAR"), 1);
@@ -372,42 +345,18 @@ async fn replaced_keys_never_log_in_and_an_old_script_locks_no_one() {
         .chain([135_246, 200_467])
     {
         let ts = at_residue(now, residue);
-        let raw = api_login(
-            &script,
-            &server.base,
-            "full@old",
-            PASSWORD,
-            &obfuscate(&old, ts),
-            ts,
-        )
-        .await;
+        let raw = key_login(&script, &server.base, "full@old", &old, ts).await;
         assert_api_error(&raw, StatusCode::UNAUTHORIZED, "AUTHENTICATION_FAILED");
     }
     // A day of a cron job every two minutes with the replaced key, from its usual address.
     for _ in 0..720 {
         server.clock.advance_secs(120);
         let ts = server.clock.now().0;
-        let raw = api_login(
-            &script,
-            &server.base,
-            "full@old",
-            PASSWORD,
-            &obfuscate(&old, ts),
-            ts,
-        )
-        .await;
+        let raw = key_login(&script, &server.base, "full@old", &old, ts).await;
         assert_api_error(&raw, StatusCode::UNAUTHORIZED, "AUTHENTICATION_FAILED");
     }
     let ts = server.clock.now().0;
-    let raw = api_login(
-        &script,
-        &server.base,
-        "full@old",
-        PASSWORD,
-        &obfuscate(&new, ts),
-        ts,
-    )
-    .await;
+    let raw = key_login(&script, &server.base, "full@old", &new, ts).await;
     assert_eq!(raw.status, StatusCode::OK, "{}", raw.text);
     let console = server.login("full@old").await;
     let (_, list) = console.get("/admin/v1/keyGuesses").await;
@@ -476,15 +425,7 @@ async fn right_key_logins(n: usize) {
         rng_state ^= rng_state << 17;
         server.clock.advance_ms((rng_state % 5_000) as i64 + 1);
         let ts = server.clock.now().0;
-        let raw = api_login(
-            &http,
-            &server.base,
-            "full@legit",
-            PASSWORD,
-            &obfuscate(&key, ts),
-            ts,
-        )
-        .await;
+        let raw = key_login(&http, &server.base, "full@legit", &key, ts).await;
         if guess_charge(ts).is_none() {
             refused_residues += 1;
             assert_eq!(raw.status, StatusCode::UNAUTHORIZED);
@@ -549,27 +490,11 @@ async fn no_one_without_the_password_locks_an_admin_out() {
     );
     // Right password from the attacker's address: throttled too (the address is).
     let ts = server.clock.now().0;
-    let raw = api_login(
-        &attacker,
-        &server.base,
-        "full@victim",
-        PASSWORD,
-        &obfuscate(&key, ts),
-        ts,
-    )
-    .await;
+    let raw = key_login(&attacker, &server.base, "full@victim", &key, ts).await;
     assert_eq!(raw.status, StatusCode::TOO_MANY_REQUESTS);
     // The victim elsewhere: at once, on the API and the console.
     let victim = client_from("127.0.0.3");
-    let raw = api_login(
-        &victim,
-        &server.base,
-        "full@victim",
-        PASSWORD,
-        &obfuscate(&key, ts),
-        ts,
-    )
-    .await;
+    let raw = key_login(&victim, &server.base, "full@victim", &key, ts).await;
     assert_eq!(raw.status, StatusCode::OK, "{}", raw.text);
     assert_eq!(
         console_login(&victim, &server.base, "full@victim", PASSWORD).await,
@@ -606,15 +531,7 @@ async fn no_one_without_the_password_locks_an_admin_out() {
         StatusCode::OK
     );
     let ts = server.clock.now().0;
-    let raw = api_login(
-        &elsewhere,
-        &server.base,
-        "full@victim",
-        PASSWORD,
-        &obfuscate(&key, ts),
-        ts,
-    )
-    .await;
+    let raw = key_login(&elsewhere, &server.base, "full@victim", &key, ts).await;
     assert_eq!(raw.status, StatusCode::OK, "{}", raw.text);
 }
 
@@ -683,15 +600,7 @@ async fn behind_nginx_the_forwarded_address_is_the_client() {
     );
     let b = client_from("127.0.0.3");
     let ts = server.clock.now().0;
-    let raw = api_login(
-        &b,
-        &front,
-        "full@proxied",
-        PASSWORD,
-        &obfuscate(&key, ts),
-        ts,
-    )
-    .await;
+    let raw = key_login(&b, &front, "full@proxied", &key, ts).await;
     assert_eq!(raw.status, StatusCode::OK, "{}", raw.text);
     assert_eq!(
         console_login(&b, &front, "full@proxied", PASSWORD).await,
@@ -713,15 +622,7 @@ async fn behind_nginx_the_forwarded_address_is_the_client() {
         .await;
         assert_ne!(raw.status, StatusCode::OK);
     }
-    let raw = api_login(
-        &b,
-        &front,
-        "full@proxied",
-        PASSWORD,
-        &obfuscate(&key, ts),
-        ts,
-    )
-    .await;
+    let raw = key_login(&b, &front, "full@proxied", &key, ts).await;
     assert_eq!(
         raw.status,
         StatusCode::OK,
@@ -776,15 +677,7 @@ async fn locks_and_counters_survive_a_restart() {
     let server = TestServer::start_in(dir, |_| {}).await;
     let b = client_from("127.0.0.3");
     let ts = server.clock.now().0;
-    let raw = api_login(
-        &b,
-        &server.base,
-        "full@restart",
-        PASSWORD,
-        &obfuscate(&key, ts),
-        ts,
-    )
-    .await;
+    let raw = key_login(&b, &server.base, "full@restart", &key, ts).await;
     assert_api_error(&raw, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMIT_EXCEEDED");
     assert_eq!(
         console_login(&a, &server.base, "view@restart", PASSWORD).await,
@@ -809,15 +702,7 @@ async fn locks_and_counters_survive_a_restart() {
         )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
-    let raw = api_login(
-        &b,
-        &server.base,
-        "full@restart",
-        PASSWORD,
-        &obfuscate(&key, ts),
-        ts,
-    )
-    .await;
+    let raw = key_login(&b, &server.base, "full@restart", &key, ts).await;
     assert_eq!(raw.status, StatusCode::OK, "{}", raw.text);
     // Another org's admin id through this org: not found, nothing cleared.
     let (status, _) = server
@@ -860,15 +745,7 @@ async fn two_nodes_share_the_budget_and_the_counters() {
     let b = client_from("127.0.0.3");
     for node in &nodes {
         let ts = node.clock.now().0;
-        let raw = api_login(
-            &b,
-            &node.base,
-            "full@nodes",
-            PASSWORD,
-            &obfuscate(&key, ts),
-            ts,
-        )
-        .await;
+        let raw = key_login(&b, &node.base, "full@nodes", &key, ts).await;
         assert_api_error(&raw, StatusCode::TOO_MANY_REQUESTS, "RATE_LIMIT_EXCEEDED");
     }
     // Wrong passwords for another admin from A: three on one node, two on the other.
