@@ -861,8 +861,16 @@ def machine():
         mem_kib = int(f.readline().split()[1])
     return {"nproc": NCPU, "cpu": model, "mem_gib": round(mem_kib / 2**20, 1), "kernel": os.uname().release,
             "date": time.strftime("%Y-%m-%d %H:%M %Z"), "pinning": {"server": SERVER_CPUS, "loadgen": LOADGEN_CPUS},
-            "wrk": subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split("\n")[0],
-            "oha": subprocess.run(["oha", "--version"], capture_output=True, text=True).stdout.strip()}
+            "wrk": tool_version(["wrk", "--version"]).split("\n")[0],
+            "oha": tool_version(["oha", "--version"]).strip()}
+
+
+def tool_version(cmd):
+    """A load generator's version line; scenarios that do not use it run without it."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        return f"{cmd[0]} not installed"
 
 
 def main():
