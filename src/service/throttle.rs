@@ -23,8 +23,7 @@ use crate::crypto::token::token_hash;
 use crate::domain::audit::{Actor, AuditAction};
 use crate::domain::ids::OrgId;
 use crate::domain::time::Millis;
-use crate::store::FailureCount;
-use crate::store::StoreResult;
+use crate::store::{FailureCount, StoreResult};
 
 #[derive(Debug, Clone, Copy)]
 pub struct ThrottlePolicy {
@@ -157,8 +156,7 @@ impl Services {
         });
     }
 
-    /// Counts a failed attempt against its scopes (all three, or `only` the first n), then
-    /// audits it.
+    /// Counts a failed attempt against all three of its scopes, then audits it.
     pub async fn login_failed(
         &self,
         login: &str,

@@ -1177,8 +1177,7 @@ impl Store for $store {
                 return Ok(GuessCheck::Locked);
             }
             if let Some(f) = failure {
-                let mut conn = self.writer.acquire().await.map_err(map_err)?;
-                insert_audit(&mut conn, f.org, f.action, None, f.details, ctx).await?;
+                self.append_audit(f.org, f.action, f.details, ctx).await?;
             }
             return Ok(GuessCheck::Open);
         }
