@@ -12,6 +12,8 @@ only the Python standard library. Settings come from the environment (see BENCHM
   BENCH_PG_URL       PostgreSQL server URL without database (default postgres://postgres@127.0.0.1:5432)
   BENCH_SKIP_PG      1 skips scenario 7
   BENCH_PG_NODES     keygate nodes on PostgreSQL in scenario 7 (default 2, at most 4)
+  BENCH_PG_ALL       1: scenario 7 also with --node-cache=true (7b) and =false (7c), not only as
+                     configured by default
   BENCH_OUT          where to write the results as JSON (default target/bench/results.json)
   BENCH_ONLY         comma-separated scenario numbers to run (default all)
   BENCH_ROUNDS       rounds of the side-by-side comparisons of scenarios 1 and 2 (default 2)
@@ -164,6 +166,7 @@ class Server:
         os.makedirs(data_dir, exist_ok=True)
         self.env = dict(os.environ)
         self.env.pop("KEYGATE_DATABASE_URL", None)
+        self.env.pop("KEYGATE_NODE_CACHE", None)
         self.env["KEYGATE_PROVIDER_TOKEN"] = PROVIDER_TOKEN
         self.env.update(env or {})
         self.proc = None
@@ -754,11 +757,15 @@ def s5_report(points):
 
 
 def s7_postgres(workdir, node_cache):
-    key = "7b" if node_cache else "7"
-    if node_cache:
-        log(f"\n## 7b. PostgreSQL, {PG_NODES} node(s) with --node-cache (load split over them; each node caches, kept exact by notifications and leases)")
+    """node_cache: None = as `keygate serve` is configured by default (KEYGATE_NODE_CACHE unset),
+    True / False = set explicitly."""
+    key = {None: "7", True: "7b", False: "7c"}[node_cache]
+    if node_cache is None:
+        log(f"\n## 7. PostgreSQL, {PG_NODES} node(s) as configured by default (load split over them; global rate limits on)")
+    elif node_cache:
+        log(f"\n## 7b. PostgreSQL, {PG_NODES} node(s) with --node-cache=true (load split over them; each node caches, kept exact by notifications and leases)")
     else:
-        log(f"\n## 7. PostgreSQL, {PG_NODES} node(s) (load split over them; every request reads the database)")
+        log(f"\n## 7c. PostgreSQL, {PG_NODES} node(s) with --node-cache=false (load split over them; every request reads the database)")
     db = f"keygate_bench_{os.getpid()}_{key}"
     admin_url = PG_URL + "/postgres"
     for _ in range(60):
@@ -773,8 +780,9 @@ def s7_postgres(workdir, node_cache):
     nodes = []
     try:
         master = base64.b64encode(os.urandom(32)).decode()
-        env = {"KEYGATE_DATABASE_URL": f"{PG_URL}/{db}", "KEYGATE_MASTER_KEY": master,
-               "KEYGATE_NODE_CACHE": "true" if node_cache else "false"}
+        env = {"KEYGATE_DATABASE_URL": f"{PG_URL}/{db}", "KEYGATE_MASTER_KEY": master}
+        if node_cache is not None:
+            env["KEYGATE_NODE_CACHE"] = "true" if node_cache else "false"
         POSTGRES_IS_OURS[0] = True
         for name in ("node-a", "node-b", "node-c", "node-d")[:PG_NODES]:
             nodes.append(Server(name, os.path.join(workdir, "pg-" + name), env).start())
@@ -913,8 +921,8 @@ def main():
         if want(5):
             s5_report(s5_scale(WORK))
         if want(7) and not SKIP_PG:
-            s7_postgres(WORK, node_cache=False)
-            s7_postgres(WORK, node_cache=True)
+            for node_cache in [None] + [c for c in (True, False) if os.environ.get("BENCH_PG_ALL") == "1"]:
+                s7_postgres(WORK, node_cache=node_cache)
     finally:
         if dep:
             dep.server.stop()
