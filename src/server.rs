@@ -120,6 +120,7 @@ impl App {
             gate: Default::default(),
             throttle: config.login_throttle,
             throttle_swept: Default::default(),
+            console_swept: Default::default(),
             rate_limits: crate::service::limits::RateLimits::new(clock.clone()),
             meter: Default::default(),
             cache: crate::service::cache::ViewCache::new(cache_mode),
@@ -171,6 +172,9 @@ pub async fn serve(
                     s.api_idle_timeout_secs,
                     s.api_max_lifetime_secs,
                 );
+                if let Err(e) = services.sweep_console_sessions().await {
+                    tracing::warn!(error = %e, "could not sweep expired console sessions");
+                }
             }
         }
     });

@@ -49,6 +49,8 @@ pub struct Services {
     pub throttle: throttle::ThrottlePolicy,
     /// When this node last swept expired login failure counters (ms).
     pub throttle_swept: std::sync::atomic::AtomicI64,
+    /// When this node last swept expired console sessions (ms).
+    pub console_swept: std::sync::atomic::AtomicI64,
     pub rate_limits: limits::RateLimits,
     pub meter: meter::Meter,
     pub cache: cache::ViewCache,

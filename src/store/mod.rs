@@ -173,6 +173,15 @@ pub struct ConsoleSession {
     pub last_seen_at: Millis,
 }
 
+/// A provider console session (`http::pages::console`): only hashes of its id and CSRF token.
+#[derive(Debug, Clone)]
+pub struct ProviderConsoleSession {
+    pub token_id: i64,
+    pub csrf_hash: String,
+    pub created_at: Millis,
+    pub last_seen_at: Millis,
+}
+
 /// A cloud service API session with what a request needs to decide on it, read in one go.
 #[derive(Debug, Clone)]
 pub struct ApiSessionView {
@@ -345,6 +354,28 @@ pub trait Store: Send + Sync + 'static {
     async fn get_console_session(&self, id_hash: &str) -> StoreResult<Option<ConsoleSession>>;
     async fn touch_console_session(&self, id_hash: &str, now: Millis) -> StoreResult<()>;
     async fn delete_console_session(&self, id_hash: &str) -> StoreResult<()>;
+
+    // --- provider console sessions (stored as hashes)
+    async fn create_provider_session(
+        &self,
+        id_hash: &str,
+        token_id: i64,
+        csrf_hash: &str,
+        now: Millis,
+    ) -> StoreResult<()>;
+    async fn get_provider_session(
+        &self,
+        id_hash: &str,
+    ) -> StoreResult<Option<ProviderConsoleSession>>;
+    async fn touch_provider_session(&self, id_hash: &str, now: Millis) -> StoreResult<()>;
+    async fn delete_provider_session(&self, id_hash: &str) -> StoreResult<()>;
+    /// Deletes the admin and provider console sessions last seen before `idle_before` or
+    /// created before `created_before` (both are dead by then); how many went.
+    async fn sweep_console_sessions(
+        &self,
+        idle_before: Millis,
+        created_before: Millis,
+    ) -> StoreResult<u64>;
 
     // --- limits and usage
     /// Sets the call threshold and rate limits (`None` = deployment default), audited.

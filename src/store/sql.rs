@@ -968,6 +968,63 @@ impl Store for $store {
         self.delete_session_row("console_sessions", id_hash).await
     }
 
+    async fn create_provider_session(
+        &self,
+        id_hash: &str,
+        token_id: i64,
+        csrf_hash: &str,
+        now: Millis,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO provider_console_sessions (id_hash, token_id, csrf_hash, created_at, last_seen_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id_hash)
+        .bind(token_id)
+        .bind(csrf_hash)
+        .bind(now.0)
+        .bind(now.0)
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn get_provider_session(&self, id_hash: &str) -> StoreResult<Option<ProviderConsoleSession>> {
+        let row = sqlx::query("SELECT token_id, csrf_hash, created_at, last_seen_at FROM provider_console_sessions WHERE id_hash = $1")
+            .bind(id_hash)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?;
+        Ok(row.map(|r| ProviderConsoleSession {
+            token_id: r.get("token_id"),
+            csrf_hash: r.get("csrf_hash"),
+            created_at: Millis(r.get("created_at")),
+            last_seen_at: Millis(r.get("last_seen_at")),
+        }))
+    }
+
+    async fn touch_provider_session(&self, id_hash: &str, now: Millis) -> StoreResult<()> {
+        self.touch_session_row("provider_console_sessions", id_hash, now).await
+    }
+
+    async fn delete_provider_session(&self, id_hash: &str) -> StoreResult<()> {
+        self.delete_session_row("provider_console_sessions", id_hash).await
+    }
+
+    async fn sweep_console_sessions(&self, idle_before: Millis, created_before: Millis) -> StoreResult<u64> {
+        let mut gone = 0;
+        for table in ["console_sessions", "provider_console_sessions"] {
+            gone += sqlx::query(&format!("DELETE FROM {table} WHERE last_seen_at < $1 OR created_at < $2"))
+                .bind(idle_before.0)
+                .bind(created_before.0)
+                .execute(&self.writer)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
+        }
+        Ok(gone)
+    }
+
     async fn put_audit_report(&self, admin: AdminId, report: &crate::service::reports::AuditReport) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO audit_reports (admin_id, csv, rows_count, finished_at) VALUES ($1, $2, $3, $4) \
