@@ -7,7 +7,7 @@
 
 pub mod peers;
 pub mod postgres;
-mod sql;
+pub mod sql;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -114,6 +114,7 @@ impl AdminRecord {
     }
 }
 
+#[derive(Clone)]
 pub struct NewAdmin {
     pub login: LoginName,
     pub password_hash: String,
@@ -210,6 +211,7 @@ pub struct UsageRow {
     pub calls: i64,
 }
 
+#[derive(Clone)]
 pub enum ProviderKeyAction {
     Disable(Disablement),
     /// The system's disable (R9): does nothing if the key is already disabled.
@@ -218,6 +220,7 @@ pub enum ProviderKeyAction {
 }
 
 /// The audit record of a failed login.
+#[derive(Clone)]
 pub struct LoginFailure {
     pub org: Option<OrgId>,
     pub action: AuditAction,
