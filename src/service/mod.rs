@@ -56,6 +56,8 @@ pub struct Services {
     pub cache: cache::ViewCache,
     pub session_reads: Arc<reads::Coalesced<reads::SessionRows>>,
     pub org_reads: Arc<reads::Coalesced<reads::OrgRows>>,
+    /// Whether the node cache runs, and why not (`/readyz`, the start-up log).
+    pub node_cache: cache::NodeCacheMode,
     /// The other nodes, when this one caches on PostgreSQL (`--node-cache`).
     pub peers: Option<Arc<peers::Peers>>,
     /// `/metrics`, when metrics are on (`--metrics-listen` or `--metrics-token`).
