@@ -130,7 +130,7 @@ async fn retries(node: &TestServer, reason: &str, outcome: &str) -> f64 {
         .unwrap_or_else(|| panic!("no retries series {reason}/{outcome} in:\n{body}"))
 }
 
-/// A node on a fresh database with metrics on, one org with a key, and its FULL admin.
+/// A node on a fresh database with metrics on, one org (made with a key), and its FULL admin.
 async fn setup(test: &str) -> Option<(SharedDb, TestServer, Admin, i64, PgConnection)> {
     let db = SharedDb::create(test).await?;
     let key = random_master_key();
@@ -143,8 +143,8 @@ async fn setup(test: &str) -> Option<(SharedDb, TestServer, Admin, i64, PgConnec
     .await;
     let org = node.create_org("retry").await;
     let admin = node.login("full@retry").await;
-    let (status, body) = admin.add().await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = admin.key().await;
+    assert_eq!(status, StatusCode::OK, "a new org has a key: {body}");
     let pg = PgConnection::connect(&db.url).await.unwrap();
     let org_id = org["id"].as_i64().unwrap();
     Some((db, node, admin, org_id, pg))
