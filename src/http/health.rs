@@ -46,7 +46,7 @@ pub struct Ready {
     node_cache_reason: Option<String>,
 }
 
-/// The node can serve: its database answers and, with `--node-cache`, it holds its lease.
+/// The node can serve: its database answers and, with the node cache, it holds its lease.
 /// 503 `NOT_READY` or `DATABASE_UNAVAILABLE` (with the reason) otherwise; `/healthz` only
 /// says the process is up.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
