@@ -102,7 +102,11 @@ impl App {
             (Some(_), _) => (CacheMode::Off, None),
         };
         match node_cache.reason() {
-            None => tracing::info!(node_cache = node_cache.label(), "node cache {}", node_cache.label()),
+            None => tracing::info!(
+                node_cache = node_cache.label(),
+                "node cache {}",
+                node_cache.label()
+            ),
             Some(reason) => tracing::info!(
                 node_cache = node_cache.label(),
                 %reason,

@@ -231,7 +231,9 @@ impl Services {
     /// (they are refused when read anyway; this keeps the tables small).
     pub async fn sweep_console_sessions(&self) -> StoreResult<u64> {
         let now = self.clock.now();
-        let last = self.console_swept.load(std::sync::atomic::Ordering::Relaxed);
+        let last = self
+            .console_swept
+            .load(std::sync::atomic::Ordering::Relaxed);
         if now.0 - last < 60_000 {
             return Ok(0);
         }

@@ -99,7 +99,12 @@ fn node_cache_is_on_by_default_and_each_place_turns_it_off() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str, &'a str);
     let cases: [Case; 7] = [
         (&["config", "check"], &[], "true", "default"),
-        (&["config", "check", "--node-cache=false"], &[], "false", "flag"),
+        (
+            &["config", "check", "--node-cache=false"],
+            &[],
+            "false",
+            "flag",
+        ),
         (&["config", "check", "--node-cache"], &[], "true", "flag"),
         (
             &["config", "check", "--node-cache=true"],
@@ -107,7 +112,12 @@ fn node_cache_is_on_by_default_and_each_place_turns_it_off() {
             "true",
             "flag",
         ),
-        (&["config", "check"], &[("KEYGATE_NODE_CACHE", "false")], "false", "env"),
+        (
+            &["config", "check"],
+            &[("KEYGATE_NODE_CACHE", "false")],
+            "false",
+            "env",
+        ),
         (&["config", "check", "--config", off], &[], "false", "file"),
         (
             &["config", "check", "--config", off],

@@ -386,9 +386,7 @@ async fn provider_console_session_survives_a_restart_and_is_stored_hashed() {
         };
         for secret in [&cookie, &csrf, &PROVIDER_TOKEN.to_owned()] {
             assert!(
-                !bytes
-                    .windows(secret.len())
-                    .any(|w| w == secret.as_bytes()),
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
                 "a secret in {file}"
             );
         }

@@ -168,11 +168,23 @@ async fn forced_serialization_failures_and_deadlocks_are_retried_up_to_the_bound
         force_failures(&mut pg, code, n).await;
         let (status, body) = admin.regenerate().await;
         assert_eq!(status, StatusCode::OK, "{code}: {body}");
-        assert_eq!(attempts(&mut pg).await, n + 1, "{code}: N failures, then one success");
+        assert_eq!(
+            attempts(&mut pg).await,
+            n + 1,
+            "{code}: N failures, then one success"
+        );
         let after = org_state(&mut pg, org).await;
         assert_eq!(after.generation, before.generation + 1, "{code}");
-        assert_eq!(after.regenerations, before.regenerations + 1, "{code}: one audit record");
-        assert_eq!(after.replaced, before.replaced + 1, "{code}: one replaced key");
+        assert_eq!(
+            after.regenerations,
+            before.regenerations + 1,
+            "{code}: one audit record"
+        );
+        assert_eq!(
+            after.replaced,
+            before.replaced + 1,
+            "{code}: one replaced key"
+        );
         assert_ne!(after.sealed, before.sealed, "{code}: the key changed");
         assert_eq!(
             retries(&node, reason, "retried").await - retried,
@@ -186,9 +198,21 @@ async fn forced_serialization_failures_and_deadlocks_are_retried_up_to_the_bound
         let retried = retries(&node, reason, "retried").await;
         force_failures(&mut pg, code, ATTEMPTS).await;
         let got = admin.regenerate().await;
-        assert_error(&got, StatusCode::SERVICE_UNAVAILABLE, "DATABASE_UNAVAILABLE");
-        assert_eq!(attempts(&mut pg).await, ATTEMPTS, "{code}: no attempt past the bound");
-        assert_eq!(org_state(&mut pg, org).await, before, "{code}: nothing changed");
+        assert_error(
+            &got,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "DATABASE_UNAVAILABLE",
+        );
+        assert_eq!(
+            attempts(&mut pg).await,
+            ATTEMPTS,
+            "{code}: no attempt past the bound"
+        );
+        assert_eq!(
+            org_state(&mut pg, org).await,
+            before,
+            "{code}: nothing changed"
+        );
         assert_eq!(
             retries(&node, reason, "retried").await - retried,
             (ATTEMPTS - 1) as f64
@@ -259,7 +283,11 @@ async fn a_real_deadlock_with_a_key_change_is_retried_and_applied_once() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let after = org_state(&mut pg, org).await;
     assert_eq!(after.generation, before.generation + 1);
-    assert_eq!(after.regenerations, before.regenerations + 1, "one audit record");
+    assert_eq!(
+        after.regenerations,
+        before.regenerations + 1,
+        "one audit record"
+    );
     assert_eq!(after.replaced, before.replaced + 1);
     assert!(retries(&node, "deadlock", "retried").await - retried >= 1.0);
     let (status, _) = admin.key().await;

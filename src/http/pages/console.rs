@@ -7,12 +7,12 @@ use crate::telemetry::{self, LoginOutcome, LoginSurface};
 use std::collections::HashMap;
 
 use askama::Template;
+use axum::Router;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::Router;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 

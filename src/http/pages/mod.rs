@@ -22,9 +22,9 @@ mod common;
 mod console;
 mod portal;
 
+use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::routing::get;
-use axum::Router;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use super::extract::AppState;
