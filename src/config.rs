@@ -35,7 +35,7 @@ pub struct Config {
     /// argon2id cost; OWASP unless a test or benchmark builds the app itself.
     pub password_hash_params: crate::crypto::password::HashParams,
     /// PostgreSQL only: keep a cache of sessions and orgs on this node, kept exact across
-    /// nodes by change notifications and leases (`service::peers`).
+    /// nodes by change notifications and leases (`service::peers`). On by default.
     pub node_cache: bool,
     /// How long a node may use its cache without renewing its lease, and so the longest a
     /// change waits for a node that stopped answering.
@@ -110,7 +110,7 @@ impl Config {
                 .map(|n| n.get())
                 .unwrap_or(2),
             password_hash_params: Default::default(),
-            node_cache: false,
+            node_cache: true,
             node_lease: std::time::Duration::from_secs(5),
             tls: None,
             connections: ConnectionLimits::default(),

@@ -18,7 +18,7 @@ use crate::clock::SharedClock;
 use crate::config::{Config, ConnectionLimits};
 use crate::crypto::{KeyCipher, MasterKey, PasswordHasher};
 use crate::http::dispatch::Dispatch;
-use crate::service::cache::CacheMode;
+use crate::service::cache::{CacheMode, NodeCacheMode, NodeCacheOff};
 use crate::service::peers::Peers;
 use crate::service::{Services, Settings};
 use crate::store::Store;
@@ -90,16 +90,29 @@ impl App {
         let secure_cookies = tls.is_some() || public_base_url.starts_with("https://");
         // Exact by itself while this process owns the database (the embedded store); on
         // PostgreSQL only with the other nodes' notifications and a lease.
-        let (cache_mode, peers) = match (&shared_url, config.node_cache) {
-            (None, _) => (CacheMode::Owned, None),
-            (Some(_), false) => (CacheMode::Off, None),
-            (Some(url), true) => {
+        let node_cache = node_cache_mode(shared_url.as_deref(), config).await;
+        let (cache_mode, peers) = match (&shared_url, &node_cache) {
+            (Some(url), NodeCacheMode::On) => {
                 let peers = Peers::connect(url, config.node_lease)
                     .await
                     .context("cannot set up the node cache's notifications")?;
                 (CacheMode::Leased, Some(Arc::new(peers)))
             }
+            (None, _) => (CacheMode::Owned, None),
+            (Some(_), _) => (CacheMode::Off, None),
         };
+        match node_cache.reason() {
+            None => tracing::info!(
+                node_cache = node_cache.label(),
+                "node cache {}",
+                node_cache.label()
+            ),
+            Some(reason) => tracing::info!(
+                node_cache = node_cache.label(),
+                %reason,
+                "node cache off: every request reads the database"
+            ),
+        }
         let services = Arc::new(Services {
             store,
             clock: clock.clone(),
@@ -120,11 +133,13 @@ impl App {
             gate: Default::default(),
             throttle: config.login_throttle,
             throttle_swept: Default::default(),
+            console_swept: Default::default(),
             rate_limits: crate::service::limits::RateLimits::new(clock.clone()),
             meter: Default::default(),
             cache: crate::service::cache::ViewCache::new(cache_mode),
             session_reads: Default::default(),
             org_reads: Default::default(),
+            node_cache,
             peers,
             metrics: match config.metrics_enabled() {
                 true => Some(crate::telemetry::Exposition::new(
@@ -146,6 +161,18 @@ impl App {
             connections: config.connections,
             max_body_bytes: config.max_body_bytes,
         })
+    }
+}
+
+/// Whether this node runs the node cache. The one place that decides it: a check at start
+/// that finds the cache cannot work here (such as `LISTEN` through a transaction-pooling
+/// PgBouncer) answers `NodeCacheMode::Off(NodeCacheOff::Unsupported(reason))`, and the node
+/// then reads the database for every request and says so in its log and on `/readyz`.
+async fn node_cache_mode(shared_url: Option<&str>, config: &Config) -> NodeCacheMode {
+    match shared_url {
+        None => NodeCacheMode::Embedded,
+        Some(_) if !config.node_cache => NodeCacheMode::Off(NodeCacheOff::Disabled),
+        Some(_) => NodeCacheMode::On,
     }
 }
 
@@ -171,6 +198,9 @@ pub async fn serve(
                     s.api_idle_timeout_secs,
                     s.api_max_lifetime_secs,
                 );
+                if let Err(e) = services.sweep_console_sessions().await {
+                    tracing::warn!(error = %e, "could not sweep expired console sessions");
+                }
             }
         }
     });

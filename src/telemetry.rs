@@ -312,6 +312,15 @@ impl Hot {
         for kind in ["unavailable", "other"] {
             counter!(DB_ERRORS, "kind" => kind).absolute(0);
         }
+        for reason in [
+            crate::store::sql::RetryReason::Serialization,
+            crate::store::sql::RetryReason::Deadlock,
+        ] {
+            for outcome in ["retried", "exhausted"] {
+                counter!(TX_RETRIES, "reason" => retry_label(reason), "outcome" => outcome)
+                    .absolute(0);
+            }
+        }
         metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         Hot {
             routes,
@@ -406,6 +415,23 @@ pub fn db_error(unavailable: bool) {
     }
 }
 
+/// A write transaction PostgreSQL aborted with 40001/40P01: run again (`retried`), or given
+/// up after the last attempt (`exhausted`, answered 503).
+pub fn tx_retry(reason: crate::store::sql::RetryReason, retried: bool) {
+    if hot().is_some() {
+        counter!(TX_RETRIES, "reason" => retry_label(reason),
+            "outcome" => if retried { "retried" } else { "exhausted" })
+        .increment(1);
+    }
+}
+
+fn retry_label(reason: crate::store::sql::RetryReason) -> &'static str {
+    match reason {
+        crate::store::sql::RetryReason::Serialization => "serialization",
+        crate::store::sql::RetryReason::Deadlock => "deadlock",
+    }
+}
+
 /// How long a change waited for the other caching nodes to confirm it (PostgreSQL).
 pub fn change_confirmation(started: Instant) {
     if hot().is_some() {
@@ -457,6 +483,7 @@ const FLUSH_DURATION: &str = "keygate_meter_flush_duration_seconds";
 const FLUSH_FAILURES: &str = "keygate_meter_flush_failures_total";
 const DB_POOL: &str = "keygate_db_pool_connections";
 const DB_ERRORS: &str = "keygate_db_query_errors_total";
+const TX_RETRIES: &str = "keygate_db_transaction_retries_total";
 const CACHE_LOOKUPS: &str = "keygate_node_cache_lookups_total";
 const LEASE: &str = "keygate_node_cache_lease_held";
 const CHANGE_WAIT: &str = "keygate_node_cache_change_wait_seconds";
@@ -502,6 +529,10 @@ fn describe() {
     );
     describe_gauge!(DB_POOL, "Database pool connections, by pool and state");
     describe_counter!(DB_ERRORS, "Database query errors, by kind");
+    describe_counter!(
+        TX_RETRIES,
+        "Write transactions PostgreSQL aborted (serialization failure, deadlock), run again or given up"
+    );
     describe_counter!(CACHE_LOOKUPS, "Node cache look-ups, by map and result");
     describe_gauge!(
         LEASE,

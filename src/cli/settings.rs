@@ -275,8 +275,11 @@ serve_settings! {
     #[arg(long, env = "KEYGATE_LOG_FORMAT", default_value = "text")]
     log_format: String,
     /// PostgreSQL: cache sessions and orgs on each node, kept exact across nodes by change
-    /// notifications and leases (off: every request reads the database).
-    #[arg(long, env = "KEYGATE_NODE_CACHE", default_value_t = false)]
+    /// notifications and leases; on by default, `--node-cache=false` turns it off (every
+    /// request then reads the database).
+    #[arg(long, env = "KEYGATE_NODE_CACHE", default_value_t = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
     node_cache: bool,
     /// PostgreSQL with --node-cache: the node's lease, milliseconds, 500 to 60000 (the
     /// longest a change waits for a node that stopped answering).

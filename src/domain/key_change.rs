@@ -9,7 +9,7 @@ use super::org::{KeyPresence, SubscriptionState};
 use super::policy::{Operation, Refusal, authorize};
 
 /// What an admin asked for. New values are made (and validated) before the transaction.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum KeyChange {
     Add(ApiKeyValue),
     Edit(ApiKeyValue),

@@ -35,12 +35,23 @@ pub fn healthz_response() -> Response {
     json_response(StatusCode::OK, &Health { status: "ok" })
 }
 
-/// The node can serve: its database answers and, with `--node-cache`, it holds its lease.
+/// `/readyz`'s answer: ready, and whether the node cache runs (`embedded`, `on`, `off`), with
+/// the reason when it is off.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Ready {
+    status: &'static str,
+    node_cache: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_cache_reason: Option<String>,
+}
+
+/// The node can serve: its database answers and, with the node cache, it holds its lease.
 /// 503 `NOT_READY` or `DATABASE_UNAVAILABLE` (with the reason) otherwise; `/healthz` only
 /// says the process is up.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
-async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
+    responses((status = 200, body = Ready), (status = 503, body = ErrorBody)))]
+async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Ready>> {
     if state.cache.leased() && !state.cache.lease_held() {
         return Err(ApiError::NotReady(
             "This node holds no node-cache lease (it cannot reach the database's notifications)",
@@ -48,7 +59,11 @@ async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
     }
     // A pool waiting for an unreachable database would hold the probe past its own timeout.
     match tokio::time::timeout(READY_DB_TIMEOUT, state.store.ready()).await {
-        Ok(Ok(())) => Ok(Json(Health { status: "ready" })),
+        Ok(Ok(())) => Ok(Json(Ready {
+            status: "ready",
+            node_cache: state.node_cache.label(),
+            node_cache_reason: state.node_cache.reason(),
+        })),
         Ok(Err(e)) => Err(ApiError::Unavailable(anyhow::anyhow!("{e}"))),
         Err(_) => Err(ApiError::Unavailable(anyhow::anyhow!(
             "the database did not answer within {READY_DB_TIMEOUT:?}"

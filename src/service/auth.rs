@@ -7,6 +7,7 @@ use crate::domain::admin::{LoginName, Password};
 use crate::domain::audit::{Actor, AuditAction};
 use crate::domain::ids::{AdminId, OrgId};
 use crate::domain::login_guard;
+use crate::domain::time::Millis;
 use crate::store::{AdminRecord, ConsoleSession, KeyGuessState, StoreResult};
 
 /// A login that failed. Deliberately carries no reason: every failure looks the same.
@@ -34,6 +35,21 @@ pub struct ResolvedSession {
     pub admin: AdminRecord,
     pub session: ConsoleSession,
     pub id_hash: String,
+}
+
+/// A live provider console session, as a request of the console sees it.
+pub struct ResolvedProviderSession {
+    pub token_id: i64,
+    pub csrf_hash: String,
+    pub id_hash: String,
+}
+
+impl std::fmt::Debug for ResolvedProviderSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolvedProviderSession")
+            .field("token_id", &self.token_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Services {
@@ -117,12 +133,10 @@ impl Services {
             return Ok(None);
         };
         let now = self.clock.now();
-        let idle_ok =
-            now.0 - session.last_seen_at.0 < self.settings.console_idle_timeout_secs * 1000;
-        let life_ok = now.0 - session.created_at.0 < self.settings.console_max_lifetime_secs * 1000;
+        let live = self.console_session_live(session.created_at, session.last_seen_at, now);
         let admin = self.store.get_admin(session.admin_id).await?;
         match admin {
-            Some(admin) if idle_ok && life_ok => {
+            Some(admin) if live => {
                 self.store.touch_console_session(&id_hash, now).await?;
                 Ok(Some(ResolvedSession {
                     admin,
@@ -154,6 +168,82 @@ impl Services {
                 AuditAction::Logout,
                 serde_json::json!({"via": "console"}),
                 &ctx,
+            )
+            .await
+    }
+
+    /// Whether a session created at `created_at` and last seen at `last_seen_at` is live at
+    /// `now` under the console's idle timeout and lifetime (admin and provider alike).
+    fn console_session_live(&self, created_at: Millis, last_seen_at: Millis, now: Millis) -> bool {
+        now.0 - last_seen_at.0 < self.settings.console_idle_timeout_secs * 1000
+            && now.0 - created_at.0 < self.settings.console_max_lifetime_secs * 1000
+    }
+
+    /// Opens a provider console session for provider token `token_id`: a row in the database
+    /// (hashes only), so every node serves it.
+    pub async fn open_provider_session(&self, token_id: i64) -> StoreResult<NewConsoleSession> {
+        let cookie = random_token();
+        let csrf_token = random_token();
+        self.store
+            .create_provider_session(
+                &token_hash(&cookie),
+                token_id,
+                &token_hash(&csrf_token),
+                self.clock.now(),
+            )
+            .await?;
+        Ok(NewConsoleSession { cookie, csrf_token })
+    }
+
+    /// The provider console session behind a cookie, if it is live (same idle timeout and
+    /// lifetime as the admin console's); touched. A dead one is deleted.
+    pub async fn resolve_provider_session(
+        &self,
+        cookie: &str,
+    ) -> StoreResult<Option<ResolvedProviderSession>> {
+        let id_hash = token_hash(cookie);
+        let Some(session) = self.store.get_provider_session(&id_hash).await? else {
+            return Ok(None);
+        };
+        let now = self.clock.now();
+        if !self.console_session_live(session.created_at, session.last_seen_at, now) {
+            self.store.delete_provider_session(&id_hash).await?;
+            return Ok(None);
+        }
+        self.store.touch_provider_session(&id_hash, now).await?;
+        Ok(Some(ResolvedProviderSession {
+            token_id: session.token_id,
+            csrf_hash: session.csrf_hash,
+            id_hash,
+        }))
+    }
+
+    /// Whether `presented` is the provider session's CSRF token.
+    pub fn provider_csrf_matches(session: &ResolvedProviderSession, presented: &str) -> bool {
+        !presented.is_empty() && ct_str_eq(&session.csrf_hash, &token_hash(presented))
+    }
+
+    pub async fn end_provider_session(&self, session: &ResolvedProviderSession) -> StoreResult<()> {
+        self.store.delete_provider_session(&session.id_hash).await
+    }
+
+    /// Deletes expired admin and provider console sessions, at most once a minute per node
+    /// (they are refused when read anyway; this keeps the tables small).
+    pub async fn sweep_console_sessions(&self) -> StoreResult<u64> {
+        let now = self.clock.now();
+        let last = self
+            .console_swept
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if now.0 - last < 60_000 {
+            return Ok(0);
+        }
+        self.console_swept
+            .store(now.0, std::sync::atomic::Ordering::Relaxed);
+        let s = &self.settings;
+        self.store
+            .sweep_console_sessions(
+                Millis(now.0 - s.console_idle_timeout_secs * 1000),
+                Millis(now.0 - s.console_max_lifetime_secs * 1000),
             )
             .await
     }

@@ -37,6 +37,51 @@ struct RenderedKeyList {
     body: Bytes,
 }
 
+/// Whether this node runs the node cache and why: what the start-up log line and `/readyz`
+/// say. Decided once at start (`server::node_cache_mode`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeCacheMode {
+    /// The embedded store: the cache is exact by itself (this process owns the database).
+    Embedded,
+    /// PostgreSQL with the node cache (the default), kept exact by `service::peers`.
+    On,
+    /// PostgreSQL without it: every request reads the database.
+    Off(NodeCacheOff),
+}
+
+/// Why a PostgreSQL node runs without the node cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeCacheOff {
+    /// Turned off by its setting (`--node-cache=false`, `KEYGATE_NODE_CACHE=false`,
+    /// `node_cache = false`).
+    Disabled,
+    /// Found at start not to work here (for example `LISTEN` through a transaction-pooling
+    /// PgBouncer); the text says what was found.
+    Unsupported(String),
+}
+
+impl NodeCacheMode {
+    /// `embedded`, `on` or `off`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            NodeCacheMode::Embedded => "embedded",
+            NodeCacheMode::On => "on",
+            NodeCacheMode::Off(_) => "off",
+        }
+    }
+
+    /// Why it is off, in words; `None` when it is not.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            NodeCacheMode::Off(NodeCacheOff::Disabled) => {
+                Some("turned off by its setting (node_cache = false)".into())
+            }
+            NodeCacheMode::Off(NodeCacheOff::Unsupported(why)) => Some(why.clone()),
+            _ => None,
+        }
+    }
+}
+
 /// When the cache may be used.
 pub enum CacheMode {
     /// Never (PostgreSQL without `--node-cache`): every request reads the database.

@@ -49,11 +49,15 @@ pub struct Services {
     pub throttle: throttle::ThrottlePolicy,
     /// When this node last swept expired login failure counters (ms).
     pub throttle_swept: std::sync::atomic::AtomicI64,
+    /// When this node last swept expired console sessions (ms).
+    pub console_swept: std::sync::atomic::AtomicI64,
     pub rate_limits: limits::RateLimits,
     pub meter: meter::Meter,
     pub cache: cache::ViewCache,
     pub session_reads: Arc<reads::Coalesced<reads::SessionRows>>,
     pub org_reads: Arc<reads::Coalesced<reads::OrgRows>>,
+    /// Whether the node cache runs, and why not (`/readyz`, the start-up log).
+    pub node_cache: cache::NodeCacheMode,
     /// The other nodes, when this one caches on PostgreSQL (`--node-cache`).
     pub peers: Option<Arc<peers::Peers>>,
     /// `/metrics`, when metrics are on (`--metrics-listen` or `--metrics-token`).

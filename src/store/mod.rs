@@ -7,7 +7,7 @@
 
 pub mod peers;
 pub mod postgres;
-mod sql;
+pub mod sql;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -114,6 +114,7 @@ impl AdminRecord {
     }
 }
 
+#[derive(Clone)]
 pub struct NewAdmin {
     pub login: LoginName,
     pub password_hash: String,
@@ -173,6 +174,15 @@ pub struct ConsoleSession {
     pub last_seen_at: Millis,
 }
 
+/// A provider console session (`http::pages::console`): only hashes of its id and CSRF token.
+#[derive(Debug, Clone)]
+pub struct ProviderConsoleSession {
+    pub token_id: i64,
+    pub csrf_hash: String,
+    pub created_at: Millis,
+    pub last_seen_at: Millis,
+}
+
 /// A cloud service API session with what a request needs to decide on it, read in one go.
 #[derive(Debug, Clone)]
 pub struct ApiSessionView {
@@ -201,6 +211,7 @@ pub struct UsageRow {
     pub calls: i64,
 }
 
+#[derive(Clone)]
 pub enum ProviderKeyAction {
     Disable(Disablement),
     /// The system's disable (R9): does nothing if the key is already disabled.
@@ -209,6 +220,7 @@ pub enum ProviderKeyAction {
 }
 
 /// The audit record of a failed login.
+#[derive(Clone)]
 pub struct LoginFailure {
     pub org: Option<OrgId>,
     pub action: AuditAction,
@@ -345,6 +357,28 @@ pub trait Store: Send + Sync + 'static {
     async fn get_console_session(&self, id_hash: &str) -> StoreResult<Option<ConsoleSession>>;
     async fn touch_console_session(&self, id_hash: &str, now: Millis) -> StoreResult<()>;
     async fn delete_console_session(&self, id_hash: &str) -> StoreResult<()>;
+
+    // --- provider console sessions (stored as hashes)
+    async fn create_provider_session(
+        &self,
+        id_hash: &str,
+        token_id: i64,
+        csrf_hash: &str,
+        now: Millis,
+    ) -> StoreResult<()>;
+    async fn get_provider_session(
+        &self,
+        id_hash: &str,
+    ) -> StoreResult<Option<ProviderConsoleSession>>;
+    async fn touch_provider_session(&self, id_hash: &str, now: Millis) -> StoreResult<()>;
+    async fn delete_provider_session(&self, id_hash: &str) -> StoreResult<()>;
+    /// Deletes the admin and provider console sessions last seen before `idle_before` or
+    /// created before `created_before` (both are dead by then); how many went.
+    async fn sweep_console_sessions(
+        &self,
+        idle_before: Millis,
+        created_before: Millis,
+    ) -> StoreResult<u64>;
 
     // --- limits and usage
     /// Sets the call threshold and rate limits (`None` = deployment default), audited.

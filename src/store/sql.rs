@@ -27,6 +27,79 @@ pub(super) fn map_err(e: sqlx::Error) -> StoreError {
     }
 }
 
+/// Why PostgreSQL asked for a transaction to be run again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// SQLSTATE 40001 (serialization_failure).
+    Serialization,
+    /// SQLSTATE 40P01 (deadlock_detected).
+    Deadlock,
+}
+
+/// How often a write transaction runs at most when PostgreSQL keeps aborting it with 40001
+/// or 40P01; after that the error stands (503 `DATABASE_UNAVAILABLE`).
+pub const TX_ATTEMPTS: u32 = 5;
+
+/// The reason to run the transaction again, when `e` is one PostgreSQL aborted as a whole
+/// (serialization failure or deadlock: it rolled back, nothing of it applied).
+pub fn retry_reason(e: &StoreError) -> Option<RetryReason> {
+    let StoreError::Unavailable(e) = e else {
+        return None;
+    };
+    let sqlx::Error::Database(d) = e.downcast_ref::<sqlx::Error>()? else {
+        return None;
+    };
+    match d.code()?.as_ref() {
+        "40001" => Some(RetryReason::Serialization),
+        "40P01" => Some(RetryReason::Deadlock),
+        _ => None,
+    }
+}
+
+/// Waits before attempt `attempt + 1`: full jitter, uniform in [0, cap] with the cap
+/// doubling from 5 ms to at most 50 ms, so transactions that collided spread out.
+pub async fn retry_backoff(attempt: u32) {
+    use rand::Rng;
+    let cap_us = (5_000u64 << attempt.saturating_sub(1).min(8)).min(50_000);
+    let wait_us = rand::thread_rng().gen_range(0..=cap_us);
+    tokio::time::sleep(std::time::Duration::from_micros(wait_us)).await;
+}
+
+/// Gives an attempt's async block its result type (`?` inside it needs one).
+pub async fn attempt<T>(f: impl std::future::Future<Output = StoreResult<T>>) -> StoreResult<T> {
+    f.await
+}
+
+/// Runs `$body` — the whole of one write transaction, from `begin` to `commit` — and runs it
+/// again from the start when PostgreSQL aborted it with 40001 or 40P01, at most
+/// `TX_ATTEMPTS` times with a jittered backoff. A re-run repeats every read and decision, so
+/// nothing is ever half applied; any other error, or success, is returned at once.
+macro_rules! retry_tx {
+    ($body:block) => {{
+        let mut tries = 1u32;
+        loop {
+            let result = $crate::store::sql::attempt(async $body).await;
+            match result {
+                Err(e) => match $crate::store::sql::retry_reason(&e) {
+                    Some(reason) if tries < $crate::store::sql::TX_ATTEMPTS => {
+                        $crate::telemetry::tx_retry(reason, true);
+                        $crate::store::sql::retry_backoff(tries).await;
+                        tries += 1;
+                    }
+                    Some(reason) => {
+                        $crate::telemetry::tx_retry(reason, false);
+                        break Err(e);
+                    }
+                    None => break Err(e),
+                },
+                done => break done,
+            }
+        }
+    }};
+}
+
+pub(crate) use retry_tx;
+
 pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
@@ -410,6 +483,7 @@ impl Store for $store {
         provision: ApiKeyValue,
         ctx: &Ctx,
     ) -> StoreResult<OrgRecord> {
+        $crate::store::sql::retry_tx!({
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO orgs (name, subscription_enabled, subscription_expires_at, call_threshold_calls, \
@@ -456,6 +530,7 @@ impl Store for $store {
         let record = load_org_required(&mut tx, org_id).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(record)
+    })
     }
 
     async fn get_org(&self, id: OrgId) -> StoreResult<Option<OrgRecord>> {
@@ -505,6 +580,7 @@ impl Store for $store {
         provision: ApiKeyValue,
         ctx: &Ctx,
     ) -> StoreResult<OrgRecord> {
+        $crate::store::sql::retry_tx!({
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         let before = load_org_required(&mut tx, org).await?;
         sqlx::query(
@@ -534,6 +610,7 @@ impl Store for $store {
         let record = load_org_required(&mut tx, org).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(record)
+    })
     }
 
     async fn provider_key_action(
@@ -542,6 +619,9 @@ impl Store for $store {
         action: ProviderKeyAction,
         ctx: &Ctx,
     ) -> StoreResult<OrgRecord> {
+        $crate::store::sql::retry_tx!({
+        // Each attempt starts from what the caller asked.
+        let action = action.clone();
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         let before = load_org_required(&mut tx, org).await?;
         let key = before.key.as_ref().ok_or(StoreError::NotFound("key"))?;
@@ -620,9 +700,13 @@ impl Store for $store {
         let record = load_org_required(&mut tx, org).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(record)
+    })
     }
 
     async fn add_admin(&self, org: OrgId, admin: NewAdmin, ctx: &Ctx) -> StoreResult<AdminRecord> {
+        $crate::store::sql::retry_tx!({
+        // Each attempt starts from what the caller asked.
+        let admin = admin.clone();
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         load_org_required(&mut tx, org).await?;
         let id = Self::insert_admin(&mut tx, org, &admin, ctx.now).await?;
@@ -643,9 +727,11 @@ impl Store for $store {
             role: admin.role,
             password_hash: admin.password_hash,
         })
+    })
     }
 
     async fn remove_admin(&self, org: OrgId, admin: AdminId, ctx: &Ctx) -> StoreResult<()> {
+        $crate::store::sql::retry_tx!({
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         let row = sqlx::query("SELECT * FROM admins WHERE id = $1 AND org_id = $2")
             .bind(admin.0)
@@ -677,6 +763,7 @@ impl Store for $store {
         .await?;
         tx.commit().await.map_err(map_err)?;
         Ok(())
+    })
     }
 
     async fn list_admins(&self, org: OrgId) -> StoreResult<Vec<AdminRecord>> {
@@ -714,6 +801,9 @@ impl Store for $store {
         expected_generation: Option<i64>,
         ctx: &Ctx,
     ) -> StoreResult<OrgRecord> {
+        $crate::store::sql::retry_tx!({
+        // Each attempt starts from what the caller asked.
+        let change = change.clone();
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         // The admin's role is read inside the transaction: a demotion or removal that
         // committed first wins.
@@ -803,9 +893,11 @@ impl Store for $store {
         let record = load_org_required(&mut tx, org).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(record)
+    })
     }
 
     async fn reveal_key(&self, org: OrgId, ctx: &Ctx) -> StoreResult<ApiKeyValue> {
+        $crate::store::sql::retry_tx!({
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         let record = load_org_required(&mut tx, org).await?;
         let key = record
@@ -824,6 +916,7 @@ impl Store for $store {
         .await?;
         tx.commit().await.map_err(map_err)?;
         Ok(value)
+    })
     }
 
     fn open_key(&self, org: OrgId, key: &KeyRecord) -> StoreResult<ApiKeyValue> {
@@ -966,6 +1059,63 @@ impl Store for $store {
 
     async fn delete_console_session(&self, id_hash: &str) -> StoreResult<()> {
         self.delete_session_row("console_sessions", id_hash).await
+    }
+
+    async fn create_provider_session(
+        &self,
+        id_hash: &str,
+        token_id: i64,
+        csrf_hash: &str,
+        now: Millis,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO provider_console_sessions (id_hash, token_id, csrf_hash, created_at, last_seen_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id_hash)
+        .bind(token_id)
+        .bind(csrf_hash)
+        .bind(now.0)
+        .bind(now.0)
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn get_provider_session(&self, id_hash: &str) -> StoreResult<Option<ProviderConsoleSession>> {
+        let row = sqlx::query("SELECT token_id, csrf_hash, created_at, last_seen_at FROM provider_console_sessions WHERE id_hash = $1")
+            .bind(id_hash)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?;
+        Ok(row.map(|r| ProviderConsoleSession {
+            token_id: r.get("token_id"),
+            csrf_hash: r.get("csrf_hash"),
+            created_at: Millis(r.get("created_at")),
+            last_seen_at: Millis(r.get("last_seen_at")),
+        }))
+    }
+
+    async fn touch_provider_session(&self, id_hash: &str, now: Millis) -> StoreResult<()> {
+        self.touch_session_row("provider_console_sessions", id_hash, now).await
+    }
+
+    async fn delete_provider_session(&self, id_hash: &str) -> StoreResult<()> {
+        self.delete_session_row("provider_console_sessions", id_hash).await
+    }
+
+    async fn sweep_console_sessions(&self, idle_before: Millis, created_before: Millis) -> StoreResult<u64> {
+        let mut gone = 0;
+        for table in ["console_sessions", "provider_console_sessions"] {
+            gone += sqlx::query(&format!("DELETE FROM {table} WHERE last_seen_at < $1 OR created_at < $2"))
+                .bind(idle_before.0)
+                .bind(created_before.0)
+                .execute(&self.writer)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
+        }
+        Ok(gone)
     }
 
     async fn put_audit_report(&self, admin: AdminId, report: &crate::service::reports::AuditReport) -> StoreResult<()> {
@@ -1128,6 +1278,7 @@ impl Store for $store {
         window_ms: i64,
         now: Millis,
     ) -> StoreResult<()> {
+        $crate::store::sql::retry_tx!({
         if scopes.is_empty() {
             return Ok(());
         }
@@ -1154,6 +1305,7 @@ impl Store for $store {
         query.execute(&mut *tx).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(())
+    })
     }
 
     async fn key_guess_check(
@@ -1164,6 +1316,9 @@ impl Store for $store {
         failure: Option<LoginFailure>,
         ctx: &Ctx,
     ) -> StoreResult<GuessCheck> {
+        $crate::store::sql::retry_tx!({
+        // Each attempt starts from what the caller asked.
+        let failure = failure.clone();
         if charge == 0.0 {
             // Nothing to charge: a read places this check in the order of the charges as well
             // as the row lock would (it sees every charge committed before it), and many
@@ -1218,9 +1373,11 @@ impl Store for $store {
         }
         tx.commit().await.map_err(map_err)?;
         Ok(if locked_now { GuessCheck::LockedNow } else { GuessCheck::Open })
+    })
     }
 
     async fn clear_key_guesses(&self, org: OrgId, admin: AdminId, ctx: &Ctx) -> StoreResult<()> {
+        $crate::store::sql::retry_tx!({
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         let row = sqlx::query(
             "SELECT login_name, key_guess_failures, key_guess_spent FROM admins WHERE id = $1 AND org_id = $2",
@@ -1252,6 +1409,7 @@ impl Store for $store {
         .await?;
         tx.commit().await.map_err(map_err)?;
         Ok(())
+    })
     }
 
     async fn key_guess_states(&self, org: OrgId, budget: f64) -> StoreResult<Vec<KeyGuessState>> {
@@ -1291,6 +1449,7 @@ impl Store for $store {
         rate_limits: Option<String>,
         ctx: &Ctx,
     ) -> StoreResult<OrgRecord> {
+        $crate::store::sql::retry_tx!({
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         let before = load_org_required(&mut tx, org).await?;
         sqlx::query(
@@ -1320,9 +1479,11 @@ impl Store for $store {
         let record = load_org_required(&mut tx, org).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(record)
+    })
     }
 
     async fn add_usage(&self, deltas: &[(OrgId, i64, i64, i64)]) -> StoreResult<()> {
+        $crate::store::sql::retry_tx!({
         if deltas.is_empty() {
             return Ok(());
         }
@@ -1344,6 +1505,7 @@ impl Store for $store {
             .map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)
+    })
     }
 
     async fn usage_calls(&self, org: OrgId, period_seconds: i64, period_start: i64) -> StoreResult<i64> {

@@ -90,6 +90,55 @@ fn one_setting_in_all_four_places_follows_flag_env_file_default() {
     assert_eq!(setting(&stdout(&out), "max_body_bytes").1, "file");
 }
 
+/// The node cache is on by default (issue 14), and each place can turn it off.
+#[test]
+fn node_cache_is_on_by_default_and_each_place_turns_it_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let off = write(dir.path(), "off.toml", "node_cache = false\n", 0o644);
+    let off = off.to_str().unwrap();
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case; 7] = [
+        (&["config", "check"], &[], "true", "default"),
+        (
+            &["config", "check", "--node-cache=false"],
+            &[],
+            "false",
+            "flag",
+        ),
+        (&["config", "check", "--node-cache"], &[], "true", "flag"),
+        (
+            &["config", "check", "--node-cache=true"],
+            &[("KEYGATE_NODE_CACHE", "false")],
+            "true",
+            "flag",
+        ),
+        (
+            &["config", "check"],
+            &[("KEYGATE_NODE_CACHE", "false")],
+            "false",
+            "env",
+        ),
+        (&["config", "check", "--config", off], &[], "false", "file"),
+        (
+            &["config", "check", "--config", off],
+            &[("KEYGATE_NODE_CACHE", "true")],
+            "true",
+            "env",
+        ),
+    ];
+    for (args, envs, value, source) in cases {
+        let out = keygate(args, envs);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert_eq!(
+            setting(&stdout(&out), "node_cache"),
+            (value.to_owned(), source.to_owned()),
+            "{args:?} {envs:?}"
+        );
+    }
+    let out = keygate(&["config", "check", "--node-cache=maybe"], &[]);
+    assert!(!out.status.success());
+}
+
 #[test]
 fn unknown_key_and_wrong_type_name_the_key_and_line() {
     let dir = tempfile::tempdir().unwrap();

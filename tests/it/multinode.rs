@@ -162,8 +162,8 @@ struct Deployment {
 impl Deployment {
     /// `n` nodes on a fresh database, all with the same master key and provider token; the
     /// login throttle is off (these tests fail logins on purpose, thousands of times).
-    /// `n` nodes with the node cache (`--node-cache`), as a deployment that wants the
-    /// embedded figures on several nodes runs them.
+    /// `n` nodes with the node cache, the default (`start_with(…, false)` is
+    /// `--node-cache=false`).
     async fn start(test: &str, n: usize, flush: Flush) -> Option<Deployment> {
         Self::start_with(test, n, flush, true).await
     }

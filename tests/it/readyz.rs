@@ -87,7 +87,15 @@ async fn readyz_follows_the_database() {
         return;
     };
     let node = node(&db, false).await;
-    until_readyz(&node, ready).await;
+    let body = until_readyz(&node, ready).await;
+    // Turned off by its setting, and /readyz says so.
+    assert_eq!(body["nodeCache"], "off", "{body}");
+    assert!(
+        body["nodeCacheReason"]
+            .as_str()
+            .is_some_and(|r| r.contains("node_cache = false")),
+        "{body}"
+    );
     cut(&db).await;
     let body = until_readyz(&node, |s, b| {
         s == StatusCode::SERVICE_UNAVAILABLE && b["code"] == "DATABASE_UNAVAILABLE"
@@ -104,7 +112,9 @@ async fn readyz_with_node_cache_needs_the_lease() {
         return;
     };
     let node = node(&db, true).await;
-    until_readyz(&node, ready).await;
+    let body = until_readyz(&node, ready).await;
+    assert_eq!(body["nodeCache"], "on", "{body}");
+    assert!(body.get("nodeCacheReason").is_none(), "{body}");
     cut(&db).await;
     // The listener is gone: the lease lapses within one lease and readyz says why.
     let body = until_readyz(&node, |s, b| {
@@ -119,4 +129,25 @@ async fn readyz_with_node_cache_needs_the_lease() {
     );
     restore(&db).await;
     until_readyz(&node, ready).await;
+}
+
+/// Without a setting, a PostgreSQL node runs the node cache (issue 14: the default is the fast
+/// path) and says so; the embedded store says `embedded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_says_the_node_cache_is_on_by_default() {
+    let embedded = TestServer::start_with(|c| c.database_url = None).await;
+    let body = until_readyz(&embedded, ready).await;
+    assert_eq!(body["nodeCache"], "embedded", "{body}");
+    let Some(db) = SharedDb::create("readyz_default").await else {
+        return;
+    };
+    let key = random_master_key();
+    let (node, _) = TestServer::start_node(Flush::Periodic, |c| {
+        c.database_url = Some(SecretString::from(db.url.clone()));
+        c.master_key = Some(SecretString::from(key));
+        c.node_lease = Duration::from_millis(1_000);
+    })
+    .await;
+    let body = until_readyz(&node, ready).await;
+    assert_eq!(body["nodeCache"], "on", "{body}");
 }

@@ -5,15 +5,14 @@
 
 use crate::telemetry::{self, LoginOutcome, LoginSurface};
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use askama::Template;
+use axum::Router;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Extension, Router};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -22,8 +21,6 @@ use super::common::{
     format_millis, format_secs, html, login_csrf, login_fields, page_count, page_number, parse_utc,
     read_form, reason_label, same_origin, see_other,
 };
-use super::provider_sessions::{ProviderSession, ProviderSessions, Timeouts};
-use crate::crypto::token::ct_str_eq;
 use crate::domain::FieldError;
 use crate::domain::admin::{LoginName, Password, Role};
 use crate::domain::audit::{Actor, AuditAction};
@@ -33,6 +30,8 @@ use crate::domain::org::{
 };
 use crate::http::error::ApiError;
 use crate::http::extract::{AppState, ClientAddr, parse_id};
+use crate::service::Services;
+use crate::service::auth::ResolvedProviderSession;
 use crate::service::keys::Shown;
 use crate::service::orgs::{AdminInput, OrgInput};
 use crate::service::throttle::Failed;
@@ -40,6 +39,9 @@ use crate::store::{AuditFilter, KeyGuessState, OrgRecord, Page, StoreError};
 
 const AREA: &str = "console";
 const SESSION_COOKIE: &str = "keygate_provider";
+/// The session's CSRF token for the pages to write into forms (`HttpOnly`, only its hash is
+/// stored with the session), as the portal keeps the admin's.
+const CSRF_COOKIE: &str = "keygate_provider_csrf";
 const ORG_PAGE_SIZE: u32 = 20;
 const AUDIT_PAGE_SIZE: u32 = 10;
 
@@ -65,20 +67,10 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-fn timeouts(state: &AppState) -> Timeouts {
-    Timeouts {
-        idle_secs: state.settings.console_idle_timeout_secs,
-        lifetime_secs: state.settings.console_max_lifetime_secs,
-    }
-}
-
-fn sessions(parts: &Parts) -> Option<Arc<ProviderSessions>> {
-    parts.extensions.get::<Arc<ProviderSessions>>().cloned()
-}
-
-/// A signed-in provider operator.
+/// A signed-in provider operator, with the CSRF token the pages write into forms.
 pub struct ProviderUser {
-    session: ProviderSession,
+    session: ResolvedProviderSession,
+    csrf: String,
 }
 
 impl ProviderUser {
@@ -95,11 +87,17 @@ impl FromRequestParts<AppState> for ProviderUser {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         let to_login = || see_other("/console/login");
         let cookie = cookie_in(&parts.headers, SESSION_COOKIE).ok_or_else(to_login)?;
-        let store = sessions(parts).ok_or_else(to_login)?;
-        let session = store
-            .resolve(cookie, state.clock.now(), &timeouts(state))
-            .ok_or_else(to_login)?;
-        Ok(ProviderUser { session })
+        // A row in the database: any node serves it, and a logout anywhere ends it.
+        let session = match state.resolve_provider_session(cookie).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(to_login()),
+            Err(e) => return Err(error_page(ApiError::from(e)).await),
+        };
+        let csrf = cookie_in(&parts.headers, CSRF_COOKIE)
+            .filter(|c| Services::provider_csrf_matches(&session, c))
+            .ok_or_else(to_login)?
+            .to_owned();
+        Ok(ProviderUser { session, csrf })
     }
 }
 
@@ -119,7 +117,7 @@ impl FromRequest<AppState> for ConsolePost {
         }
         let user = ProviderUser::from_request_parts(&mut parts, state).await?;
         let form = read_form(body, AREA).await?;
-        if form.csrf.is_empty() || !ct_str_eq(&user.session.csrf, &form.csrf) {
+        if !Services::provider_csrf_matches(&user.session, &form.csrf) {
             return Err(forbidden(AREA));
         }
         Ok(ConsolePost { user, form })
@@ -193,13 +191,6 @@ async fn login(
         Ok(f) => f,
         Err(r) => return r,
     };
-    let Some(store) = sessions(&parts) else {
-        return error_page(ApiError::Internal(anyhow::anyhow!(
-            "provider sessions missing"
-        )))
-        .await;
-    };
-    let now = state.clock.now();
     // Counted like an admin login under one fixed name: per address, and per (name, address).
     const THROTTLE_NAME: &str = "\n provider console";
     let throttled = match state
@@ -237,18 +228,22 @@ async fn login(
                 {
                     return error_page(e.into()).await;
                 }
-                let value = store.open(token_id, now, &timeouts(&state));
+                let session = match state.open_provider_session(token_id).await {
+                    Ok(s) => s,
+                    Err(e) => return error_page(e.into()).await,
+                };
+                let lifetime = state.settings.console_max_lifetime_secs;
                 let mut response = see_other("/console/orgs");
-                response.headers_mut().append(
-                    header::SET_COOKIE,
-                    cookie(
-                        &state.settings,
-                        SESSION_COOKIE,
-                        &value,
-                        "/console",
-                        state.settings.console_max_lifetime_secs,
-                    ),
-                );
+                let h = response.headers_mut();
+                for (name, value) in [
+                    (SESSION_COOKIE, &session.cookie),
+                    (CSRF_COOKIE, &session.csrf_token),
+                ] {
+                    h.append(
+                        header::SET_COOKIE,
+                        cookie(&state.settings, name, value, "/console", lifetime),
+                    );
+                }
                 return response;
             }
             Ok(None) => {
@@ -285,10 +280,11 @@ async fn login(
 async fn logout(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
-    Extension(store): Extension<Arc<ProviderSessions>>,
     post: ConsolePost,
 ) -> Response {
-    store.end(&post.user.session.id_hash);
+    if let Err(e) = state.end_provider_session(&post.user.session).await {
+        return error_page(e.into()).await;
+    }
     let ctx = state.ctx(post.user.actor(), client);
     let details = serde_json::json!({"via": "provider_console"});
     if let Err(e) = state
@@ -299,10 +295,12 @@ async fn logout(
         return error_page(e.into()).await;
     }
     let mut response = see_other("/console/login?done=logged_out");
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        cookie(&state.settings, SESSION_COOKIE, "", "/console", 0),
-    );
+    for name in [SESSION_COOKIE, CSRF_COOKIE] {
+        response.headers_mut().append(
+            header::SET_COOKIE,
+            cookie(&state.settings, name, "", "/console", 0),
+        );
+    }
     response
 }
 
@@ -449,7 +447,7 @@ async fn orgs_view(
     let form = form.unwrap_or_default();
     let subscription_checked = !form_open || form.subscription.is_some();
     Ok(OrgsPage {
-        chrome: Chrome::new(AREA, "Organizations", user.session.csrf.clone())
+        chrome: Chrome::new(AREA, "Organizations", user.csrf.clone())
             .signed_in("Service provider".into()),
         rows,
         search,
@@ -688,7 +686,7 @@ async fn org_view(
         )
         .await?;
     Ok(OrgPage {
-        chrome: Chrome::new(AREA, org.name.clone(), user.session.csrf.clone())
+        chrome: Chrome::new(AREA, org.name.clone(), user.csrf.clone())
             .signed_in("Service provider".into()),
         id: org.id,
         name: org.name.clone(),

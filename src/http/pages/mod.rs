@@ -21,18 +21,13 @@ mod assets;
 mod common;
 mod console;
 mod portal;
-mod provider_sessions;
 
-use std::sync::Arc;
-
+use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::routing::get;
-use axum::{Extension, Router};
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use super::extract::AppState;
-
-pub use provider_sessions::ProviderSessions;
 
 /// The policy of every page: scripts, styles and fetches from this origin only, no inline
 /// code, forms post only here, and no framing.
@@ -42,13 +37,11 @@ pub const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'se
 
 /// The routes of both web areas and their static assets.
 pub fn router() -> Router<AppState> {
-    let sessions = Arc::new(ProviderSessions::default());
     Router::new()
         .route("/", get(|| async { common::see_other("/portal/key") }))
         .merge(portal::router())
         .merge(console::router())
         .merge(assets::router())
-        .layer(Extension(sessions))
         .layer(SetResponseHeaderLayer::overriding(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(PAGE_CSP),
