@@ -419,8 +419,7 @@ fn read_file(path: &Path) -> anyhow::Result<(FileSettings, String)> {
         file_error(path, &text, Some(key), e.inner())
     })?;
     // A secret written into the file makes the file a secret too.
-    let holds_secret =
-        file.provider_token.is_some()
+    let holds_secret = file.provider_token.is_some()
         || file.master_key.is_some()
         || file.database_url.is_some()
         || file.rate_limit_redis_url.is_some();

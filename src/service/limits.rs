@@ -320,7 +320,10 @@ impl Slot {
     }
 
     fn spent(&self, now: i64, period_ms: i64) -> bool {
-        self.fallback || self.spent_at.is_some_and(|at| now - at < recheck_ms(period_ms))
+        self.fallback
+            || self
+                .spent_at
+                .is_some_and(|at| now - at < recheck_ms(period_ms))
     }
 }
 
@@ -478,7 +481,6 @@ impl GlobalLimits {
             let reset_secs = ceil_ms_to_secs(start + r.period_ms - now);
             if s.share > 0 {
                 s.share -= 1;
-                s.last_use = now;
                 took |= 1u64 << (i % 64);
                 // What the node knows is left: the unclaimed part as last seen, plus its own
                 // unspent share (in the fallback, only the local allowance).
@@ -515,7 +517,16 @@ impl GlobalLimits {
             break;
         }
         match stop {
-            None => Step::Admit(tightest),
+            None => {
+                // Only a unit spent counts as use: a share that only ever gets put back (its
+                // requests refused by another rule) is idle and goes back to the store.
+                for (i, s) in slots.iter_mut().enumerate() {
+                    if took & (1u64 << (i % 64)) != 0 {
+                        s.last_use = now;
+                    }
+                }
+                Step::Admit(tightest)
+            }
             Some(step) => {
                 // Refused or waiting: the rules before this one give their unit back.
                 for (i, s) in slots.iter_mut().enumerate() {
@@ -556,7 +567,12 @@ impl GlobalLimits {
         now >= next
             && self
                 .next_probe
-                .compare_exchange(next, now + PROBE_EVERY_MS, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(
+                    next,
+                    now + PROBE_EVERY_MS,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
     }
 
@@ -664,10 +680,7 @@ impl GlobalLimits {
                 for (i, s) in slots.iter_mut().enumerate() {
                     let period = org.rules[i].period_ms;
                     let current = now.div_euclid(period) * period == s.start;
-                    if s.share > 0
-                        && !s.fallback
-                        && current
-                        && now - s.last_use >= idle_ms(period)
+                    if s.share > 0 && !s.fallback && current && now - s.last_use >= idle_ms(period)
                     {
                         back.push((i, s.share, s.start));
                         s.claimed -= s.share;
@@ -689,7 +702,9 @@ impl GlobalLimits {
                 // Lost if it fails: the window then admits fewer, never more.
                 match tokio::time::timeout(CLAIM_TIMEOUT, self.store.give_back(&w, n)).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::debug!(error = %e, "could not give back a rate-limit share"),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "could not give back a rate-limit share")
+                    }
                     Err(_) => tracing::debug!("giving back a rate-limit share timed out"),
                 }
             }

@@ -7,6 +7,7 @@ mod config_file;
 mod connections;
 mod durability;
 mod enforcement;
+mod global_limits;
 mod harness;
 mod input;
 mod login_guard;
