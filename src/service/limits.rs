@@ -364,6 +364,9 @@ pub struct GlobalLimits {
     degraded: AtomicBool,
     next_probe: AtomicI64,
     swept_at: AtomicI64,
+    /// Windows of a rule decided by the local fallback, and the last error that caused one.
+    fallbacks: AtomicU64,
+    last_error: Mutex<Option<String>>,
 }
 
 impl GlobalLimits {
@@ -377,12 +380,24 @@ impl GlobalLimits {
             degraded: AtomicBool::new(false),
             next_probe: AtomicI64::new(0),
             swept_at: AtomicI64::new(i64::MIN),
+            fallbacks: AtomicU64::new(0),
+            last_error: Mutex::new(None),
         }
     }
 
     /// Whether the last claim found the store unreachable.
     pub fn degraded(&self) -> bool {
         self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// How many windows of a rule this node decided by the local fallback, and why the last.
+    pub fn fallbacks(&self) -> (u64, Option<String>) {
+        let why = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        (self.fallbacks.load(Ordering::Relaxed), why)
     }
 
     /// The N of the fallback allowance `ceil(limit / N)`.
@@ -652,6 +667,8 @@ impl GlobalLimits {
 
     fn store_failed(&self, now: i64, e: &anyhow::Error) {
         crate::telemetry::rate_limit_fallback(self.store.kind());
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{e:#}"));
         if !self.degraded.swap(true, Ordering::AcqRel) {
             self.next_probe
                 .store(now + PROBE_EVERY_MS, Ordering::Relaxed);

@@ -104,7 +104,9 @@ async fn concurrent_claims_from_three_nodes_admit_exactly_the_limit() {
     let Some(db) = migrated("gl_concurrent").await else {
         return;
     };
-    let clock = ManualClock::new(t0());
+    // At a whole second: six rounds 150 ms apart stay in one window.
+    let second_0 = T0_SECS * 1000;
+    let clock = ManualClock::new(Millis(second_0));
     let nodes = sim_nodes(&db, &clock, 3, 3).await;
     let rules = json!([
         {"methods": ["GET"], "limit": 37, "periodSeconds": 1},
@@ -113,11 +115,19 @@ async fn concurrent_claims_from_three_nodes_admit_exactly_the_limit() {
     .to_string();
     let mut hour = 0;
     for second in 0..6 {
-        clock.set(Millis(t0().0 + second * 1000));
+        clock.set(Millis(second_0 + second * 1000));
         let mut admitted = 0;
         // Six rounds 150 ms apart, each after the idle shares went back.
         for _ in 0..6 {
-            admitted += burst(&nodes, &rules, 30).await;
+            let round = burst(&nodes, &rules, 30).await;
+            admitted += round;
+            for (i, n) in nodes.iter().enumerate() {
+                let (fallbacks, why) = n.global_limits().unwrap().fallbacks();
+                assert_eq!(
+                    fallbacks, 0,
+                    "second {second}: node {i} fell back (round admitted {round}, total {admitted}): {why:?}"
+                );
+            }
             assert!(
                 admitted <= 37,
                 "second {second}: {admitted} admitted over 37"
