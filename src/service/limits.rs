@@ -361,6 +361,9 @@ pub struct GlobalLimits {
     /// The most nodes seen claiming in one window: the fallback divides by at least this.
     nodes_seen: AtomicU32,
     orgs: Mutex<FastMap<OrgId, Arc<GlobalOrg>>>,
+    /// The orgs this node holds units of (or was granted some since the last upkeep): the
+    /// only ones the upkeep visits, so its cost follows the busy orgs, not all of them.
+    holding: Mutex<FastMap<OrgId, Arc<GlobalOrg>>>,
     degraded: AtomicBool,
     next_probe: AtomicI64,
     swept_at: AtomicI64,
@@ -377,6 +380,7 @@ impl GlobalLimits {
             fallback_nodes: fallback_nodes.max(1),
             nodes_seen: AtomicU32::new(1),
             orgs: Mutex::new(FastMap::default()),
+            holding: Mutex::new(FastMap::default()),
             degraded: AtomicBool::new(false),
             next_probe: AtomicI64::new(0),
             swept_at: AtomicI64::new(i64::MIN),
@@ -593,7 +597,7 @@ impl GlobalLimits {
 
     /// Claims more of rule `i`'s window for this node, or, if the store does not answer,
     /// switches that window to the local fallback. One claim at a time per rule.
-    async fn claim(&self, org: &GlobalOrg, i: usize) {
+    async fn claim(&self, org: &Arc<GlobalOrg>, i: usize) {
         let rule = &org.rules[i];
         let _one = rule.claiming.lock().await;
         let now = self.clock.now().0;
@@ -644,6 +648,13 @@ impl GlobalLimits {
                 s.last_use = now;
                 s.spent_at = (c.taken >= limit).then_some(now);
                 self.nodes_seen.fetch_max(c.claimers, Ordering::Relaxed);
+                if c.granted > 0 {
+                    drop(slots);
+                    self.holding
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(org.org, org.clone());
+                }
             }
             Err(e) => {
                 self.store_failed(now, &e);
@@ -687,8 +698,8 @@ impl GlobalLimits {
     pub async fn upkeep(&self) {
         let now = self.clock.now().0;
         let orgs: Vec<Arc<GlobalOrg>> = {
-            let orgs = self.orgs.lock().unwrap_or_else(|e| e.into_inner());
-            orgs.values().cloned().collect()
+            let held = self.holding.lock().unwrap_or_else(|e| e.into_inner());
+            held.values().cloned().collect()
         };
         for org in orgs {
             let back: Vec<(usize, u32, i64)> = {
@@ -708,6 +719,14 @@ impl GlobalLimits {
                 }
                 back
             };
+            {
+                // Under the map's lock: a claim granting meanwhile inserts after this.
+                let mut held = self.holding.lock().unwrap_or_else(|e| e.into_inner());
+                let slots = org.slots.lock().unwrap_or_else(|e| e.into_inner());
+                if !slots.iter().any(|s| s.share > 0 && !s.fallback) {
+                    held.remove(&org.org);
+                }
+            }
             for (i, n, start) in back {
                 let rule = &org.rules[i];
                 let w = WindowRef {
