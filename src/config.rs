@@ -37,6 +37,11 @@ pub struct Config {
     /// PostgreSQL only: keep a cache of sessions and orgs on this node, kept exact across
     /// nodes by change notifications and leases (`service::peers`). On by default.
     pub node_cache: bool,
+    /// PostgreSQL: keep the global rate-limit counts in this Redis instead of the database.
+    pub rate_limit_redis_url: Option<secrecy::SecretString>,
+    /// PostgreSQL: the N of the local fallback `ceil(limit / N)` when the limit store does
+    /// not answer (at least the most nodes seen claiming in one window).
+    pub rate_limit_nodes: u32,
     /// How long a node may use its cache without renewing its lease, and so the longest a
     /// change waits for a node that stopped answering.
     pub node_lease: std::time::Duration,
@@ -111,6 +116,8 @@ impl Config {
                 .unwrap_or(2),
             password_hash_params: Default::default(),
             node_cache: true,
+            rate_limit_redis_url: None,
+            rate_limit_nodes: 1,
             node_lease: std::time::Duration::from_secs(5),
             tls: None,
             connections: ConnectionLimits::default(),

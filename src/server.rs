@@ -113,6 +113,30 @@ impl App {
                 "node cache off: every request reads the database"
             ),
         }
+        // On PostgreSQL an org's limits hold across the nodes: counts in the shared store.
+        let rate_limits = match (&shared_url, &config.rate_limit_redis_url) {
+            (None, redis) => {
+                if redis.is_some() {
+                    tracing::warn!(
+                        "rate_limit_redis_url is used with PostgreSQL only; the embedded store keeps its limits in memory"
+                    );
+                }
+                crate::service::limits::RateLimits::new(clock.clone())
+            }
+            (Some(url), redis) => {
+                let store: Arc<dyn crate::store::rate_windows::WindowStore> = match redis {
+                    Some(r) => Arc::new(crate::store::rate_windows::RedisWindows::new(
+                        r.expose_secret(),
+                    )?),
+                    None => Arc::new(crate::store::rate_windows::PgWindows::connect(url).await?),
+                };
+                crate::service::limits::RateLimits::global(
+                    clock.clone(),
+                    store,
+                    config.rate_limit_nodes,
+                )
+            }
+        };
         let services = Arc::new(Services {
             store,
             clock: clock.clone(),
@@ -134,7 +158,7 @@ impl App {
             throttle: config.login_throttle,
             throttle_swept: Default::default(),
             console_swept: Default::default(),
-            rate_limits: crate::service::limits::RateLimits::new(clock.clone()),
+            rate_limits,
             meter: Default::default(),
             cache: crate::service::cache::ViewCache::new(cache_mode),
             session_reads: Default::default(),
@@ -204,6 +228,18 @@ pub async fn serve(
             }
         }
     });
+    // Global rate limits: give back idle shares, sweep ended windows.
+    let limits_upkeep = services.rate_limits.global_limits().map(|g| {
+        let g = g.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LIMITS_UPKEEP_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                g.upkeep().await;
+            }
+        })
+    });
     // With other caching nodes: hear their changes, and hold a lease while hearing them.
     let peer_tasks: Vec<_> = match &services.peers {
         Some(peers) => vec![
@@ -239,6 +275,10 @@ pub async fn serve(
     }
     flusher.abort();
     let _ = flusher.await;
+    if let Some(task) = limits_upkeep {
+        task.abort();
+        let _ = task.await;
+    }
     for task in peer_tasks {
         task.abort();
         let _ = task.await;
@@ -487,3 +527,6 @@ const OPEN_FILES_KEPT: usize = 256;
 /// Usage counts are written this often: the most calls a crash can lose are those counted
 /// in one interval.
 pub const USAGE_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often idle rate-limit shares are given back (PostgreSQL): well under the 100 ms a
+/// one-second window's share may sit unused.
+pub const LIMITS_UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);

@@ -308,6 +308,12 @@ impl Hot {
             counter!(KEY_CHANGES_TOTAL, "kind" => kind.label(), "actor" => actor).absolute(0);
         }
         counter!(THRESHOLD_TRIPS).absolute(0);
+        for store in RATE_LIMIT_STORES {
+            counter!(RATE_LIMIT_FALLBACKS, "store" => store).absolute(0);
+            for result in ["granted", "spent"] {
+                counter!(RATE_LIMIT_CLAIMS, "store" => store, "result" => result).absolute(0);
+            }
+        }
         counter!(FLUSH_FAILURES).absolute(0);
         for kind in ["unavailable", "other"] {
             counter!(DB_ERRORS, "kind" => kind).absolute(0);
@@ -432,6 +438,31 @@ fn retry_label(reason: crate::store::sql::RetryReason) -> &'static str {
     }
 }
 
+/// A claim on the shared rate-limit store answered: units granted, or the window spent.
+pub fn rate_limit_claim(store: &'static str, granted: bool) {
+    if hot().is_some() {
+        let result = if granted { "granted" } else { "spent" };
+        counter!(RATE_LIMIT_CLAIMS, "store" => store_label(store), "result" => result).increment(1);
+    }
+}
+
+/// A window of a rule decided by the local fallback: the shared rate-limit store did not
+/// answer.
+pub fn rate_limit_fallback(store: &'static str) {
+    if hot().is_some() {
+        counter!(RATE_LIMIT_FALLBACKS, "store" => store_label(store)).increment(1);
+    }
+}
+
+const RATE_LIMIT_STORES: [&str; 2] = ["postgres", "redis"];
+
+fn store_label(store: &str) -> &'static str {
+    RATE_LIMIT_STORES
+        .into_iter()
+        .find(|s| *s == store)
+        .unwrap_or("postgres")
+}
+
 /// How long a change waited for the other caching nodes to confirm it (PostgreSQL).
 pub fn change_confirmation(started: Instant) {
     if hot().is_some() {
@@ -474,6 +505,8 @@ const HTTP_REQUESTS: &str = "keygate_http_requests_total";
 const HTTP_DURATION: &str = "keygate_http_request_duration_seconds";
 const DECISIONS: &str = "keygate_api_decisions_total";
 const RATE_LIMIT_REFUSALS: &str = "keygate_rate_limit_refusals_total";
+const RATE_LIMIT_CLAIMS: &str = "keygate_rate_limit_claims_total";
+const RATE_LIMIT_FALLBACKS: &str = "keygate_rate_limit_fallbacks_total";
 const LOGINS: &str = "keygate_logins_total";
 const KEY_CHANGES_TOTAL: &str = "keygate_key_changes_total";
 const THRESHOLD_TRIPS: &str = "keygate_call_threshold_trips_total";
@@ -504,6 +537,14 @@ fn describe() {
         "Decisions on cloud service API calls (surface=api) and /authz sub-requests (surface=authz), by outcome code"
     );
     describe_counter!(RATE_LIMIT_REFUSALS, "Calls refused by an org's rate limits");
+    describe_counter!(
+        RATE_LIMIT_CLAIMS,
+        "Claims of a share of an org's rate-limit window from the shared store (PostgreSQL nodes), by store and result"
+    );
+    describe_counter!(
+        RATE_LIMIT_FALLBACKS,
+        "Rate-limit windows decided by the bounded local fallback because the shared store did not answer"
+    );
     describe_counter!(
         LOGINS,
         "Logins by surface (api, console, provider) and outcome (success, failure, throttled, locked)"

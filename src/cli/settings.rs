@@ -286,6 +286,16 @@ serve_settings! {
     #[arg(long, env = "KEYGATE_NODE_LEASE_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(500..=60_000))]
     node_lease_ms: u64,
+    /// PostgreSQL: keep the global rate-limit counts in Redis (`redis://host:6379/0`) instead
+    /// of the database's `rate_windows` table.
+    #[arg(long, env = "KEYGATE_RATE_LIMIT_REDIS_URL", hide_env_values = true)]
+    rate_limit_redis_url: Option<Secret>,
+    /// PostgreSQL: while the rate-limit store does not answer, each node admits at most
+    /// ceil(limit / this) per window on its own (at least the most nodes it saw claiming in
+    /// one window); set it to the number of nodes.
+    #[arg(long, env = "KEYGATE_RATE_LIMIT_NODES", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    rate_limit_nodes: u64,
     /// Reverse proxies (addresses or CIDR networks, comma-separated; an array in the file)
     /// whose forwarding header names the client; from any other peer the headers are ignored.
     #[arg(long, env = "KEYGATE_TRUSTED_PROXIES", default_value = "")]
@@ -412,8 +422,10 @@ fn read_file(path: &Path) -> anyhow::Result<(FileSettings, String)> {
         file_error(path, &text, Some(key), e.inner())
     })?;
     // A secret written into the file makes the file a secret too.
-    let holds_secret =
-        file.provider_token.is_some() || file.master_key.is_some() || file.database_url.is_some();
+    let holds_secret = file.provider_token.is_some()
+        || file.master_key.is_some()
+        || file.database_url.is_some()
+        || file.rate_limit_redis_url.is_some();
     if holds_secret && loosely_readable(path)? {
         bail!(
             "config file {} holds a secret and is readable by group or others; chmod 600 it",
@@ -517,6 +529,8 @@ impl Effective {
         c.api_max_lifetime_secs = a.api_max_lifetime_secs;
         c.node_cache = a.node_cache;
         c.node_lease = std::time::Duration::from_millis(a.node_lease_ms);
+        c.rate_limit_redis_url = a.rate_limit_redis_url.as_ref().map(|s| s.0.clone());
+        c.rate_limit_nodes = a.rate_limit_nodes as u32;
         c.metrics_listen = a.metrics_listen;
         c.metrics_token = self.secret("metrics_token", &a.metrics_token, &a.metrics_token_file)?;
         c.trusted_proxies = crate::http::forwarded::TrustedProxies {

@@ -276,6 +276,7 @@ impl Services {
         match self
             .rate_limits
             .check(principal.org_id, principal.rate_limits.as_deref(), method)
+            .await
         {
             Ok(info) => principal.rate = info,
             Err(denied) => return Ok(Err(Denial::RateLimited(denied))),

@@ -7,6 +7,7 @@
 
 pub mod peers;
 pub mod postgres;
+pub mod rate_windows;
 pub mod sql;
 pub mod sqlite;
 

@@ -612,11 +612,18 @@ async fn get_default_is_two_per_second_with_headers_on_every_answer() {
     let r = ok(s.authz("DELETE").await, "DELETE while GET is exhausted");
     assert_eq!(rate(&r, "DELETE").0, 1);
 
-    // GCRA: one GET every 500 ms.
-    advance_ms(&server, 500);
-    let r = ok(s.get_keys().await, "GET after 500 ms");
-    assert_eq!(rate(&r, "GET after 500 ms"), (2, 0, 1));
-    assert_rate_limited(&s.get_keys().await, "the second GET after 500 ms");
+    if on_postgres() {
+        // Global limits: windows aligned to the clock, whole again at the next second.
+        advance_ms(&server, 500);
+        let r = s.get_keys().await;
+        assert_eq!(assert_rate_limited(&r, "GET 500 ms later, same window"), 1);
+    } else {
+        // GCRA: one GET every 500 ms.
+        advance_ms(&server, 500);
+        let r = ok(s.get_keys().await, "GET after 500 ms");
+        assert_eq!(rate(&r, "GET after 500 ms"), (2, 0, 1));
+        assert_rate_limited(&s.get_keys().await, "the second GET after 500 ms");
+    }
 
     advance_ms(&server, 1000);
     let r = ok(s.get_keys().await, "GET after a whole second");
@@ -647,6 +654,25 @@ async fn get_default_is_1000_per_hour() {
         }
         server.clock.advance_secs(1);
     };
+    if on_postgres() {
+        // Global limits: exactly 1000 in the clock's hour (t0 starts one), then refused until
+        // the hour ends; a refused call still keeps the session alive.
+        assert_eq!(served, 1000, "the hour's window");
+        let retry = assert_rate_limited(&refused, "the hourly rule");
+        assert_eq!(rate(&refused, "hourly 429").0, 1000, "{refused}");
+        assert_eq!(retry, 3600 - 500, "until the hour's end");
+        let mut left = 3600 - 500;
+        while left > 0 {
+            let step = left.min(60);
+            server.clock.advance_secs(step);
+            left -= step;
+            if left > 0 {
+                assert_rate_limited(&s.get_keys().await, "within the hour");
+            }
+        }
+        ok(s.get_keys().await, "the next hour");
+        return;
+    }
     assert_eq!(served, 1161, "1000 + 161 given back over 580 s");
     let retry = assert_rate_limited(&refused, "the hourly rule");
     assert_eq!(rate(&refused, "hourly 429").0, 1000, "{refused}");
@@ -711,6 +737,17 @@ async fn post_and_put_default_is_one_per_second_and_400_per_hour() {
         served += 1;
         assert!(served <= 500, "the hourly rule never refused");
     };
+    if on_postgres() {
+        // Global limits: exactly 400 in the clock's hour, refused until its end.
+        assert_eq!(served, 400, "the hour's window");
+        assert_eq!(
+            assert_rate_limited(&refused, "POST hourly"),
+            3600 - 400,
+            "until the hour's end"
+        );
+        assert_eq!(rate(&refused, "POST hourly").0, 400, "{refused}");
+        return;
+    }
     assert_eq!(served, 449, "400 + 49 given back over 448 s");
     assert_eq!(assert_rate_limited(&refused, "POST hourly"), 1);
     assert_eq!(rate(&refused, "POST hourly").0, 400, "{refused}");
@@ -745,6 +782,15 @@ async fn delete_default_is_one_per_minute_and_4_per_hour() {
 
     advance_keeping_alive(&server, &s, 60).await;
     let r = s.authz("DELETE").await;
+    if on_postgres() {
+        // Global limits: 4 in the clock's hour, the next at the hour's end.
+        assert_eq!(
+            assert_rate_limited(&r, "DELETE 5 within the hour"),
+            3600 - 240
+        );
+        assert_eq!(rate(&r, "DELETE 5").0, 4, "the hourly rule refused it: {r}");
+        return;
+    }
     // GCRA, burst 4, a cell every 900 s: after calls at 0, 60, 120 and 180 s the next is
     // allowed at 900 s.
     assert_eq!(assert_rate_limited(&r, "DELETE 5 within the hour"), 660);
@@ -816,7 +862,9 @@ async fn provider_overrides_take_effect_at_once_and_null_restores_the_defaults()
         assert_eq!(rate(&r, m).0, 3, "{r}");
     }
     let r = s.authz("DELETE").await;
-    assert_eq!(assert_rate_limited(&r, "the 4th write in a minute"), 20);
+    // GCRA gives a cell back every 20 s; global limits' window ends with the minute.
+    let retry = if on_postgres() { 60 } else { 20 };
+    assert_eq!(assert_rate_limited(&r, "the 4th write in a minute"), retry);
     assert_eq!(rate(&r, "writes").0, 3);
     // The other org keeps the defaults.
     let r = ok(so.get_keys().await, "other org");

@@ -8,6 +8,7 @@ mod connections;
 mod console_sessions;
 mod durability;
 mod enforcement;
+mod global_limits;
 mod harness;
 mod input;
 mod login_guard;

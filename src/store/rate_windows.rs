@@ -1,0 +1,274 @@
+//! Where the nodes keep an org's rate-limit count per window (`service::limits` on
+//! PostgreSQL): the `rate_windows` table by default, or Redis (`--rate-limit-redis-url`).
+//! Both do the same two atomic operations; neither ever lets a window's count pass its limit.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::domain::ids::OrgId;
+
+/// One rule's window of one org.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowRef<'a> {
+    pub org: OrgId,
+    /// The rule's identity (`RateRule` index, methods, limit and period): a changed rule
+    /// counts afresh.
+    pub rule: &'a str,
+    /// Milliseconds since the epoch, aligned to the rule's period.
+    pub start_ms: i64,
+    pub end_ms: i64,
+}
+
+/// What a claim got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claimed {
+    /// Units this node may now admit (0 when the window is spent).
+    pub granted: u32,
+    /// The window's count after the claim (all nodes' claims, minus what they gave back).
+    pub taken: u32,
+    /// How many nodes claimed in this window so far.
+    pub claimers: u32,
+}
+
+#[async_trait]
+pub trait WindowStore: Send + Sync + 'static {
+    /// Adds `min(want, limit - taken)` to the window's count, atomically, and says how much.
+    /// `first`: this node's first claim in the window (counted in `claimers`).
+    async fn claim(
+        &self,
+        w: &WindowRef<'_>,
+        want: u32,
+        limit: u32,
+        first: bool,
+    ) -> anyhow::Result<Claimed>;
+    /// Takes `n` unused units off the window's count (never below 0).
+    async fn give_back(&self, w: &WindowRef<'_>, n: u32) -> anyhow::Result<()>;
+    /// Forgets windows that ended before `before_ms`.
+    async fn sweep(&self, before_ms: i64) -> anyhow::Result<()>;
+    /// For logs and metric labels: `postgres` or `redis`.
+    fn kind(&self) -> &'static str;
+}
+
+// ------------------------------------------------------------------ PostgreSQL
+
+/// The `rate_windows` table, through a small pool of its own (`keygate-limits`), so claims do
+/// not queue behind request traffic and a slow table shows as a quick error, not a stall.
+pub struct PgWindows {
+    pool: PgPool,
+}
+
+impl PgWindows {
+    /// `url` is the store's database, already migrated.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let opts = PgConnectOptions::from_str(url)?
+            .application_name("keygate-limits")
+            // A claim that cannot take its row lock quickly is answered from the local
+            // fallback instead; a lost claim at a crash only means a few units less.
+            .options([
+                ("lock_timeout", "250"),
+                ("statement_timeout", "500"),
+                ("synchronous_commit", "off"),
+            ]);
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_millis(500))
+            .connect_lazy_with(opts);
+        Ok(Self { pool })
+    }
+}
+
+#[async_trait]
+impl WindowStore for PgWindows {
+    async fn claim(
+        &self,
+        w: &WindowRef<'_>,
+        want: u32,
+        limit: u32,
+        first: bool,
+    ) -> anyhow::Result<Claimed> {
+        // SET expressions read the row as it was, so `last_grant` is what this claim added.
+        let row = sqlx::query(
+            "INSERT INTO rate_windows AS w \
+               (org_id, rule, window_start, window_end, taken, claimers, last_grant) \
+             VALUES ($1, $2, $3, $4, LEAST($5, $6), 1, LEAST($5, $6)) \
+             ON CONFLICT (org_id, rule, window_start) DO UPDATE SET \
+               taken = w.taken + LEAST($5, GREATEST($6 - w.taken, 0)), \
+               claimers = w.claimers + $7, \
+               last_grant = LEAST($5, GREATEST($6 - w.taken, 0)) \
+             RETURNING taken, claimers, last_grant",
+        )
+        .bind(w.org.0)
+        .bind(w.rule)
+        .bind(w.start_ms)
+        .bind(w.end_ms)
+        .bind(want as i32)
+        .bind(limit as i32)
+        .bind(i32::from(first))
+        .fetch_one(&self.pool)
+        .await?;
+        let get = |c: &str| -> anyhow::Result<u32> { Ok(row.try_get::<i32, _>(c)?.max(0) as u32) };
+        Ok(Claimed {
+            granted: get("last_grant")?,
+            taken: get("taken")?,
+            claimers: get("claimers")?,
+        })
+    }
+
+    async fn give_back(&self, w: &WindowRef<'_>, n: u32) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE rate_windows SET taken = GREATEST(taken - $4, 0) \
+             WHERE org_id = $1 AND rule = $2 AND window_start = $3",
+        )
+        .bind(w.org.0)
+        .bind(w.rule)
+        .bind(w.start_ms)
+        .bind(n as i32)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn sweep(&self, before_ms: i64) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM rate_windows WHERE window_end < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+}
+
+// ------------------------------------------------------------------ Redis
+
+/// One hash per window (`t`: taken, `c`: claimers), expiring a minute after the window ends.
+const CLAIM_SCRIPT: &str = r"
+local taken = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
+local grant = math.min(tonumber(ARGV[1]), math.max(tonumber(ARGV[2]) - taken, 0))
+taken = redis.call('HINCRBY', KEYS[1], 't', grant)
+local claimers = redis.call('HINCRBY', KEYS[1], 'c', tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
+return {grant, taken, claimers}
+";
+
+const GIVE_BACK_SCRIPT: &str = r"
+local taken = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
+if taken > 0 then
+  redis.call('HSET', KEYS[1], 't', math.max(taken - tonumber(ARGV[1]), 0))
+end
+return 0
+";
+
+/// Kept after a window's end, so a node whose clock is a little behind still finds its count.
+const REDIS_GRACE_MS: i64 = 60_000;
+
+pub struct RedisWindows {
+    client: redis::Client,
+    /// One multiplexed connection, made again after an error.
+    conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    claim: redis::Script,
+    give_back: redis::Script,
+}
+
+impl RedisWindows {
+    /// Does not connect yet: a Redis that is down at start is the same as one that went away.
+    pub fn new(url: &str) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)
+            .map_err(|e| anyhow::anyhow!("invalid rate-limit Redis URL: {:?}", e.kind()))?;
+        Ok(Self {
+            client,
+            conn: tokio::sync::Mutex::new(None),
+            claim: redis::Script::new(CLAIM_SCRIPT),
+            give_back: redis::Script::new(GIVE_BACK_SCRIPT),
+        })
+    }
+
+    async fn connection(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        let mut held = self.conn.lock().await;
+        if let Some(c) = held.as_ref() {
+            return Ok(c.clone());
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Duration::from_millis(500))
+            .set_response_timeout(Duration::from_millis(500));
+        let c = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        *held = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn forget_connection(&self) {
+        *self.conn.lock().await = None;
+    }
+
+    fn key(w: &WindowRef<'_>) -> String {
+        format!("keygate:rl:{}:{}:{}", w.org.0, w.rule, w.start_ms)
+    }
+}
+
+#[async_trait]
+impl WindowStore for RedisWindows {
+    async fn claim(
+        &self,
+        w: &WindowRef<'_>,
+        want: u32,
+        limit: u32,
+        first: bool,
+    ) -> anyhow::Result<Claimed> {
+        let mut conn = self.connection().await?;
+        let ttl = (w.end_ms - w.start_ms).max(1) + REDIS_GRACE_MS;
+        let got: redis::RedisResult<(i64, i64, i64)> = self
+            .claim
+            .key(Self::key(w))
+            .arg(want)
+            .arg(limit)
+            .arg(i32::from(first))
+            .arg(ttl)
+            .invoke_async(&mut conn)
+            .await;
+        match got {
+            Ok((granted, taken, claimers)) => Ok(Claimed {
+                granted: granted.max(0) as u32,
+                taken: taken.max(0) as u32,
+                claimers: claimers.max(0) as u32,
+            }),
+            Err(e) => {
+                self.forget_connection().await;
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn give_back(&self, w: &WindowRef<'_>, n: u32) -> anyhow::Result<()> {
+        let mut conn = self.connection().await?;
+        let got: redis::RedisResult<i64> = self
+            .give_back
+            .key(Self::key(w))
+            .arg(n)
+            .invoke_async(&mut conn)
+            .await;
+        if let Err(e) = got {
+            self.forget_connection().await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    async fn sweep(&self, _before_ms: i64) -> anyhow::Result<()> {
+        // Keys expire by themselves.
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}

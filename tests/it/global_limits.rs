@@ -1,0 +1,770 @@
+//! Global rate limits on PostgreSQL (issue 14, point 1): an org's limits hold across all nodes.
+//!
+//! - With the manual clock, several simulated nodes (`RateLimits::global`, each with its own
+//!   connection pool) on the real `rate_windows` table: concurrent claims never admit more
+//!   than the limit in a window, and after idle shares are given back exactly the limit;
+//!   a request refused by one rule spends nothing of the others; with the table locked (the
+//!   shared store not answering) each node admits at most ceil(limit / N), and exactly the
+//!   limit again once it answers.
+//! - Real `keygate serve` nodes (`#[ignore]`d: real-time trials, run alone by `.ci/run`):
+//!   3 nodes on one database, 10 × L requests per second for 30 s spread evenly and then all
+//!   on one node; the hourly window with a small limit; the same with the counts in a
+//!   Redis the test starts itself, killed mid-run and started again.
+//!
+//! Without PostgreSQL the tests fail under `CI=true` and otherwise skip with a loud message
+//! (`multinode::SharedDb`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keygate::clock::{ManualClock, SharedClock};
+use keygate::domain::ids::OrgId;
+use keygate::domain::time::Millis;
+use keygate::service::limits::RateLimits;
+use keygate::store::rate_windows::PgWindows;
+use reqwest::header::{COOKIE, SET_COOKIE};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::cloud_api::obfuscate;
+use crate::harness::*;
+use crate::multinode::{SharedDb, random_master_key};
+
+// ---------------------------------------------------------------- simulated nodes
+
+async fn migrated(test: &str) -> Option<SharedDb> {
+    let db = SharedDb::create(test).await?;
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+    sqlx::migrate!("./migrations/postgres")
+        .run(&pool)
+        .await
+        .expect("migrate");
+    pool.close().await;
+    Some(db)
+}
+
+/// `n` nodes' limiters on the same table, each with its own pool, on one manual clock.
+async fn sim_nodes(
+    db: &SharedDb,
+    clock: &Arc<ManualClock>,
+    n: usize,
+    fallback: u32,
+) -> Vec<Arc<RateLimits>> {
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        let store = Arc::new(PgWindows::connect(&db.url).await.expect("pool"));
+        let clock: SharedClock = clock.clone();
+        nodes.push(Arc::new(RateLimits::global(clock, store, fallback)));
+    }
+    nodes
+}
+
+/// `per_node` checks sent at once to every node; how many were admitted.
+async fn burst(nodes: &[Arc<RateLimits>], rules: &str, per_node: usize) -> usize {
+    let mut tasks = tokio::task::JoinSet::new();
+    for node in nodes {
+        for _ in 0..per_node {
+            let (node, rules) = (node.clone(), rules.to_owned());
+            tasks.spawn(async move { node.check(OrgId(7), Some(&rules), "GET").await.is_ok() });
+        }
+    }
+    let mut admitted = 0;
+    while let Some(r) = tasks.join_next().await {
+        admitted += usize::from(r.expect("check task"));
+    }
+    admitted
+}
+
+async fn upkeep(nodes: &[Arc<RateLimits>]) {
+    for n in nodes {
+        n.global_limits().expect("global").upkeep().await;
+    }
+}
+
+/// The largest count of a window of the rules whose identity ends with `rule_suffix`.
+async fn max_taken(db: &SharedDb, rule_suffix: &str) -> i64 {
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+    let v: Option<i32> =
+        sqlx::query_scalar("SELECT max(taken) FROM rate_windows WHERE rule LIKE $1")
+            .bind(format!("%{rule_suffix}"))
+            .fetch_one(&pool)
+            .await
+            .expect("read rate_windows");
+    pool.close().await;
+    i64::from(v.unwrap_or(0))
+}
+
+/// Three nodes claim at once, over and over: no window ever admits more than its limit; the
+/// shares a node was left holding are given back after a tenth of the period unused, and
+/// then the window is used to exactly its limit. The hourly rule holds across seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_from_three_nodes_admit_exactly_the_limit() {
+    let Some(db) = migrated("gl_concurrent").await else {
+        return;
+    };
+    // At a whole second: six rounds 150 ms apart stay in one window.
+    let second_0 = T0_SECS * 1000;
+    let clock = ManualClock::new(Millis(second_0));
+    let nodes = sim_nodes(&db, &clock, 3, 3).await;
+    let rules = json!([
+        {"methods": ["GET"], "limit": 37, "periodSeconds": 1},
+        {"methods": ["GET"], "limit": 100, "periodSeconds": 3600},
+    ])
+    .to_string();
+    let mut hour = 0;
+    for second in 0..6 {
+        clock.set(Millis(second_0 + second * 1000));
+        let mut admitted = 0;
+        // Six rounds 150 ms apart, each after the idle shares went back.
+        for _ in 0..6 {
+            let round = burst(&nodes, &rules, 30).await;
+            admitted += round;
+            for (i, n) in nodes.iter().enumerate() {
+                let (fallbacks, why) = n.global_limits().unwrap().fallbacks();
+                assert_eq!(
+                    fallbacks, 0,
+                    "second {second}: node {i} fell back (round admitted {round}, total {admitted}): {why:?}"
+                );
+            }
+            assert!(
+                admitted <= 37,
+                "second {second}: {admitted} admitted over 37"
+            );
+            clock.advance_ms(150);
+            upkeep(&nodes).await;
+        }
+        hour += admitted;
+        assert!(hour <= 100, "the hour: {hour} over 100");
+        if second < 2 {
+            assert_eq!(admitted, 37, "second {second}: the whole limit is used");
+        }
+    }
+    assert_eq!(hour, 100, "the hour's limit, exactly, over six seconds");
+    assert_eq!(max_taken(&db, ":100/3600").await, 100);
+    assert!(max_taken(&db, ":37/1").await <= 37);
+}
+
+/// A request the per-second rule refuses takes nothing from the hourly rule, whichever node
+/// it reaches and in either order of the rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_spends_nothing_of_the_other_rules_across_nodes() {
+    let Some(db) = migrated("gl_refused").await else {
+        return;
+    };
+    for rules in [
+        json!([{"methods": ["GET"], "limit": 5, "periodSeconds": 3600},
+               {"methods": ["GET"], "limit": 1, "periodSeconds": 1}]),
+        json!([{"methods": ["GET"], "limit": 1, "periodSeconds": 1},
+               {"methods": ["GET"], "limit": 5, "periodSeconds": 3600}]),
+    ] {
+        let rules = rules.to_string();
+        let clock = ManualClock::new(t0());
+        let nodes = sim_nodes(&db, &clock, 3, 3).await;
+        let mut total = 0;
+        for second in 0..8 {
+            clock.set(Millis(t0().0 + second * 1000));
+            upkeep(&nodes).await;
+            let mut this_second = 0;
+            for round in 0..3 {
+                for (i, node) in nodes.iter().enumerate() {
+                    if node.check(OrgId(7), Some(&rules), "GET").await.is_ok() {
+                        this_second += 1;
+                    }
+                    assert!(this_second <= 1, "second {second}, round {round}, node {i}");
+                }
+            }
+            total += this_second;
+            if second < 5 {
+                assert_eq!(this_second, 1, "second {second}: {rules}");
+            }
+        }
+        assert_eq!(total, 5, "the hourly rule, exactly: {rules}");
+        sqlx::query("DELETE FROM rate_windows")
+            .execute(&sqlx::PgPool::connect(&db.url).await.unwrap())
+            .await
+            .unwrap();
+    }
+}
+
+/// `x-ratelimit-remaining` with one node serving the org is the true remaining; a node that
+/// just claimed never says more than is left; a refusal says 0 and the window's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remaining_is_exact_at_each_claim() {
+    let Some(db) = migrated("gl_remaining").await else {
+        return;
+    };
+    let clock = ManualClock::new(Millis(t0().0 + 250));
+    let nodes = sim_nodes(&db, &clock, 2, 2).await;
+    let rules = json!([{"methods": ["GET"], "limit": 5, "periodSeconds": 1}]).to_string();
+    for want in (0..5).rev() {
+        let info = nodes[0]
+            .check(OrgId(7), Some(&rules), "GET")
+            .await
+            .expect("admitted")
+            .expect("headers");
+        assert_eq!((info.limit, info.remaining, info.reset_secs), (5, want, 1));
+    }
+    let refused = nodes[1]
+        .check(OrgId(7), Some(&rules), "GET")
+        .await
+        .unwrap_err();
+    assert_eq!((refused.info.remaining, refused.info.reset_secs), (0, 1));
+    assert_eq!(refused.retry_after_secs, 1);
+    // The next window, two nodes in turn: together at most the limit; each node's value only
+    // goes down, and is at most the limit less what that node admitted (a node does not see
+    // what the other spent since its last claim: docs/deploy.md).
+    clock.set(Millis(t0().0 + 1000));
+    let (mut admitted, mut own, mut last) = (0u32, [0u32; 2], [u32::MAX; 2]);
+    for i in 0..10 {
+        match nodes[i % 2].check(OrgId(7), Some(&rules), "GET").await {
+            Ok(info) => {
+                admitted += 1;
+                own[i % 2] += 1;
+                let r = info.expect("headers").remaining;
+                assert!(r <= 5 - own[i % 2], "node {}: {r} after {own:?}", i % 2);
+                assert!(
+                    r <= last[i % 2],
+                    "node {}: {r} after {}",
+                    i % 2,
+                    last[i % 2]
+                );
+                last[i % 2] = r;
+            }
+            Err(d) => assert_eq!(d.info.remaining, 0),
+        }
+    }
+    assert_eq!(admitted, 5, "the window, used up exactly");
+}
+
+/// The table locked (the shared store does not answer): each node admits at most
+/// ceil(limit / N) per window on its own, never an error; once the table answers again, the
+/// next window is global and exact again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_falls_back_to_a_bounded_local_share_and_recovers() {
+    use sqlx::Connection;
+    let Some(db) = migrated("gl_fallback").await else {
+        return;
+    };
+    let clock = ManualClock::new(t0());
+    let nodes = sim_nodes(&db, &clock, 3, 3).await;
+    let rules = json!([{"methods": ["GET"], "limit": 10, "periodSeconds": 1}]).to_string();
+    assert_eq!(burst(&nodes, &rules, 10).await, 10, "the store answers");
+
+    let mut locker = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE rate_windows IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    for second in 1..4 {
+        clock.set(Millis(t0().0 + second * 1000));
+        for (i, node) in nodes.iter().enumerate() {
+            let mut admitted = 0;
+            for _ in 0..10 {
+                admitted += usize::from(node.check(OrgId(7), Some(&rules), "GET").await.is_ok());
+            }
+            assert_eq!(
+                admitted, 4,
+                "second {second}, node {i}: ceil(10 / 3) on its own"
+            );
+            assert!(node.global_limits().unwrap().degraded());
+        }
+    }
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    clock.set(Millis(t0().0 + 5_000));
+    assert_eq!(
+        burst(&nodes, &rules, 10).await,
+        10,
+        "global and exact again"
+    );
+    for node in &nodes {
+        assert!(!node.global_limits().unwrap().degraded());
+    }
+}
+
+// ---------------------------------------------------------------- real nodes
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn node(dir: &Path, i: usize, db: &SharedDb, master_key: &str, extra: &[(&str, &str)]) -> Process {
+    let mut env: Vec<(&str, &str)> = vec![
+        ("KEYGATE_DATABASE_URL", db.url.as_str()),
+        ("KEYGATE_MASTER_KEY", master_key),
+        ("KEYGATE_RATE_LIMIT_NODES", "3"),
+        ("RUST_LOG", "info"),
+    ];
+    env.extend_from_slice(extra);
+    Process::start_with(
+        &dir.join(format!("data{i}")),
+        &dir.join(format!("node{i}.log")),
+        &env,
+    )
+}
+
+/// An org with `rules` (set through the provider API) and an API session opened on `base`.
+async fn org_session(http: &Client, base: &str, slug: &str, rules: Value) -> String {
+    let login = format!("full@{slug}");
+    let org: Value = http
+        .post(format!("{base}/provider/v1/orgs"))
+        .bearer_auth(PROVIDER_TOKEN)
+        .json(&json!({
+            "name": format!("Org {slug}"),
+            "admins": [{"loginName": login, "password": PASSWORD, "role": "FULL"}],
+            "subscription": {"enabled": true, "expiresAt": null},
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = org["id"].as_i64().expect("org created");
+    let resp = http
+        .put(format!("{base}/provider/v1/orgs/{id}/limits"))
+        .bearer_auth(PROVIDER_TOKEN)
+        .json(&json!({"rateLimits": rules}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let console = Client::builder().cookie_store(true).build().unwrap();
+    let body: Value = console
+        .post(format!("{base}/admin/v1/login"))
+        .json(&json!({"loginName": login, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let admin = Admin {
+        http: console,
+        base: base.to_owned(),
+        csrf: body["csrfToken"].as_str().expect("csrf").to_owned(),
+        login: body,
+    };
+    let key = admin.reveal().await;
+    let ts = wall_ms();
+    let resp = http
+        .post(format!("{base}/api/v1/authenticatedSession"))
+        .json(&json!({"apiKey": obfuscate(&key, ts), "username": login,
+                      "password": PASSWORD, "timestamp": ts}))
+        .send()
+        .await
+        .unwrap();
+    let token = resp
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            v.split(';')
+                .next()
+                .and_then(|kv| kv.trim().strip_prefix("JSESSIONID="))
+                .map(str::to_owned)
+        });
+    token.expect("API session")
+}
+
+#[derive(Debug, Clone)]
+struct Sample {
+    node: usize,
+    sent: i64,
+    recv: i64,
+    status: u16,
+    remaining: Option<u32>,
+}
+
+/// Open-loop load: `rate` GETs per second for `secs`, the i-th to node `pick(i)`.
+async fn drive(
+    http: &Client,
+    bases: &[String],
+    token: &str,
+    rate: u64,
+    secs: u64,
+    pick: impl Fn(u64) -> usize,
+) -> Vec<Sample> {
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = tokio::task::JoinSet::new();
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut i = 0u64;
+    while Instant::now() < until {
+        tick.tick().await;
+        let n = pick(i);
+        i += 1;
+        let (http, url, cookie) = (
+            http.clone(),
+            format!("{}/api/v1/apiKeys", bases[n]),
+            format!("JSESSIONID={token}"),
+        );
+        tasks.spawn(async move {
+            let sent = wall_ms();
+            let resp = http.get(url).header(COOKIE, cookie).send().await;
+            let recv = wall_ms();
+            match resp {
+                Ok(r) => Sample {
+                    node: n,
+                    sent,
+                    recv,
+                    status: r.status().as_u16(),
+                    remaining: r
+                        .headers()
+                        .get("x-ratelimit-remaining")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok()),
+                },
+                Err(_) => Sample {
+                    node: n,
+                    sent,
+                    recv,
+                    status: 0,
+                    remaining: None,
+                },
+            }
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(s) = tasks.join_next().await {
+        out.push(s.expect("request task"));
+    }
+    out
+}
+
+/// What a run shows, window by window (windows of `period_ms`, aligned to the clock).
+struct Report {
+    /// Admitted requests sent and answered within one window, by window.
+    definite: BTreeMap<i64, usize>,
+    /// Admitted requests answered in the inner windows (all but the first and the last).
+    inner_admitted: usize,
+    inner_windows: usize,
+    errors: Vec<String>,
+}
+
+fn analyse(samples: &[Sample], period_ms: i64, limit: u32) -> Report {
+    let first = samples.iter().map(|s| s.sent).min().unwrap_or(0) / period_ms;
+    let last = samples.iter().map(|s| s.recv).max().unwrap_or(0) / period_ms;
+    let mut definite = BTreeMap::new();
+    let mut inner_admitted = 0;
+    let mut errors = Vec::new();
+    for s in samples {
+        match s.status {
+            200 => {
+                let r = s.remaining.unwrap_or(u32::MAX);
+                if r > limit - 1 {
+                    errors.push(format!("remaining {r} on an admitted answer: {s:?}"));
+                }
+                if s.sent / period_ms == s.recv / period_ms {
+                    *definite.entry(s.sent / period_ms).or_insert(0) += 1;
+                }
+                let w = s.recv / period_ms;
+                if w > first && w < last {
+                    inner_admitted += 1;
+                }
+            }
+            429 => {
+                if s.remaining != Some(0) {
+                    errors.push(format!("a 429 without remaining 0: {s:?}"));
+                }
+            }
+            other => errors.push(format!("status {other} from node {}: {s:?}", s.node)),
+        }
+    }
+    Report {
+        definite,
+        inner_admitted,
+        inner_windows: (last - first - 1).max(0) as usize,
+        errors,
+    }
+}
+
+/// Admitted ≤ the limit in every window, ≥ 95% of it over the inner windows, no 5xx.
+fn assert_global(what: &str, samples: &[Sample], limit: u32) {
+    let r = analyse(samples, 1000, limit);
+    assert!(
+        r.errors.is_empty(),
+        "{what}: {:#?}",
+        &r.errors[..r.errors.len().min(20)]
+    );
+    for (w, n) in &r.definite {
+        assert!(
+            *n <= limit as usize,
+            "{what}: {n} admitted in window {w}, over {limit}"
+        );
+    }
+    let expected = (limit as usize * r.inner_windows) as f64;
+    eprintln!(
+        "{what}: {} requests, {} admitted in {} inner windows ({:.1}% of the limit)",
+        samples.len(),
+        r.inner_admitted,
+        r.inner_windows,
+        100.0 * r.inner_admitted as f64 / expected
+    );
+    assert!(
+        r.inner_admitted as f64 >= 0.95 * expected,
+        "{what}: {} admitted in {} windows, under 95% of {limit} each",
+        r.inner_admitted,
+        r.inner_windows
+    );
+    assert!(
+        r.inner_admitted <= limit as usize * (r.inner_windows + 1),
+        "{what}: over the limit"
+    );
+}
+
+/// 10 rather than 20: one debug-built node answering 10 × L per second alone (the skewed run) on
+/// a shared 2-core machine must not run out of database connections.
+const L: u32 = 10;
+
+/// The trial of issue 14's "Done when", on three real nodes: L = 10 GETs per second, 10 × L
+/// requests per second for 30 s spread evenly over the nodes, then 30 s all on one node;
+/// then an hourly limit of 50 with requests over all nodes: exactly 50 admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "real-time multi-node trial (~75 s): run alone (`.ci/run`, --ignored)"]
+async fn three_nodes_hold_one_global_limit_evenly_and_skewed() {
+    let Some(db) = SharedDb::create("gl_trial").await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let master_key = random_master_key();
+    let nodes: Vec<Process> = (0..3)
+        .map(|i| node(tmp.path(), i, &db, &master_key, &[]))
+        .collect();
+    let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
+    let http = Client::new();
+    let token = org_session(
+        &http,
+        &bases[0],
+        "trial",
+        json!([{"methods": ["GET"], "limit": L, "periodSeconds": 1},
+               {"methods": ["GET"], "limit": 1_000_000, "periodSeconds": 3600}]),
+    )
+    .await;
+
+    let even = drive(&http, &bases, &token, 10 * L as u64, 30, |i| {
+        (i % 3) as usize
+    })
+    .await;
+    assert_global("even over 3 nodes", &even, L);
+    let skewed = drive(&http, &bases, &token, 10 * L as u64, 30, |_| 0).await;
+    assert_global("all on one node", &skewed, L);
+
+    // The hourly window: 50 in the hour, exactly, whichever node.
+    let token = org_session(
+        &http,
+        &bases[1],
+        "hourly",
+        json!([{"methods": ["GET"], "limit": 50, "periodSeconds": 3600}]),
+    )
+    .await;
+    let hour_of = |ms: i64| ms / 3_600_000;
+    let hourly = drive(&http, &bases, &token, 100, 6, |i| (i % 3) as usize).await;
+    let r = analyse(&hourly, 3_600_000, 50);
+    assert!(r.errors.is_empty(), "hourly: {:?}", r.errors);
+    let admitted = hourly.iter().filter(|s| s.status == 200).count();
+    let crossed = hourly
+        .iter()
+        .any(|s| hour_of(s.recv) != hour_of(hourly[0].sent));
+    if crossed {
+        // The run spanned an hour's end: each hour at most 50.
+        assert!(admitted <= 100, "hourly over two windows: {admitted}");
+    } else {
+        assert_eq!(admitted, 50, "the hourly limit across the nodes, exactly");
+    }
+    assert!(max_taken(&db, &format!(":{L}/1")).await <= i64::from(L));
+    assert!(max_taken(&db, ":50/3600").await <= 50);
+    drop(nodes);
+}
+
+// ---------------------------------------------------------------- Redis
+
+struct Redis {
+    child: std::process::Child,
+}
+
+impl Redis {
+    /// A redis-server of the test's own on `port` (never the machine's), without persistence.
+    async fn start(port: u16, dir: &Path) -> Redis {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        let until = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < until, "redis-server did not listen");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Redis { child }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn redis_available() -> bool {
+    let ok = std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        let msg = "global_limits: redis-server is not installed";
+        if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0") {
+            panic!("{msg} (CI=true: the Redis trial must run)");
+        }
+        eprintln!("\n!!!!!!!! SKIPPED {msg} !!!!!!!!\n");
+    }
+    ok
+}
+
+/// The counts in a Redis of the test's own: the same exact limit over three nodes; Redis
+/// killed mid-run: no 5xx, each node admits at most ceil(L / 3) per window, one log line per
+/// node; a new Redis on the same port: exact again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "real-time multi-node trial with Redis (~35 s): run alone (`.ci/run`, --ignored)"]
+async fn redis_holds_the_limit_and_a_killed_redis_falls_back_then_recovers() {
+    if !redis_available() {
+        return;
+    }
+    let Some(db) = SharedDb::create("gl_redis").await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis = Redis::start(port, tmp.path()).await;
+    let url = format!("redis://127.0.0.1:{port}/");
+    let master_key = random_master_key();
+    let nodes: Vec<Process> = (0..3)
+        .map(|i| {
+            node(
+                tmp.path(),
+                i,
+                &db,
+                &master_key,
+                &[("KEYGATE_RATE_LIMIT_REDIS_URL", url.as_str())],
+            )
+        })
+        .collect();
+    let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
+    let http = Client::new();
+    let token = org_session(
+        &http,
+        &bases[0],
+        "redis",
+        json!([{"methods": ["GET"], "limit": L, "periodSeconds": 1}]),
+    )
+    .await;
+
+    let before = drive(&http, &bases, &token, 10 * L as u64, 10, |i| {
+        (i % 3) as usize
+    })
+    .await;
+    assert_global("Redis, even over 3 nodes", &before, L);
+    let rows: i64 = {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        let n = sqlx::query_scalar("SELECT count(*) FROM rate_windows")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        n
+    };
+    assert_eq!(rows, 0, "with Redis the table is not used");
+
+    redis.kill();
+    let killed_at = wall_ms();
+    let during = drive(&http, &bases, &token, 10 * L as u64, 5, |i| {
+        (i % 3) as usize
+    })
+    .await;
+    let r = analyse(&during, 1000, L);
+    assert!(
+        r.errors.is_empty(),
+        "Redis down: {:?}",
+        &r.errors[..r.errors.len().min(20)]
+    );
+    let bound = 3 * L.div_ceil(3) as usize;
+    for (w, n) in &r.definite {
+        // The window Redis died in may hold its shares from Redis, plus the fallback.
+        let cap = if *w == killed_at / 1000 {
+            L as usize + bound
+        } else {
+            bound
+        };
+        assert!(
+            *n <= cap,
+            "Redis down: {n} admitted in window {w}, over {cap}"
+        );
+    }
+    assert!(
+        r.inner_admitted > 0,
+        "Redis down: the nodes go on admitting from their fallback"
+    );
+    for n in &nodes {
+        let log = std::fs::read_to_string(&n.log_path).unwrap_or_default();
+        assert_eq!(
+            log.matches("rate-limit store unreachable").count(),
+            1,
+            "one line per node per outage: {}",
+            n.log_path.display()
+        );
+    }
+
+    let _redis = Redis::start(port, tmp.path()).await;
+    let back_at = wall_ms();
+    let after = drive(&http, &bases, &token, 10 * L as u64, 10, |i| {
+        (i % 3) as usize
+    })
+    .await;
+    // One probe a second per node: exact from two windows after Redis answers.
+    let settled: Vec<Sample> = after
+        .iter()
+        .filter(|s| s.sent >= (back_at / 1000 + 2) * 1000)
+        .cloned()
+        .collect();
+    assert_global("Redis back", &settled, L);
+    for n in &nodes {
+        let log = std::fs::read_to_string(&n.log_path).unwrap_or_default();
+        assert!(
+            log.contains("rate-limit store answers again"),
+            "recovery logged: {}",
+            n.log_path.display()
+        );
+    }
+    drop(nodes);
+}
