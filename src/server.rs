@@ -70,9 +70,14 @@ impl App {
                     None => config.data_dir.join("master.key"),
                 };
                 Arc::new(
-                    PostgresStore::open(url.expose_secret(), cipher, &hint)
-                        .await
-                        .context("cannot open the PostgreSQL store")?,
+                    PostgresStore::open(
+                        url.expose_secret(),
+                        cipher,
+                        &hint,
+                        config.database_pooler_transaction,
+                    )
+                    .await
+                    .context("cannot open the PostgreSQL store")?,
                 )
             }
             Some(_) => anyhow::bail!(
@@ -90,15 +95,23 @@ impl App {
         let secure_cookies = tls.is_some() || public_base_url.starts_with("https://");
         // Exact by itself while this process owns the database (the embedded store); on
         // PostgreSQL only with the other nodes' notifications and a lease.
+        let mut node_cache_off = None;
         let (cache_mode, peers) = match (&shared_url, config.node_cache) {
             (None, _) => (CacheMode::Owned, None),
             (Some(_), false) => (CacheMode::Off, None),
-            (Some(url), true) => {
-                let peers = Peers::connect(url, config.node_lease)
-                    .await
-                    .context("cannot set up the node cache's notifications")?;
-                (CacheMode::Leased, Some(Arc::new(peers)))
-            }
+            (Some(url), true) => match crate::service::peers::node_cache_unavailable(url).await {
+                None => {
+                    let peers = Peers::connect(url, config.node_lease)
+                        .await
+                        .context("cannot set up the node cache's notifications")?;
+                    (CacheMode::Leased, Some(Arc::new(peers)))
+                }
+                Some(reason) => {
+                    tracing::warn!(%reason, "node cache off: every request reads the database");
+                    node_cache_off = Some(reason);
+                    (CacheMode::Off, None)
+                }
+            },
         };
         let services = Arc::new(Services {
             store,
@@ -126,6 +139,7 @@ impl App {
             session_reads: Default::default(),
             org_reads: Default::default(),
             peers,
+            node_cache_off,
             metrics: match config.metrics_enabled() {
                 true => Some(crate::telemetry::Exposition::new(
                     config.metrics_token.as_ref().map(|t| t.expose_secret()),

@@ -20,8 +20,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Health {
     status: &'static str,
+    /// `/readyz` only, when `--node-cache` was asked for but could not run: why (the node is
+    /// ready, reading the database on every request).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_cache_off: Option<String>,
 }
 
 /// The process is up.
@@ -32,7 +37,13 @@ async fn healthz() -> Response {
 
 /// Also answered directly by `http::dispatch`.
 pub fn healthz_response() -> Response {
-    json_response(StatusCode::OK, &Health { status: "ok" })
+    json_response(
+        StatusCode::OK,
+        &Health {
+            status: "ok",
+            node_cache_off: None,
+        },
+    )
 }
 
 /// The node can serve: its database answers and, with `--node-cache`, it holds its lease.
@@ -48,7 +59,10 @@ async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
     }
     // A pool waiting for an unreachable database would hold the probe past its own timeout.
     match tokio::time::timeout(READY_DB_TIMEOUT, state.store.ready()).await {
-        Ok(Ok(())) => Ok(Json(Health { status: "ready" })),
+        Ok(Ok(())) => Ok(Json(Health {
+            status: "ready",
+            node_cache_off: state.node_cache_off.clone(),
+        })),
         Ok(Err(e)) => Err(ApiError::Unavailable(anyhow::anyhow!("{e}"))),
         Err(_) => Err(ApiError::Unavailable(anyhow::anyhow!(
             "the database did not answer within {READY_DB_TIMEOUT:?}"

@@ -56,6 +56,9 @@ pub struct Services {
     pub org_reads: Arc<reads::Coalesced<reads::OrgRows>>,
     /// The other nodes, when this one caches on PostgreSQL (`--node-cache`).
     pub peers: Option<Arc<peers::Peers>>,
+    /// Why the node cache was asked for but is off (`service::peers::node_cache_unavailable`);
+    /// `/readyz` says it.
+    pub node_cache_off: Option<String>,
     /// `/metrics`, when metrics are on (`--metrics-listen` or `--metrics-token`).
     pub metrics: Option<Arc<crate::telemetry::Exposition>>,
 }
