@@ -19,4 +19,5 @@ mod readyz;
 mod rules;
 mod smoke;
 mod tls;
+mod topology;
 mod zia_status;
