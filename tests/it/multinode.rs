@@ -360,7 +360,12 @@ pub(crate) async fn api_call(
 
 /// The three ways a request with a session is decided: a key read, the session status, and
 /// `/authz` (a proxy's sub-request). Returns the status and the refusal code.
-pub(crate) async fn session_probe(http: &Client, base: &str, token: &str, how: usize) -> (StatusCode, String) {
+pub(crate) async fn session_probe(
+    http: &Client,
+    base: &str,
+    token: &str,
+    how: usize,
+) -> (StatusCode, String) {
     let (status, body) = match how % 3 {
         0 => api_call(http, base, token, Method::GET, "/api/v1/apiKeys").await,
         1 => {

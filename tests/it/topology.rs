@@ -391,7 +391,12 @@ impl Topology {
             .collect()
     }
 
-    pub async fn provider(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn provider(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         provider_at(&self.http, &self.base, method, path, body).await
     }
 
@@ -501,7 +506,10 @@ fn pyzscaler_through(t: &Topology, test: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!("pyzscaler through nginx:\n{text}");
-    assert!(out.status.success(), "pyzscaler through the balancer failed:\n{text}");
+    assert!(
+        out.status.success(),
+        "pyzscaler through the balancer failed:\n{text}"
+    );
 }
 
 /// R9 across the nodes behind the balancer: calls through nginx until the threshold trips;
@@ -548,7 +556,10 @@ async fn threshold_trips_once(t: &Topology, slug: &str) {
     }
     assert!(tripped, "{slug}: the threshold of {N} never tripped");
     eprintln!("{slug}: threshold {N}: {admitted} calls admitted, per node {per_node:?}");
-    assert!(per_node.iter().filter(|&&n| n > 0).count() >= 2, "{per_node:?}");
+    assert!(
+        per_node.iter().filter(|&&n| n > 0).count() >= 2,
+        "{per_node:?}"
+    );
     // Each node admits while its own view is within N: N ≤ admitted ≤ K × N.
     assert!(admitted >= N, "tripped early: {admitted} < {N}");
     assert!(admitted <= 3 * N, "{admitted} > 3 × {N}");
@@ -560,7 +571,11 @@ async fn threshold_trips_once(t: &Topology, slug: &str) {
     let mut probes = 0;
     while Instant::now() < until || probes < 6 {
         let (status, code) = session_probe(&t.http, &t.base, &session, probes).await;
-        assert_eq!((status, code.as_str()), SESSION_GONE, "{slug}: probe {probes} after the trip");
+        assert_eq!(
+            (status, code.as_str()),
+            SESSION_GONE,
+            "{slug}: probe {probes} after the trip"
+        );
         let i = probes % 3;
         let refused = api_login(&t.http, &t.nodes[i].base, &login, &key, wall_clock_ms())
             .await
@@ -588,7 +603,11 @@ async fn threshold_trips_once(t: &Topology, slug: &str) {
         .iter()
         .filter(|r| r["action"] == "KEY_DISABLE")
         .collect();
-    assert_eq!(disables.len(), 1, "{slug}: exactly one KEY_DISABLE: {disables:?}");
+    assert_eq!(
+        disables.len(),
+        1,
+        "{slug}: exactly one KEY_DISABLE: {disables:?}"
+    );
     assert_eq!(disables[0]["actorType"], "SYSTEM", "{}", disables[0]);
 }
 
@@ -604,9 +623,15 @@ async fn r7_trials(t: &Topology, slug: &str, trials: usize) {
     let mut probe_nodes = [0usize; 3];
     let mut other_node_probes = 0;
     for trial in 0..trials {
-        let session = api_login(&t.http, &t.base, &login, &key, wall_clock_ms() + trial as i64)
-            .await
-            .unwrap_or_else(|e| panic!("{slug}: trial {trial}: login: {e:?}"));
+        let session = api_login(
+            &t.http,
+            &t.base,
+            &login,
+            &key,
+            wall_clock_ms() + trial as i64,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{slug}: trial {trial}: login: {e:?}"));
         // The change, through node `trial % 3` directly; kinds take turns.
         let changer = trial % 3;
         let on = console_on(&admin, &t.nodes[changer].base);
@@ -643,9 +668,15 @@ async fn r7_trials(t: &Topology, slug: &str, trials: usize) {
          {probe_nodes:?}, {other_node_probes} on a node other than the changing one",
         accepted.len()
     );
-    assert!(accepted.is_empty(), "{slug}: old sessions accepted: {accepted:#?}");
+    assert!(
+        accepted.is_empty(),
+        "{slug}: old sessions accepted: {accepted:#?}"
+    );
     assert!(wrong.is_empty(), "{slug}: unexpected refusals: {wrong:#?}");
-    assert!(other_node_probes > 0 && probe_nodes.iter().all(|&n| n > 0), "{probe_nodes:?}");
+    assert!(
+        other_node_probes > 0 && probe_nodes.iter().all(|&n| n > 0),
+        "{probe_nodes:?}"
+    );
 }
 
 /// A request with `session` through nginx (a key read, the session status, or `/authz`):
@@ -653,7 +684,9 @@ async fn r7_trials(t: &Topology, slug: &str, trials: usize) {
 async fn probe_through(t: &Topology, session: &str, how: usize) -> (StatusCode, String, String) {
     let req = match how % 3 {
         0 => t.http.get(format!("{}/api/v1/apiKeys", t.base)),
-        1 => t.http.get(format!("{}/api/v1/authenticatedSession", t.base)),
+        1 => t
+            .http
+            .get(format!("{}/api/v1/authenticatedSession", t.base)),
         _ => t
             .http
             .get(format!("{}/authz", t.base))
@@ -683,7 +716,14 @@ async fn sessions_anywhere(t: &Topology, slug: &str) {
         .await
         .expect("login");
     for (i, node) in t.nodes.iter().enumerate() {
-        let (status, body) = api_call(&t.http, &node.base, &session, Method::GET, "/api/v1/apiKeys").await;
+        let (status, body) = api_call(
+            &t.http,
+            &node.base,
+            &session,
+            Method::GET,
+            "/api/v1/apiKeys",
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "{slug}: on node {i}: {body}");
     }
     let (status, _) = api_call(
@@ -697,7 +737,11 @@ async fn sessions_anywhere(t: &Topology, slug: &str) {
     assert!(status.is_success(), "logout: {status}");
     for (i, node) in t.nodes.iter().enumerate() {
         let (status, code) = session_probe(&t.http, &node.base, &session, i).await;
-        assert_eq!((status, code.as_str()), SESSION_GONE, "{slug}: after logout, node {i}");
+        assert_eq!(
+            (status, code.as_str()),
+            SESSION_GONE,
+            "{slug}: after logout, node {i}"
+        );
     }
 }
 
@@ -717,7 +761,10 @@ fn the_docs_example_is_complete() {
     ] {
         assert!(nginx.contains(needed), "nginx block lacks {needed:?}");
     }
-    let node: Vec<String> = env_lines(&docs_block("node")).into_iter().map(|(k, _)| k).collect();
+    let node: Vec<String> = env_lines(&docs_block("node"))
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
     for needed in [
         "KEYGATE_DATABASE_URL",
         "KEYGATE_MASTER_KEY",
@@ -725,7 +772,10 @@ fn the_docs_example_is_complete() {
         "KEYGATE_PUBLIC_BASE_URL",
         "KEYGATE_TRUSTED_PROXIES",
     ] {
-        assert!(node.iter().any(|k| k == needed), "node block lacks {needed}");
+        assert!(
+            node.iter().any(|k| k == needed),
+            "node block lacks {needed}"
+        );
     }
     assert!(docs_block("pgbouncer").contains("pool_mode = transaction"));
     assert!(docs_block("pgbouncer-node").contains("KEYGATE_DATABASE_POOLER=transaction"));
@@ -787,7 +837,10 @@ async fn topology_through_pgbouncer_transaction_pooling() {
     }
     for (i, log) in t.node_logs().iter().enumerate() {
         let lines = log.lines().filter(|l| l.contains("node cache off")).count();
-        assert_eq!(lines, 1, "node {i}: one log line about the node cache:\n{log}");
+        assert_eq!(
+            lines, 1,
+            "node {i}: one log line about the node cache:\n{log}"
+        );
         assert!(!log.contains("prepared statement"), "node {i}:\n{log}");
     }
     spread_over_nodes(&t).await;
@@ -928,7 +981,12 @@ async fn topology_browser_provider_console_each_page_on_another_node() {
         ui.goto("/console/login").await;
         ui.fill("#provider-token", PROVIDER_TOKEN).await;
         ui.submit_with("#sign-in").await;
-        assert_eq!(ui.path().await, "/console/orgs");
+        assert_eq!(
+            ui.path().await,
+            "/console/orgs",
+            "signed in through the balancer: the redirect after the sign-in went to another \
+             node, which must know the console session (sessions in the database)"
+        );
         let (n, mut from) = page_node(&t, 0, "/console/orgs");
         nodes.push(n);
 
