@@ -26,7 +26,7 @@ pub struct Health {
     /// `/readyz` only, when `--node-cache` was asked for but could not run: why (the node is
     /// ready, reading the database on every request).
     #[serde(skip_serializing_if = "Option::is_none")]
-    node_cache_off: Option<String>,
+    node_cache_reason: Option<String>,
 }
 
 /// The process is up.
@@ -41,7 +41,7 @@ pub fn healthz_response() -> Response {
         StatusCode::OK,
         &Health {
             status: "ok",
-            node_cache_off: None,
+            node_cache_reason: None,
         },
     )
 }
@@ -61,7 +61,7 @@ async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
     match tokio::time::timeout(READY_DB_TIMEOUT, state.store.ready()).await {
         Ok(Ok(())) => Ok(Json(Health {
             status: "ready",
-            node_cache_off: state.node_cache_off.clone(),
+            node_cache_reason: state.node_cache_off.clone(),
         })),
         Ok(Err(e)) => Err(ApiError::Unavailable(anyhow::anyhow!("{e}"))),
         Err(_) => Err(ApiError::Unavailable(anyhow::anyhow!(

@@ -830,7 +830,7 @@ async fn topology_through_pgbouncer_transaction_pooling() {
     for i in 0..3 {
         let ready = t.until_ready(i).await;
         assert_eq!(ready["status"], "ready", "{ready}");
-        let reason = ready["nodeCacheOff"].as_str().unwrap_or_else(|| {
+        let reason = ready["nodeCacheReason"].as_str().unwrap_or_else(|| {
             panic!("node {i}: /readyz does not say the node cache is off: {ready}")
         });
         assert!(reason.contains("did not arrive"), "{reason}");
