@@ -45,6 +45,10 @@ pub struct Config {
     /// How long a node may use its cache without renewing its lease, and so the longest a
     /// change waits for a node that stopped answering.
     pub node_lease: std::time::Duration,
+    /// PostgreSQL through a connection pooler in transaction mode (PgBouncer
+    /// `pool_mode = transaction`): every statement runs inside a transaction of its own, with
+    /// no prepared statement kept across transactions (`store::postgres`).
+    pub database_pooler_transaction: bool,
     /// Serve HTTPS with these PEM files (reloaded when they change and on SIGHUP).
     pub tls: Option<TlsFiles>,
     pub connections: ConnectionLimits,
@@ -119,6 +123,7 @@ impl Config {
             rate_limit_redis_url: None,
             rate_limit_nodes: 1,
             node_lease: std::time::Duration::from_secs(5),
+            database_pooler_transaction: false,
             tls: None,
             connections: ConnectionLimits::default(),
             metrics_listen: None,

@@ -70,9 +70,14 @@ impl App {
                     None => config.data_dir.join("master.key"),
                 };
                 Arc::new(
-                    PostgresStore::open(url.expose_secret(), cipher, &hint)
-                        .await
-                        .context("cannot open the PostgreSQL store")?,
+                    PostgresStore::open(
+                        url.expose_secret(),
+                        cipher,
+                        &hint,
+                        config.database_pooler_transaction,
+                    )
+                    .await
+                    .context("cannot open the PostgreSQL store")?,
                 )
             }
             Some(_) => anyhow::bail!(
@@ -107,6 +112,13 @@ impl App {
                 "node cache {}",
                 node_cache.label()
             ),
+            Some(reason) if matches!(node_cache, NodeCacheMode::Off(NodeCacheOff::Unsupported(_))) => {
+                tracing::warn!(
+                    node_cache = node_cache.label(),
+                    %reason,
+                    "node cache off: every request reads the database"
+                )
+            }
             Some(reason) => tracing::info!(
                 node_cache = node_cache.label(),
                 %reason,
@@ -128,7 +140,7 @@ impl App {
                     Some(r) => Arc::new(crate::store::rate_windows::RedisWindows::new(
                         r.expose_secret(),
                     )?),
-                    None => Arc::new(crate::store::rate_windows::PgWindows::connect(url).await?),
+                    None => Arc::new(crate::store::rate_windows::PgWindows::connect(url, config.database_pooler_transaction).await?),
                 };
                 crate::service::limits::RateLimits::global(
                     clock.clone(),
@@ -196,7 +208,10 @@ async fn node_cache_mode(shared_url: Option<&str>, config: &Config) -> NodeCache
     match shared_url {
         None => NodeCacheMode::Embedded,
         Some(_) if !config.node_cache => NodeCacheMode::Off(NodeCacheOff::Disabled),
-        Some(_) => NodeCacheMode::On,
+        Some(url) => match crate::service::peers::node_cache_unavailable(url).await {
+            None => NodeCacheMode::On,
+            Some(why) => NodeCacheMode::Off(NodeCacheOff::Unsupported(why)),
+        },
     }
 }
 

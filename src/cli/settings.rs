@@ -296,6 +296,12 @@ serve_settings! {
     #[arg(long, env = "KEYGATE_RATE_LIMIT_NODES", default_value_t = 1,
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     rate_limit_nodes: u64,
+    /// PostgreSQL reached through a connection pooler: `none`, or `transaction` for PgBouncer
+    /// in `pool_mode = transaction` (each statement in a transaction of its own, no prepared
+    /// statements kept; the node cache checks its notifications and stays off without them).
+    #[arg(long, env = "KEYGATE_DATABASE_POOLER", default_value = "none",
+          value_parser = ["none", "transaction"])]
+    database_pooler: String,
     /// Reverse proxies (addresses or CIDR networks, comma-separated; an array in the file)
     /// whose forwarding header names the client; from any other peer the headers are ignored.
     #[arg(long, env = "KEYGATE_TRUSTED_PROXIES", default_value = "")]
@@ -531,6 +537,7 @@ impl Effective {
         c.node_lease = std::time::Duration::from_millis(a.node_lease_ms);
         c.rate_limit_redis_url = a.rate_limit_redis_url.as_ref().map(|s| s.0.clone());
         c.rate_limit_nodes = a.rate_limit_nodes as u32;
+        c.database_pooler_transaction = a.database_pooler == "transaction";
         c.metrics_listen = a.metrics_listen;
         c.metrics_token = self.secret("metrics_token", &a.metrics_token, &a.metrics_token_file)?;
         c.trusted_proxies = crate::http::forwarded::TrustedProxies {

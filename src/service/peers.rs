@@ -50,6 +50,19 @@ struct Wait {
     done: Option<oneshot::Sender<()>>,
 }
 
+/// How long a node waits at start for its own notification (see [`node_cache_unavailable`]).
+pub const NOTIFY_CHECK: Duration = Duration::from_secs(3);
+
+/// Whether the node cache can run on `url`: `None` if it can, else why not. At start a node
+/// listens and notifies itself; if that notification does not arrive within
+/// [`NOTIFY_CHECK`] (PgBouncer in transaction mode passes `LISTEN` but never delivers), the
+/// node runs without the cache (every request reads the database, as exact), and says so.
+pub async fn node_cache_unavailable(url: &str) -> Option<String> {
+    crate::store::peers::notifications_arrive(url, NOTIFY_CHECK)
+        .await
+        .err()
+}
+
 impl Peers {
     pub async fn connect(url: &str, lease: Duration) -> anyhow::Result<Self> {
         let node = (rand::random::<u64>() >> 1) as i64;

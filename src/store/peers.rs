@@ -141,6 +141,57 @@ impl PeerDb {
     }
 }
 
+/// Whether a notification sent through `url` reaches a listener on `url` within `within`:
+/// `Err` says why not. Through a pooler in transaction mode (PgBouncer) `LISTEN` holds only
+/// for the one transaction, so nothing arrives. Only the simple protocol is used here (no
+/// prepared statement), which every pooler passes.
+pub async fn notifications_arrive(url: &str, within: Duration) -> Result<(), String> {
+    use sqlx::{Connection, Executor};
+    let opts = PgConnectOptions::from_str(url)
+        .map_err(|e| format!("bad database URL: {e}"))?
+        .statement_cache_capacity(0)
+        .application_name("keygate-notify-check");
+    let token = format!("{:016x}", rand::random::<u64>());
+    let channel = format!("keygate_check_{token}");
+    let check = async {
+        let mut listener = PgListener::connect_with(
+            &PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(within)
+                .connect_lazy_with(opts.clone()),
+        )
+        .await?;
+        listener.listen(&channel).await?;
+        let mut sender = sqlx::PgConnection::connect_with(&opts).await?;
+        // Through PgBouncer the sender may get the server connection that ran LISTEN, and with
+        // it the notification (sqlx then reports an unexpected message): it went astray, which
+        // is what the wait below finds out.
+        if let Err(e) = sender
+            .execute(format!("NOTIFY {channel}, '{token}'").as_str())
+            .await
+        {
+            tracing::debug!(error = %e, "the notification check's NOTIFY");
+        }
+        let _ = sender.close().await;
+        loop {
+            match listener.try_recv().await? {
+                Some(n) if n.channel() == channel && n.payload() == token => return Ok(()),
+                Some(_) => continue,
+                None => return Err(sqlx::Error::PoolClosed),
+            }
+        }
+    };
+    match tokio::time::timeout(within, check).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("the notification check failed: {e}")),
+        Err(_) => Err(format!(
+            "a notification sent to this node did not arrive within {} ms (a pooler in \
+             transaction mode between the node and PostgreSQL?)",
+            within.as_millis()
+        )),
+    }
+}
+
 pub struct PeerListener {
     listener: PgListener,
 }

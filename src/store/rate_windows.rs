@@ -63,16 +63,21 @@ pub struct PgWindows {
 
 impl PgWindows {
     /// `url` is the store's database, already migrated.
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let opts = PgConnectOptions::from_str(url)?
-            .application_name("keygate-limits")
+    /// `pooler_transaction`: the URL names PgBouncer in transaction mode, which refuses the
+    /// `options` start-up parameter and keeps no prepared statement from one claim to the next.
+    pub async fn connect(url: &str, pooler_transaction: bool) -> anyhow::Result<Self> {
+        let mut opts = PgConnectOptions::from_str(url)?.application_name("keygate-limits");
+        opts = if pooler_transaction {
+            opts.statement_cache_capacity(0)
+        } else {
             // A claim that cannot take its row lock quickly is answered from the local
             // fallback instead; a lost claim at a crash only means a few units less.
-            .options([
+            opts.options([
                 ("lock_timeout", "250"),
                 ("statement_timeout", "500"),
                 ("synchronous_commit", "off"),
-            ]);
+            ])
+        };
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .min_connections(0)

@@ -934,8 +934,10 @@ impl Store for $store {
         details: serde_json::Value,
         ctx: &Ctx,
     ) -> StoreResult<()> {
-        let mut conn = self.writer.acquire().await.map_err(map_err)?;
-        insert_audit(&mut conn, org, action, None, details, ctx).await
+        // A transaction of its own: through a transaction-mode pooler a write commits only there.
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        insert_audit(&mut tx, org, action, None, details, ctx).await?;
+        tx.commit().await.map_err(map_err)
     }
 
     async fn list_audit(

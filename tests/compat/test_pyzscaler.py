@@ -4,6 +4,9 @@ Run by `.ci/run` (which makes the venv); locally:
     python3 -m venv .venv && .venv/bin/pip install -r tests/compat/requirements.txt
     cargo build && .venv/bin/pytest tests/compat
 
+Against a running deployment: set KEYGATE_COMPAT_BASE_URL (e.g. a load balancer) and
+KEYGATE_COMPAT_PROVIDER_TOKEN; org names get a random suffix so runs do not collide.
+
 Over HTTPS: set KEYGATE_COMPAT_TLS_CERT and KEYGATE_COMPAT_TLS_KEY (the server's PEM files)
 and REQUESTS_CA_BUNDLE (their CA, which `requests`, so pyzscaler, and this file's own calls
 trust); `.ci/run` does both runs.
@@ -26,7 +29,12 @@ from restfly.errors import APIError
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BINARY = os.environ.get("KEYGATE_BIN", os.path.join(ROOT, "target", "debug", "keygate"))
-PROVIDER_TOKEN = "compat-provider-token-" + secrets.token_hex(16)
+# Against a running deployment (e.g. the topology suite's nginx in front of three nodes):
+# KEYGATE_COMPAT_BASE_URL and its provider token; otherwise the suite starts its own server.
+BASE_URL = os.environ.get("KEYGATE_COMPAT_BASE_URL")
+PROVIDER_TOKEN = os.environ.get("KEYGATE_COMPAT_PROVIDER_TOKEN") or (
+    "compat-provider-token-" + secrets.token_hex(16)
+)
 PASSWORD = "compat-password-" + secrets.token_hex(8)
 TLS_CERT = os.environ.get("KEYGATE_COMPAT_TLS_CERT")
 TLS_KEY = os.environ.get("KEYGATE_COMPAT_TLS_KEY")
@@ -51,6 +59,10 @@ def http(method, url, body=None, headers=None):
 
 @pytest.fixture(scope="module")
 def server():
+    if BASE_URL:
+        assert os.environ.get("KEYGATE_COMPAT_PROVIDER_TOKEN"), "KEYGATE_COMPAT_BASE_URL needs the provider token"
+        yield BASE_URL.rstrip("/")
+        return
     data_dir = tempfile.mkdtemp(prefix="keygate-compat-")
     env = dict(os.environ, KEYGATE_PROVIDER_TOKEN=PROVIDER_TOKEN, RUST_LOG="warn")
     args = [BINARY, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir]
@@ -78,6 +90,7 @@ def server():
 
 def new_org(base, slug):
     """Creates an org with one FULL admin; returns (login, key) with the key revealed by the admin."""
+    slug = f"{slug}-{secrets.token_hex(3)}"
     login = f"admin@{slug}.example"
     status, org, _ = http(
         "POST",

@@ -43,7 +43,7 @@ fn in_ci() -> bool {
 
 /// chromedriver (in its own process group, with the Chromium it starts) and one WebDriver
 /// session. Dropping it kills the whole group, so nothing outlives a failed test.
-struct Browser {
+pub(crate) struct Browser {
     client: Option<Client>,
     driver: Child,
     profile: tempfile::TempDir,
@@ -176,7 +176,7 @@ impl Drop for Browser {
 }
 
 /// Runs `body` with a browser, then ends it whether `body` passed or panicked.
-async fn with_browser<F, Fut>(test: &str, body: F)
+pub(crate) async fn with_browser<F, Fut>(test: &str, body: F)
 where
     F: FnOnce(Ui) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
@@ -210,9 +210,9 @@ fn screenshot_dir() -> PathBuf {
 
 /// The page in the browser, with waiting helpers.
 #[derive(Clone)]
-struct Ui {
-    c: Client,
-    base: String,
+pub(crate) struct Ui {
+    pub(crate) c: Client,
+    pub(crate) base: String,
 }
 
 impl Ui {
@@ -221,14 +221,20 @@ impl Ui {
         self
     }
 
-    async fn goto(&self, path: &str) {
+    /// Pages from `base` (e.g. a load balancer in front of several nodes).
+    pub(crate) fn at(mut self, base: &str) -> Self {
+        self.base = base.to_owned();
+        self
+    }
+
+    pub(crate) async fn goto(&self, path: &str) {
         self.c
             .goto(&format!("{}{path}", self.base))
             .await
             .unwrap_or_else(|e| panic!("goto {path}: {e}"));
     }
 
-    async fn path(&self) -> String {
+    pub(crate) async fn path(&self) -> String {
         let url = self.c.current_url().await.expect("current url");
         match url.query() {
             Some(q) => format!("{}?{q}", url.path()),
@@ -253,7 +259,7 @@ impl Ui {
         format!("at {path}; see {}/FAILED-{n}.png", dir.display())
     }
 
-    async fn wait_until(&self, script: &str, what: &str) {
+    pub(crate) async fn wait_until(&self, script: &str, what: &str) {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Ok(Value::Bool(true)) = self.c.execute(script, vec![]).await {
@@ -267,7 +273,7 @@ impl Ui {
     }
 
     /// The element, once it is there.
-    async fn el(&self, css: &str) -> Element {
+    pub(crate) async fn el(&self, css: &str) -> Element {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Ok(e) = self.c.find(Locator::Css(css)).await {
@@ -281,7 +287,7 @@ impl Ui {
     }
 
     /// Whether the loaded page has the element (no waiting: call it once the page is there).
-    async fn has(&self, css: &str) -> bool {
+    pub(crate) async fn has(&self, css: &str) -> bool {
         !self
             .c
             .find_all(Locator::Css(css))
@@ -290,11 +296,11 @@ impl Ui {
             .is_empty()
     }
 
-    async fn text(&self, css: &str) -> String {
+    pub(crate) async fn text(&self, css: &str) -> String {
         self.el(css).await.text().await.expect("text")
     }
 
-    async fn wait_text(&self, css: &str, wanted: &str) -> String {
+    pub(crate) async fn wait_text(&self, css: &str, wanted: &str) -> String {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Ok(e) = self.c.find(Locator::Css(css)).await
@@ -317,7 +323,7 @@ impl Ui {
         }
     }
 
-    async fn click(&self, css: &str) {
+    pub(crate) async fn click(&self, css: &str) {
         self.el(css)
             .await
             .click()
@@ -325,7 +331,7 @@ impl Ui {
             .unwrap_or_else(|e| panic!("click {css}: {e}"));
     }
 
-    async fn fill(&self, css: &str, value: &str) {
+    pub(crate) async fn fill(&self, css: &str, value: &str) {
         let e = self.el(css).await;
         e.clear().await.expect("clear");
         if !value.is_empty() {
@@ -333,12 +339,12 @@ impl Ui {
         }
     }
 
-    async fn dialog_open(&self, id: &str) -> bool {
+    pub(crate) async fn dialog_open(&self, id: &str) -> bool {
         let script = format!("return !!document.getElementById('{id}')?.open;");
         matches!(self.c.execute(&script, vec![]).await, Ok(Value::Bool(true)))
     }
 
-    async fn wait_dialog(&self, id: &str) {
+    pub(crate) async fn wait_dialog(&self, id: &str) {
         self.wait_until(
             &format!("return !!document.getElementById('{id}')?.open;"),
             &format!("dialog #{id} to open"),
@@ -347,7 +353,7 @@ impl Ui {
     }
 
     /// Does `act`, then waits for a new document to have loaded.
-    async fn navigating<Fut: Future<Output = ()>>(&self, act: Fut) {
+    pub(crate) async fn navigating<Fut: Future<Output = ()>>(&self, act: Fut) {
         self.c
             .execute("window.__keygateOldPage = true; return null;", vec![])
             .await
@@ -360,12 +366,12 @@ impl Ui {
         .await;
     }
 
-    async fn submit_with(&self, css: &str) {
+    pub(crate) async fn submit_with(&self, css: &str) {
         self.navigating(self.click(css)).await;
     }
 
     /// Saves a PNG of the viewport as `target/screenshots/<name>.png`.
-    async fn shot(&self, name: &str) -> PathBuf {
+    pub(crate) async fn shot(&self, name: &str) -> PathBuf {
         let png = self.c.screenshot().await.expect("screenshot");
         assert!(png.starts_with(b"\x89PNG"), "screenshot is a PNG");
         let path = screenshot_dir().join(format!("{name}.png"));
@@ -383,7 +389,7 @@ impl Ui {
             .map(|c| c.value().to_owned())
     }
 
-    async fn portal_login(&self, login: &str) {
+    pub(crate) async fn portal_login(&self, login: &str) {
         self.goto("/portal/login").await;
         self.fill("#login-name", login).await;
         self.fill("#password", PASSWORD).await;
@@ -408,7 +414,7 @@ impl Ui {
     }
 }
 
-fn masked(full: &str) -> String {
+pub(crate) fn masked(full: &str) -> String {
     format!("*********{}", &full[9..])
 }
 

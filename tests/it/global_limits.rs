@@ -54,7 +54,7 @@ async fn sim_nodes(
 ) -> Vec<Arc<RateLimits>> {
     let mut nodes = Vec::new();
     for _ in 0..n {
-        let store = Arc::new(PgWindows::connect(&db.url).await.expect("pool"));
+        let store = Arc::new(PgWindows::connect(&db.url, false).await.expect("pool"));
         let clock: SharedClock = clock.clone();
         nodes.push(Arc::new(RateLimits::global(clock, store, fallback)));
     }

@@ -22,4 +22,5 @@ mod readyz;
 mod rules;
 mod smoke;
 mod tls;
+mod topology;
 mod zia_status;

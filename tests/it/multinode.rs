@@ -211,7 +211,7 @@ fn node_config(c: &mut Config, url: &str, master_key: &str) {
 // ---------------------------------------------------------------- requests to any node
 
 /// Rate limits (per node) that never get in the way.
-fn generous() -> Value {
+pub(crate) fn generous() -> Value {
     json!([{"methods": ["GET", "POST", "PUT", "DELETE"], "limit": 1_000_000, "periodSeconds": 1}])
 }
 
@@ -234,7 +234,7 @@ fn suffix(key: &str) -> String {
     key[key.len() - 3..].to_owned()
 }
 
-fn wall_clock_ms() -> i64 {
+pub(crate) fn wall_clock_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -245,7 +245,7 @@ async fn json_of(resp: reqwest::Response) -> (StatusCode, Value) {
     into_json(resp).await
 }
 
-async fn provider_at(
+pub(crate) async fn provider_at(
     http: &Client,
     base: &str,
     method: Method,
@@ -262,7 +262,7 @@ async fn provider_at(
 }
 
 /// Console login on the node at `base`.
-async fn console_login(base: &str, login: &str) -> Admin {
+pub(crate) async fn console_login(base: &str, login: &str) -> Admin {
     let http = Client::builder().cookie_store(true).build().unwrap();
     let (status, body) = json_of(
         http.post(format!("{base}/admin/v1/login"))
@@ -286,7 +286,7 @@ async fn console_login(base: &str, login: &str) -> Admin {
 }
 
 /// The same console session, sent to another node.
-fn console_on(admin: &Admin, base: &str) -> Admin {
+pub(crate) fn console_on(admin: &Admin, base: &str) -> Admin {
     Admin {
         http: admin.http.clone(),
         base: base.to_owned(),
@@ -297,7 +297,7 @@ fn console_on(admin: &Admin, base: &str) -> Admin {
 
 /// A cloud service API login on the node at `base` with `key` obfuscated for `ts`; the
 /// session id, or the refusal.
-async fn api_login(
+pub(crate) async fn api_login(
     http: &Client,
     base: &str,
     login: &str,
@@ -341,7 +341,7 @@ async fn api_login(
 }
 
 /// A cloud service API request with the session `token` on the node at `base`.
-async fn api_call(
+pub(crate) async fn api_call(
     http: &Client,
     base: &str,
     token: &str,
@@ -360,7 +360,12 @@ async fn api_call(
 
 /// The three ways a request with a session is decided: a key read, the session status, and
 /// `/authz` (a proxy's sub-request). Returns the status and the refusal code.
-async fn session_probe(http: &Client, base: &str, token: &str, how: usize) -> (StatusCode, String) {
+pub(crate) async fn session_probe(
+    http: &Client,
+    base: &str,
+    token: &str,
+    how: usize,
+) -> (StatusCode, String) {
     let (status, body) = match how % 3 {
         0 => api_call(http, base, token, Method::GET, "/api/v1/apiKeys").await,
         1 => {
@@ -470,8 +475,8 @@ struct OrgRun {
 }
 
 const AUTH_FAILED: (StatusCode, &str) = (StatusCode::UNAUTHORIZED, "AUTHENTICATION_FAILED");
-const SESSION_GONE: (StatusCode, &str) = (StatusCode::UNAUTHORIZED, "SESSION_NOT_VALID");
-const DISABLED: (StatusCode, &str) = (StatusCode::FORBIDDEN, "API_KEY_DISABLED");
+pub(crate) const SESSION_GONE: (StatusCode, &str) = (StatusCode::UNAUTHORIZED, "SESSION_NOT_VALID");
+pub(crate) const DISABLED: (StatusCode, &str) = (StatusCode::FORBIDDEN, "API_KEY_DISABLED");
 
 impl OrgRun {
     async fn trials(mut self, trials: usize) -> Tally {

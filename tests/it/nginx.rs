@@ -193,10 +193,20 @@ impl Nginx {
 
     /// nginx with the `http { }` body that `config` writes for the address it listens on.
     pub(crate) async fn start_http(bin: &Path, config: impl FnOnce(SocketAddr) -> String) -> Nginx {
+        Self::start_http_at(bin, free_port(), |addr, _| config(addr)).await
+    }
+
+    /// nginx listening on `addr` (chosen beforehand, e.g. for the nodes' public URL), with the
+    /// `http { }` body `config` writes for that address and nginx's own directory.
+    pub(crate) async fn start_http_at(
+        bin: &Path,
+        addr: SocketAddr,
+        config: impl FnOnce(SocketAddr, &Path) -> String,
+    ) -> Nginx {
         let dir = tempfile::tempdir().expect("tempdir");
-        let addr = free_port();
         let conf = dir.path().join("nginx.conf");
-        std::fs::write(&conf, nginx_conf(dir.path(), &config(addr))).expect("write conf");
+        std::fs::write(&conf, nginx_conf(dir.path(), &config(addr, dir.path())))
+            .expect("write conf");
         let out = std::fs::File::create(dir.path().join("nginx.out")).expect("nginx.out");
         let child = Command::new(bin)
             .arg("-p")
@@ -229,6 +239,11 @@ impl Nginx {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         nginx
+    }
+
+    /// nginx's directory (its logs, and what the config put there).
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub(crate) fn logs(&self) -> String {
