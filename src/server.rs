@@ -112,7 +112,9 @@ impl App {
                 "node cache {}",
                 node_cache.label()
             ),
-            Some(reason) if matches!(node_cache, NodeCacheMode::Off(NodeCacheOff::Unsupported(_))) => {
+            Some(reason)
+                if matches!(node_cache, NodeCacheMode::Off(NodeCacheOff::Unsupported(_))) =>
+            {
                 tracing::warn!(
                     node_cache = node_cache.label(),
                     %reason,
@@ -140,7 +142,13 @@ impl App {
                     Some(r) => Arc::new(crate::store::rate_windows::RedisWindows::new(
                         r.expose_secret(),
                     )?),
-                    None => Arc::new(crate::store::rate_windows::PgWindows::connect(url, config.database_pooler_transaction).await?),
+                    None => Arc::new(
+                        crate::store::rate_windows::PgWindows::connect(
+                            url,
+                            config.database_pooler_transaction,
+                        )
+                        .await?,
+                    ),
                 };
                 crate::service::limits::RateLimits::global(
                     clock.clone(),
