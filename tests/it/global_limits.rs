@@ -25,7 +25,7 @@ use keygate::domain::time::Millis;
 use keygate::service::limits::RateLimits;
 use keygate::store::rate_windows::PgWindows;
 use reqwest::header::{COOKIE, SET_COOKIE};
-use reqwest::{Client, Method, StatusCode};
+use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
 use crate::cloud_api::obfuscate;
