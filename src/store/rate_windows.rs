@@ -81,6 +81,8 @@ impl PgWindows {
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .min_connections(0)
+            // Connections only while claims are being made: PostgreSQL's slots are shared.
+            .idle_timeout(Duration::from_secs(30))
             .acquire_timeout(Duration::from_millis(500))
             .connect_lazy_with(opts);
         Ok(Self { pool })
