@@ -771,6 +771,7 @@ fn the_docs_example_is_complete() {
         "KEYGATE_PROVIDER_TOKEN",
         "KEYGATE_PUBLIC_BASE_URL",
         "KEYGATE_TRUSTED_PROXIES",
+        "KEYGATE_RATE_LIMIT_NODES",
     ] {
         assert!(
             node.iter().any(|k| k == needed),
@@ -825,7 +826,7 @@ async fn topology_through_pgbouncer_transaction_pooling() {
     let Some(t) = Topology::start(test, Balance::RoundRobin, true).await else {
         return;
     };
-    // The node cache was asked for (docs' KEYGATE_NODE_CACHE=true), but LISTEN does not work
+    // The node cache is on by default, but LISTEN does not work
     // through the pooler: each node says so once in its log and on /readyz, and serves on.
     for i in 0..3 {
         let ready = t.until_ready(i).await;
@@ -1036,4 +1037,53 @@ async fn topology_browser_provider_console_each_page_on_another_node() {
         );
     })
     .await;
+}
+
+/// Issue 14's limit trial through the balancer: one org with a GET limit of L per second,
+/// 10 × L requests per second for 30 s through nginx (round robin: spread evenly over the
+/// three nodes), then 30 s on all nodes but one (sent to two nodes directly: a balancer does
+/// not skew by itself), then an hourly limit of 50 through nginx. Admitted ≤ L in every
+/// window, ≥ 95% of L admitted, no 5xx, exactly 50 in the hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "3 nodes + nginx, real-time (~75 s); run alone by .ci/run (cargo test --test it topology:: -- --ignored --test-threads=1)"]
+async fn topology_global_rate_limit_through_the_balancer() {
+    use crate::global_limits::{L, assert_global, assert_hourly, drive, org_session};
+    let Some(t) = Topology::start("global_limit", Balance::RoundRobin, false).await else {
+        return;
+    };
+    let per_second = json!([{"methods": ["GET"], "limit": L, "periodSeconds": 1}]);
+    let token = org_session(&t.http, &t.base, "lbglobal", per_second.clone()).await;
+    let through = [t.base.clone()];
+    let before = t.access_log().len();
+    let even = drive(&t.http, &through, &token, 10 * L as u64, 30, |_| 0).await;
+    assert_global("through nginx, round robin over 3 nodes", &even, L);
+    let mut per_node = [0usize; 3];
+    for entry in &t.access_log()[before..] {
+        if entry.path == "/api/v1/apiKeys" {
+            per_node[t.node_index(&entry.node).expect("a known node")] += 1;
+        }
+    }
+    let total: usize = per_node.iter().sum();
+    assert!(
+        per_node.iter().all(|n| n * 4 >= total),
+        "round robin spreads the trial's requests: {per_node:?}"
+    );
+
+    let token = org_session(&t.http, &t.base, "lbskewed", per_second).await;
+    let two: Vec<String> = t.nodes[..2].iter().map(|n| n.base.clone()).collect();
+    let skewed = drive(&t.http, &two, &token, 10 * L as u64, 30, |i| {
+        (i % 2) as usize
+    })
+    .await;
+    assert_global("all nodes but one", &skewed, L);
+
+    let token = org_session(
+        &t.http,
+        &t.base,
+        "lbhourly",
+        json!([{"methods": ["GET"], "limit": 50, "periodSeconds": 3600}]),
+    )
+    .await;
+    let hourly = drive(&t.http, &through, &token, 100, 6, |_| 0).await;
+    assert_hourly("hourly through the balancer", &hourly, 50);
 }
