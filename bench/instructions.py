@@ -3,7 +3,7 @@
 
     python3 bench/instructions.py [N]      # N requests per endpoint (default 2000)
     python3 bench/instructions.py N --postgres postgres://postgres@127.0.0.1:5432
-        # the same on a PostgreSQL node with --node-cache (a scratch database is made and dropped)
+        # the same on a PostgreSQL node as configured by default (a scratch database is made and dropped)
     python3 bench/instructions.py N --metrics
         # the same with metrics on (`--metrics-token`), and one scrape of /metrics before counting
 
@@ -65,8 +65,9 @@ def start_demo(out):
 
 
 def start_postgres_node(out, url, data_dir):
-    """`keygate serve` on PostgreSQL with --node-cache; one org made through the provider API."""
-    env = dict(os.environ, KEYGATE_DATABASE_URL=url, KEYGATE_NODE_CACHE="true",
+    """`keygate serve` on PostgreSQL as configured by default (node cache, global rate limits in
+    the database); one org made through the provider API."""
+    env = dict(os.environ, KEYGATE_DATABASE_URL=url,
                **({"KEYGATE_METRICS_TOKEN": METRICS_TOKEN} if METRICS_TOKEN else {}),
                KEYGATE_MASTER_KEY=base64.b64encode(os.urandom(32)).decode(),
                KEYGATE_PROVIDER_TOKEN=bench.PROVIDER_TOKEN)
