@@ -834,6 +834,10 @@ def s7_postgres(workdir, node_cache):
         for p in m:
             log(row(p, m[p]))
         half = {}
+        if shutil.which("oha") is None:
+            log("oha not installed: the half-peak latencies of this scenario are skipped")
+            RESULTS["scenarios"][key] = {"ratios": ratios, "endpoints": m}
+            return
         for path in ("/authz", "/api/v1/apiKeys"):
             rate = m[path]["rps"] / 2
             half[path] = on_every_node(
