@@ -216,6 +216,14 @@ async fn node_cache_mode(shared_url: Option<&str>, config: &Config) -> NodeCache
     match shared_url {
         None => NodeCacheMode::Embedded,
         Some(_) if !config.node_cache => NodeCacheMode::Off(NodeCacheOff::Disabled),
+        // No LISTEN through a transaction pooler, not even to check: it would stay on a server
+        // connection the pooler then hands to other clients, who would receive notifications
+        // they never asked for.
+        Some(_) if config.database_pooler_transaction => {
+            NodeCacheMode::Off(NodeCacheOff::Unsupported(
+                "the database is reached through a pooler in transaction mode (database_pooler = transaction), where LISTEN does not work".into(),
+            ))
+        }
         Some(url) => match crate::service::peers::node_cache_unavailable(url).await {
             None => NodeCacheMode::On,
             Some(why) => NodeCacheMode::Off(NodeCacheOff::Unsupported(why)),

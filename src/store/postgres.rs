@@ -116,6 +116,11 @@ impl std::ops::DerefMut for PgConn {
 }
 
 impl PgPooled {
+    /// `pinned`: the pool's URL names a pooler in transaction mode.
+    pub fn new(pool: PgPool, pinned: bool) -> Self {
+        Self { pool, pinned }
+    }
+
     pub async fn begin(&self) -> sqlx::Result<Transaction<'static, Postgres>> {
         let mut tx = self.pool.begin().await?;
         if self.pinned {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::domain::ids::OrgId;
 
@@ -58,13 +58,15 @@ pub trait WindowStore: Send + Sync + 'static {
 /// The `rate_windows` table, through a small pool of its own (`keygate-limits`), so claims do
 /// not queue behind request traffic and a slow table shows as a quick error, not a stall.
 pub struct PgWindows {
-    pool: PgPool,
+    /// Through a transaction pooler each claim runs in a transaction of its own that starts
+    /// with `DEALLOCATE ALL` (see `PgPooled`).
+    pool: crate::store::postgres::PgPooled,
 }
 
 impl PgWindows {
-    /// `url` is the store's database, already migrated.
-    /// `pooler_transaction`: the URL names PgBouncer in transaction mode, which refuses the
-    /// `options` start-up parameter and keeps no prepared statement from one claim to the next.
+    /// `url` is the store's database, already migrated. `pooler_transaction`: the URL names
+    /// PgBouncer in transaction mode, which refuses the `options` start-up parameter and hands
+    /// each transaction whichever server connection is free (see `PgPooled`).
     pub async fn connect(url: &str, pooler_transaction: bool) -> anyhow::Result<Self> {
         let mut opts = PgConnectOptions::from_str(url)?.application_name("keygate-limits");
         opts = if pooler_transaction {
@@ -85,7 +87,9 @@ impl PgWindows {
             .idle_timeout(Duration::from_secs(30))
             .acquire_timeout(Duration::from_millis(500))
             .connect_lazy_with(opts);
-        Ok(Self { pool })
+        Ok(Self {
+            pool: crate::store::postgres::PgPooled::new(pool, pooler_transaction),
+        })
     }
 }
 
