@@ -92,6 +92,15 @@ fn quota(rule: &RateRule) -> Quota {
         .allow_burst(limit)
 }
 
+/// An org's rules as stored (JSON; `None` = the defaults). They were validated when the
+/// provider set them; fall back to the defaults rather than run unlimited if they ever fail
+/// to parse.
+fn rules_of(stored: Option<&str>) -> Vec<RateRule> {
+    stored
+        .and_then(|s| serde_json::from_str::<Vec<RateRule>>(s).ok())
+        .unwrap_or_else(RateRule::defaults)
+}
+
 fn ceil_secs(d: Duration) -> u64 {
     d.as_millis().div_ceil(1000) as u64
 }
@@ -110,11 +119,7 @@ impl LocalLimits {
         if let Some(l) = orgs.get(&org).filter(|l| l.source == source) {
             return l.clone();
         }
-        // Stored rules were validated when the provider set them; fall back to the defaults
-        // rather than run unlimited if they ever fail to parse.
-        let rules = stored
-            .and_then(|s| serde_json::from_str::<Vec<RateRule>>(s).ok())
-            .unwrap_or_else(RateRule::defaults);
+        let rules = rules_of(stored);
         let built = Arc::new(OrgLimiters {
             source: source.to_owned(),
             rules: rules
@@ -416,9 +421,7 @@ impl GlobalLimits {
         if let Some(o) = orgs.get(&org).filter(|o| o.source == source) {
             return o.clone();
         }
-        let rules = stored
-            .and_then(|s| serde_json::from_str::<Vec<RateRule>>(s).ok())
-            .unwrap_or_else(RateRule::defaults);
+        let rules = rules_of(stored);
         let built = Arc::new(GlobalOrg {
             org,
             source: source.to_owned(),
