@@ -33,3 +33,6 @@ id_type!(OrgId);
 id_type!(AdminId);
 id_type!(KeyId);
 id_type!(AuditId);
+id_type!(PartnerId);
+id_type!(OperatorId);
+id_type!(TokenId);

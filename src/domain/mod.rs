@@ -9,6 +9,7 @@ pub mod limits;
 pub mod login_guard;
 pub mod org;
 pub mod policy;
+pub mod tier;
 pub mod time;
 
 /// A value that failed validation: which field, and why, in words a client can act on.

@@ -11,6 +11,7 @@ use axum::http::{Method, StatusCode, header};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use crate::domain::tier::ProviderPrincipal;
 use crate::service::Services;
 use crate::service::auth::ResolvedSession;
 
@@ -257,6 +258,9 @@ pub fn cookie_in<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&
 /// A provider operator, by bearer token.
 pub struct ProviderAuth {
     pub token_id: i64,
+    /// Who holds the token: its operator, role and tier (issue 15). Every provider handler
+    /// scopes what it reads and changes by this.
+    pub principal: ProviderPrincipal,
 }
 
 impl FromRequestParts<AppState> for ProviderAuth {
@@ -276,11 +280,14 @@ impl FromRequestParts<AppState> for ProviderAuth {
             .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
             .ok_or(ApiError::AuthenticationFailed)?;
-        let token_id = state
-            .provider_token_id(token)
+        let principal = state
+            .provider_principal(token)
             .await?
             .ok_or(ApiError::AuthenticationFailed)?;
-        Ok(ProviderAuth { token_id })
+        Ok(ProviderAuth {
+            token_id: principal.token_id.0,
+            principal,
+        })
     }
 }
 

@@ -253,6 +253,18 @@ impl Services {
         self.store.find_provider_token(&token_hash(token)).await
     }
 
+    /// Who holds the provider token presented, if it is live: its operator, role and tier
+    /// (the bootstrap token: owner of the platform). Read from the database on every request,
+    /// so a revocation holds on every node at once.
+    pub async fn provider_principal(
+        &self,
+        token: &str,
+    ) -> StoreResult<Option<crate::domain::tier::ProviderPrincipal>> {
+        self.store
+            .find_provider_principal(&token_hash(token), self.clock.now())
+            .await
+    }
+
     /// Installs `configured` if given; otherwise, on a deployment with no token yet, creates
     /// one and returns it so that the caller can print it once.
     pub async fn bootstrap_provider_token(

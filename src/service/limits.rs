@@ -349,6 +349,18 @@ struct GlobalOrg {
     slots: Mutex<Vec<Slot>>,
 }
 
+/// How a claim ended, for the bound on a check's rounds.
+#[derive(Debug, PartialEq, Eq)]
+enum ClaimEnd {
+    /// Its answer (or the fallback) applies to the current window, or another claim's did.
+    Done,
+    /// The window ended while it was under way: its answer applies to no window now.
+    WindowMoved,
+}
+
+/// The most rounds of one check, whatever ended them (each window move costs one).
+const MAX_ROUNDS: usize = 16;
+
 enum Step {
     Admit(Option<RateInfo>),
     Refuse(RateDenied),
@@ -456,17 +468,23 @@ impl GlobalLimits {
         let class = RateRule::class_of(method);
         let mut last_claim = 0;
         // Each claim either gives this node units or finds the window spent; others may take
-        // fresh units first, so a bounded number of rounds.
-        for attempt in 0..org.rules.len() + 4 {
+        // fresh units first, so a bounded number of such rounds. A claim whose window ended
+        // while it was under way (a slow store at a window's edge) says nothing about the
+        // limit and does not count, up to a hard bound.
+        let (mut contended, mut rounds) = (0, 0);
+        while contended < org.rules.len() + 4 && rounds < MAX_ROUNDS {
             let now = self.clock.now().0;
-            match self.decide(&org, class, now, attempt == 0) {
+            match self.decide(&org, class, now, rounds == 0) {
                 Step::Admit(info) => return Ok(info),
                 Step::Refuse(denied) => return Err(denied),
                 Step::Claim(i) => {
                     last_claim = i;
-                    self.claim(&org, i).await;
+                    if self.claim(&org, i).await != ClaimEnd::WindowMoved {
+                        contended += 1;
+                    }
                 }
             }
+            rounds += 1;
         }
         let rule = &org.rules[last_claim];
         let now = self.clock.now().0;
@@ -600,7 +618,7 @@ impl GlobalLimits {
 
     /// Claims more of rule `i`'s window for this node, or, if the store does not answer,
     /// switches that window to the local fallback. One claim at a time per rule.
-    async fn claim(&self, org: &Arc<GlobalOrg>, i: usize) {
+    async fn claim(&self, org: &Arc<GlobalOrg>, i: usize) -> ClaimEnd {
         let rule = &org.rules[i];
         let _one = rule.claiming.lock().await;
         let now = self.clock.now().0;
@@ -612,7 +630,7 @@ impl GlobalLimits {
             s.roll(start, period);
             // A claim finished while this one waited for it.
             if s.share > 0 || s.spent(now, period) {
-                return;
+                return ClaimEnd::Done;
             }
             let first = !s.joined;
             s.joined = true;
@@ -638,7 +656,7 @@ impl GlobalLimits {
         let mut slots = org.slots.lock().unwrap_or_else(|e| e.into_inner());
         let s = &mut slots[i];
         if s.start != start {
-            return;
+            return ClaimEnd::WindowMoved;
         }
         match answer {
             Ok(c) => {
@@ -668,6 +686,7 @@ impl GlobalLimits {
                 s.last_use = now;
             }
         }
+        ClaimEnd::Done
     }
 
     fn store_answers(&self) {

@@ -16,11 +16,12 @@ use serde::Serialize;
 
 use crate::domain::admin::{LoginName, Role};
 use crate::domain::audit::{Actor, AuditAction};
-use crate::domain::ids::{AdminId, AuditId, KeyId, OrgId};
+use crate::domain::ids::{AdminId, AuditId, KeyId, OperatorId, OrgId, PartnerId, TokenId};
 use crate::domain::key::ApiKeyValue;
 use crate::domain::key_change::KeyChange;
 use crate::domain::org::{CallThreshold, Disablement, KeyPresence, OrgName, Subscription};
 use crate::domain::policy::Refusal;
+use crate::domain::tier::{OperatorRef, OperatorRole, ProviderPrincipal, Tier};
 use crate::domain::time::Millis;
 
 #[derive(Debug, thiserror::Error)]
@@ -346,6 +347,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     async fn count_provider_tokens(&self) -> StoreResult<i64>;
     async fn find_provider_token(&self, token_hash: &str) -> StoreResult<Option<i64>>;
+    /// Who holds the token with this hash: a live token (not revoked, not expired at `now`)
+    /// of an active operator, or the bootstrap token (no operator). `None` otherwise.
+    async fn find_provider_principal(
+        &self,
+        token_hash: &str,
+        now: Millis,
+    ) -> StoreResult<Option<ProviderPrincipal>>;
 
     // --- admin console sessions (stored as hashes)
     async fn create_console_session(

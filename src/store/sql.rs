@@ -1020,6 +1020,55 @@ impl Store for $store {
             .map_err(map_err)
     }
 
+    async fn find_provider_principal(
+        &self,
+        token_hash: &str,
+        now: Millis,
+    ) -> StoreResult<Option<ProviderPrincipal>> {
+        let row = sqlx::query(
+            "SELECT t.id, t.operator_id, o.id AS op_id, o.login_name, o.display_name, o.role, \
+                    o.partner_id, o.removed_at \
+             FROM provider_tokens t LEFT JOIN operators o ON o.id = t.operator_id \
+             WHERE t.token_hash = $1 AND t.revoked_at IS NULL \
+               AND (t.expires_at IS NULL OR t.expires_at > $2)",
+        )
+        .bind(token_hash)
+        .bind(now.0)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(map_err)?;
+        let Some(r) = row else { return Ok(None) };
+        let get = |e: sqlx::Error| StoreError::Internal(e.into());
+        let token_id = TokenId(r.try_get("id").map_err(get)?);
+        let Some(_) = r.try_get::<Option<i64>, _>("operator_id").map_err(get)? else {
+            return Ok(Some(ProviderPrincipal::bootstrap(token_id)));
+        };
+        // A token of an operator that is gone or removed holds nothing.
+        let (Some(op_id), None) = (
+            r.try_get::<Option<i64>, _>("op_id").map_err(get)?,
+            r.try_get::<Option<i64>, _>("removed_at").map_err(get)?,
+        ) else {
+            return Ok(None);
+        };
+        let role: String = r.try_get("role").map_err(get)?;
+        let role = OperatorRole::parse(&role)
+            .ok_or_else(|| StoreError::Internal(anyhow::anyhow!("operator {op_id}: role {role}")))?;
+        let tier = match r.try_get::<Option<i64>, _>("partner_id").map_err(get)? {
+            Some(p) => Tier::Partner(PartnerId(p)),
+            None => Tier::Platform,
+        };
+        Ok(Some(ProviderPrincipal {
+            token_id,
+            operator: Some(OperatorRef {
+                id: OperatorId(op_id),
+                login: r.try_get("login_name").map_err(get)?,
+                name: r.try_get("display_name").map_err(get)?,
+            }),
+            role,
+            tier,
+        }))
+    }
+
     async fn create_console_session(
         &self,
         id_hash: &str,

@@ -534,6 +534,12 @@ async fn threshold_trips_once(t: &Topology, slug: &str) {
             .await
             .expect("call");
         let node = t.node_index(&upstream_of(&resp)).expect("a node answered");
+        // Which limit a refusal came from, for the failure message.
+        let limit = resp
+            .headers()
+            .get("x-ratelimit-limit")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let (status, body) = into_json(resp).await;
         match status {
             StatusCode::OK => {
@@ -551,7 +557,7 @@ async fn threshold_trips_once(t: &Topology, slug: &str) {
                 tripped = true;
                 break;
             }
-            other => panic!("{slug}: call {c}: {other} {body}"),
+            other => panic!("{slug}: call {c} on node {node}: {other} {body} (limit {limit:?})"),
         }
     }
     assert!(tripped, "{slug}: the threshold of {N} never tripped");
