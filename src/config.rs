@@ -27,6 +27,9 @@ pub struct Config {
     pub api_idle_timeout_secs: i64,
     pub api_max_lifetime_secs: i64,
     pub login_throttle: crate::service::throttle::ThrottlePolicy,
+    /// Wrong provider bearer tokens an address may present in a minute before it is
+    /// answered 429 (issue 15).
+    pub bearer_max_failures: u32,
     /// Reverse proxies whose forwarding header names the client (audit, login throttling).
     pub trusted_proxies: crate::http::forwarded::TrustedProxies,
     pub max_body_bytes: usize,
@@ -113,6 +116,7 @@ impl Config {
             api_idle_timeout_secs: 300,
             api_max_lifetime_secs: 8 * 3600,
             login_throttle: Default::default(),
+            bearer_max_failures: crate::service::operators::BearerThrottle::MAX_FAILURES,
             trusted_proxies: Default::default(),
             max_body_bytes: 64 * 1024,
             password_hash_concurrency: std::thread::available_parallelism()

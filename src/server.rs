@@ -191,7 +191,19 @@ impl App {
                 )?),
                 false => None,
             },
+            bearer_throttle: crate::service::operators::BearerThrottle::new(
+                config.bearer_max_failures,
+            ),
         });
+        if let Some(t) = &config.provider_token {
+            let n = t.expose_secret().chars().count();
+            if n < MIN_PROVIDER_TOKEN_CHARS {
+                anyhow::bail!(
+                    "provider token (KEYGATE_PROVIDER_TOKEN, --provider-token, provider_token in \
+                     the config file) must be at least {MIN_PROVIDER_TOKEN_CHARS} characters; got {n}"
+                );
+            }
+        }
         let generated_provider_token = services
             .bootstrap_provider_token(config.provider_token.as_ref().map(|t| t.expose_secret()))
             .await
@@ -207,6 +219,9 @@ impl App {
         })
     }
 }
+
+/// A configured bootstrap token shorter than this is refused at start (issue 15).
+pub const MIN_PROVIDER_TOKEN_CHARS: usize = 32;
 
 /// Whether this node runs the node cache. The one place that decides it: a check at start
 /// that finds the cache cannot work here (such as `LISTEN` through a transaction-pooling

@@ -308,6 +308,9 @@ impl Hot {
             counter!(KEY_CHANGES_TOTAL, "kind" => kind.label(), "actor" => actor).absolute(0);
         }
         counter!(THRESHOLD_TRIPS).absolute(0);
+        for o in BearerFailure::ALL {
+            counter!(BEARER_FAILURES, "outcome" => o.label()).absolute(0);
+        }
         for store in RATE_LIMIT_STORES {
             counter!(RATE_LIMIT_FALLBACKS, "store" => store).absolute(0);
             for result in ["granted", "spent"] {
@@ -521,6 +524,33 @@ const CACHE_LOOKUPS: &str = "keygate_node_cache_lookups_total";
 const LEASE: &str = "keygate_node_cache_lease_held";
 const CHANGE_WAIT: &str = "keygate_node_cache_change_wait_seconds";
 const BUILD_INFO: &str = "keygate_build_info";
+const BEARER_FAILURES: &str = "keygate_provider_bearer_failures_total";
+
+/// What became of a provider API request with a bearer token that was not accepted.
+#[derive(Clone, Copy)]
+pub enum BearerFailure {
+    /// Answered 401 and counted against its address.
+    Rejected,
+    /// Answered 429: its address failed too often (issue 15).
+    Throttled,
+}
+
+impl BearerFailure {
+    const ALL: [BearerFailure; 2] = [Self::Rejected, Self::Throttled];
+    fn label(self) -> &'static str {
+        match self {
+            Self::Rejected => "rejected",
+            Self::Throttled => "throttled",
+        }
+    }
+}
+
+/// A provider bearer token refused, or an address throttled for failing too often.
+pub fn bearer_failure(outcome: BearerFailure) {
+    if hot().is_some() {
+        counter!(BEARER_FAILURES, "outcome" => outcome.label()).increment(1);
+    }
+}
 
 fn describe() {
     describe_counter!(
@@ -548,6 +578,10 @@ fn describe() {
     describe_counter!(
         LOGINS,
         "Logins by surface (api, console, provider) and outcome (success, failure, throttled, locked)"
+    );
+    describe_counter!(
+        BEARER_FAILURES,
+        "Provider API requests whose bearer token was refused (rejected: 401) or whose address was throttled for failing too often (throttled: 429)"
     );
     describe_counter!(
         KEY_CHANGES_TOTAL,

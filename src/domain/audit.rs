@@ -3,13 +3,13 @@
 use serde::Serialize;
 
 use super::ids::AdminId;
+use super::tier::ProviderPrincipal;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
-    /// A provider operator, by the id of the token used.
-    Provider {
-        token_id: i64,
-    },
+    /// A provider-side credential: the token used, its operator (none for the bootstrap
+    /// token), role and tier.
+    Provider(ProviderPrincipal),
     Admin {
         id: AdminId,
         login: String,
@@ -22,7 +22,30 @@ pub enum Actor {
     },
 }
 
+/// How the audit names the bootstrap token's holder.
+pub const BOOTSTRAP_NAME: &str = "bootstrap token";
+
 impl Actor {
+    /// `PLATFORM` / `PARTNER` for a provider-side actor, else `None`.
+    pub fn tier(&self) -> Option<&'static str> {
+        match self {
+            Actor::Provider(p) => Some(p.tier.label()),
+            _ => None,
+        }
+    }
+    pub fn partner_id(&self) -> Option<i64> {
+        match self {
+            Actor::Provider(p) => p.tier.partner().map(|p| p.0),
+            _ => None,
+        }
+    }
+    pub fn operator_id(&self) -> Option<i64> {
+        match self {
+            Actor::Provider(p) => p.operator.as_ref().map(|o| o.id.0),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Actor::Provider { .. } => "PROVIDER",
@@ -33,14 +56,17 @@ impl Actor {
     }
     pub fn id(&self) -> i64 {
         match self {
-            Actor::Provider { token_id } => *token_id,
+            Actor::Provider(p) => p.token_id.0,
             Actor::Admin { id, .. } => id.0,
             Actor::System | Actor::Anonymous { .. } => 0,
         }
     }
     pub fn name(&self) -> String {
         match self {
-            Actor::Provider { .. } => "Service Provider".into(),
+            Actor::Provider(p) => match &p.operator {
+                Some(op) => op.name.clone(),
+                None => BOOTSTRAP_NAME.into(),
+            },
             Actor::Admin { login, .. } | Actor::Anonymous { login } => login.clone(),
             Actor::System => "system".into(),
         }
@@ -72,6 +98,15 @@ pub enum AuditAction {
     KeyGuessLock,
     /// A FULL admin or the provider cleared the budget and the lock.
     KeyGuessClear,
+    /// Operators and their tokens (issue 15); audited with no org.
+    OperatorCreate,
+    OperatorUpdate,
+    OperatorRemove,
+    TokenCreate,
+    TokenRevoke,
+    TokenRotate,
+    /// The bootstrap token was retired (revoked for good).
+    BootstrapRetire,
 }
 
 impl AuditAction {
@@ -96,6 +131,13 @@ impl AuditAction {
             AuditAction::KeyGuess => "API_KEY_GUESS",
             AuditAction::KeyGuessLock => "API_KEY_GUESS_LOCK",
             AuditAction::KeyGuessClear => "API_KEY_GUESS_CLEAR",
+            AuditAction::OperatorCreate => "OPERATOR_CREATE",
+            AuditAction::OperatorUpdate => "OPERATOR_UPDATE",
+            AuditAction::OperatorRemove => "OPERATOR_REMOVE",
+            AuditAction::TokenCreate => "TOKEN_CREATE",
+            AuditAction::TokenRevoke => "TOKEN_REVOKE",
+            AuditAction::TokenRotate => "TOKEN_ROTATE",
+            AuditAction::BootstrapRetire => "BOOTSTRAP_RETIRE",
         }
     }
 }

@@ -54,6 +54,15 @@ pub enum ApiError {
     /// `/readyz`: why this node should get no traffic now.
     #[error("not ready")]
     NotReady(&'static str),
+    /// An operator's role does not allow this (issue 15): which role it takes.
+    #[error("role not allowed")]
+    RoleNotAllowed(&'static str),
+    /// Would leave the platform with no active owner.
+    #[error("last owner")]
+    LastOwner,
+    /// The bootstrap token cannot be retired yet.
+    #[error("no platform owner")]
+    NoPlatformOwner,
     #[error("internal error")]
     Internal(anyhow::Error),
 }
@@ -143,6 +152,21 @@ impl ApiError {
                 "The database is unavailable; try again shortly".into(),
             ),
             NotReady(reason) => (StatusCode::SERVICE_UNAVAILABLE, "NOT_READY", (*reason).into()),
+            RoleNotAllowed(what) => (
+                StatusCode::FORBIDDEN,
+                "OPERATOR_ROLE_NOT_ALLOWED",
+                format!("Your operator role does not allow this: {what}"),
+            ),
+            LastOwner => (
+                StatusCode::CONFLICT,
+                "LAST_OWNER",
+                "The platform must keep at least one active OWNER operator".into(),
+            ),
+            NoPlatformOwner => (
+                StatusCode::CONFLICT,
+                "NO_PLATFORM_OWNER",
+                "Create a platform OWNER operator (and a token for it) before retiring the bootstrap token".into(),
+            ),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "An internal error occurred".into()),
         }
     }
@@ -229,6 +253,8 @@ impl From<StoreError> for ApiError {
             StoreError::Refused(r) => r.into(),
             StoreError::Unavailable(e) => ApiError::Unavailable(e),
             StoreError::SessionEnded => ApiError::SessionNotValid,
+            StoreError::LastOwner => ApiError::LastOwner,
+            StoreError::NoPlatformOwner => ApiError::NoPlatformOwner,
             StoreError::Internal(e) => ApiError::Internal(e),
         }
     }

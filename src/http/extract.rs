@@ -230,16 +230,19 @@ impl FromRequestParts<AppState> for ClientAddr {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddr(
-            parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| {
-                state
-                    .settings
-                    .trusted_proxies
-                    .client_address(c.0.ip(), &parts.headers)
-                    .to_string()
-            }),
-        ))
+        Ok(ClientAddr(client_address(parts, state)))
     }
+}
+
+/// The client's address: the TCP peer's, or what a trusted proxy says.
+pub fn client_address(parts: &Parts, state: &AppState) -> Option<String> {
+    parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| {
+        state
+            .settings
+            .trusted_proxies
+            .client_address(c.0.ip(), &parts.headers)
+            .to_string()
+    })
 }
 
 /// A cookie's value from the request's `Cookie` headers; an empty value counts as absent.
@@ -270,6 +273,26 @@ impl FromRequestParts<AppState> for ProviderAuth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        // Failed tokens are throttled per client address (issue 15): checked before the
+        // token, so a throttled address learns nothing more.
+        // The address is only worked out while some address has failed recently, or on a
+        // failure: the accepted path pays one atomic load.
+        let now = state.clock.now();
+        if state.bearer_throttle.active()
+            && let Err(retry_after_secs) = state
+                .bearer_throttle
+                .check(client_address(parts, state).as_deref(), now)
+        {
+            crate::telemetry::bearer_failure(crate::telemetry::BearerFailure::Throttled);
+            return Err(ApiError::RateLimited { retry_after_secs });
+        }
+        let failed = || {
+            crate::telemetry::bearer_failure(crate::telemetry::BearerFailure::Rejected);
+            state
+                .bearer_throttle
+                .failed(client_address(parts, state).as_deref(), now);
+            ApiError::AuthenticationFailed
+        };
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -279,11 +302,9 @@ impl FromRequestParts<AppState> for ProviderAuth {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
+            // No token is not a guess: not counted.
             .ok_or(ApiError::AuthenticationFailed)?;
-        let principal = state
-            .provider_principal(token)
-            .await?
-            .ok_or(ApiError::AuthenticationFailed)?;
+        let principal = state.provider_principal(token).await?.ok_or_else(failed)?;
         Ok(ProviderAuth {
             token_id: principal.token_id.0,
             principal,

@@ -10,6 +10,7 @@ pub mod forwarded;
 pub mod health;
 pub mod metrics;
 pub mod openapi;
+pub mod operators;
 pub mod pages;
 pub mod provider;
 pub mod views;
@@ -50,6 +51,7 @@ pub fn routes(state: AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (routes, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(health::router())
         .merge(provider::router())
+        .merge(operators::router())
         .merge(console::router())
         .merge(cloud::router(state.clone()))
         .merge(authz::router())

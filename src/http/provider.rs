@@ -42,9 +42,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 fn actor(auth: &ProviderAuth) -> Actor {
-    Actor::Provider {
-        token_id: auth.token_id,
-    }
+    Actor::Provider(auth.principal.clone())
 }
 
 #[derive(Deserialize, ToSchema)]

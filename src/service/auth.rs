@@ -272,6 +272,17 @@ impl Services {
         configured: Option<&str>,
     ) -> StoreResult<Option<String>> {
         let now = self.clock.now();
+        // Once retired (issue 15), no bootstrap token comes back: not the old one, not a new
+        // configured value, not a generated one.
+        if self.store.bootstrap_retired().await? {
+            if configured.is_some() {
+                tracing::warn!(
+                    "KEYGATE_PROVIDER_TOKEN is set but the bootstrap token was retired: ignored \
+                     (operators use their own tokens; unset the setting)"
+                );
+            }
+            return Ok(None);
+        }
         if let Some(token) = configured {
             self.store
                 .add_provider_token(&token_hash(token), "KEYGATE_PROVIDER_TOKEN", now)

@@ -6,6 +6,7 @@ pub mod gate;
 pub mod keys;
 pub mod limits;
 pub mod meter;
+pub mod operators;
 pub mod orgs;
 pub mod peers;
 pub mod reads;
@@ -62,6 +63,8 @@ pub struct Services {
     pub peers: Option<Arc<peers::Peers>>,
     /// `/metrics`, when metrics are on (`--metrics-listen` or `--metrics-token`).
     pub metrics: Option<Arc<crate::telemetry::Exposition>>,
+    /// Failed provider bearer tokens per client address (issue 15).
+    pub bearer_throttle: operators::BearerThrottle,
 }
 
 impl Services {

@@ -53,6 +53,10 @@ impl Services {
             "Key Suffix",
             "Client IP",
             "Details",
+            // Issue 15: who on the provider side (appended, so earlier columns keep their place).
+            "Actor Tier",
+            "Operator ID",
+            "Partner ID",
         ])
         .map_err(io)?;
         for r in &records {
@@ -65,6 +69,9 @@ impl Services {
                 r.key_suffix.clone().unwrap_or_default(),
                 r.client_address.clone().unwrap_or_default(),
                 r.details.to_string(),
+                r.actor_tier.clone().unwrap_or_default(),
+                r.operator_id.map(|i| i.to_string()).unwrap_or_default(),
+                r.partner_id.map(|i| i.to_string()).unwrap_or_default(),
             ])
             .map_err(io)?;
         }

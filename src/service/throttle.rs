@@ -48,7 +48,7 @@ impl Default for ThrottlePolicy {
 pub struct Scopes(pub [String; 3]);
 
 /// The address as counted: IPv6 by its /64, IPv4 (and IPv4-mapped IPv6) as is.
-fn counted_address(addr: Option<&str>) -> String {
+pub(crate) fn counted_address(addr: Option<&str>) -> String {
     match addr.and_then(|a| a.parse::<IpAddr>().ok()) {
         Some(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
             let s = v6.segments();

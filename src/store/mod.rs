@@ -5,6 +5,7 @@
 //! and decides admin key changes with `domain::key_change::decide` on the state it read
 //! inside that transaction, so concurrent changes serialize.
 
+pub mod operators;
 pub mod peers;
 pub mod postgres;
 pub mod rate_windows;
@@ -38,6 +39,12 @@ pub enum StoreError {
     /// the request would now read belongs to the new key.
     #[error("the session's key generation is no longer current")]
     SessionEnded,
+    /// The change would leave the platform with no active owner (issue 15).
+    #[error("the platform's last owner")]
+    LastOwner,
+    /// The bootstrap token cannot retire while the platform has no active owner.
+    #[error("no platform owner")]
+    NoPlatformOwner,
     #[error("internal store error: {0}")]
     Internal(anyhow::Error),
 }
@@ -140,6 +147,12 @@ pub struct AuditRecord {
     pub actor_type: String,
     pub actor_id: i64,
     pub actor_name: String,
+    /// `PLATFORM` or `PARTNER` for a provider-side actor (issue 15), else null.
+    pub actor_tier: Option<String>,
+    /// The actor's partner, for a partner's operator.
+    pub partner_id: Option<i64>,
+    /// The named operator; null for the bootstrap token and non-provider actors.
+    pub operator_id: Option<i64>,
     pub action: String,
     /// The last three characters of the key concerned, at most.
     pub key_suffix: Option<String>,
@@ -264,7 +277,7 @@ pub struct KeyGuessState {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: operators::OperatorStore + Send + Sync + 'static {
     async fn ready(&self) -> StoreResult<()>;
 
     // --- orgs and subscriptions

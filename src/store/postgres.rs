@@ -279,6 +279,8 @@ super::sql::sql_store!(
     Some("SET LOCAL synchronous_commit TO OFF")
 );
 
+super::operators::operator_store!(PostgresStore, PgRow, PgConnection, " FOR UPDATE");
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -266,8 +266,9 @@ async fn insert_audit(
     ctx: &Ctx,
 ) -> StoreResult<()> {
     sqlx::query(
-        "INSERT INTO audit_log (at, org_id, actor_kind, actor_id, actor_name, action, key_suffix, details, client_addr) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO audit_log (at, org_id, actor_kind, actor_id, actor_name, action, key_suffix, details, client_addr, \
+         actor_tier, partner_id, operator_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(ctx.now.0)
     .bind(org.map(|o| o.0))
@@ -278,6 +279,9 @@ async fn insert_audit(
     .bind(key_suffix)
     .bind(details.to_string())
     .bind(ctx.client_addr.as_deref())
+    .bind(ctx.actor.tier())
+    .bind(ctx.actor.partner_id())
+    .bind(ctx.actor.operator_id())
     .execute(&mut *conn)
     .await
     .map_err(map_err)?;
@@ -979,6 +983,9 @@ impl Store for $store {
                     actor_type: r.try_get("actor_kind").map_err(get)?,
                     actor_id: r.try_get("actor_id").map_err(get)?,
                     actor_name: r.try_get("actor_name").map_err(get)?,
+                    actor_tier: r.try_get("actor_tier").map_err(get)?,
+                    partner_id: r.try_get("partner_id").map_err(get)?,
+                    operator_id: r.try_get("operator_id").map_err(get)?,
                     action: r.try_get("action").map_err(get)?,
                     key_suffix: r.try_get("key_suffix").map_err(get)?,
                     details: serde_json::from_str(&details).unwrap_or(serde_json::Value::Null),

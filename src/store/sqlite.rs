@@ -97,3 +97,5 @@ super::sql::sql_store!(
     // One writer connection: no row waits, and `synchronous = FULL` stays as it is.
     None::<&str>
 );
+
+super::operators::operator_store!(SqliteStore, SqliteRow, SqliteConnection, "");

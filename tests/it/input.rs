@@ -987,7 +987,12 @@ async fn bad_paging_query_is_400() {
 
 #[tokio::test]
 async fn provider_api_needs_the_bearer_token() {
-    let (server, id, admin) = setup().await;
+    // Every wrong token here must be answered 401: the throttle of wrong tokens per address
+    // (tests/it/operators.rs) is out of the way.
+    let server = TestServer::start_with(|c| c.bearer_max_failures = u32::MAX).await;
+    let org = server.create_org("acme").await;
+    let admin = server.login("full@acme").await;
+    let id = org_id(&org);
     let before = snapshot(&server, id, &admin).await;
     let endpoints: Vec<(Method, String, Option<Value>)> = vec![
         (Method::GET, "/provider/v1/orgs".into(), None),

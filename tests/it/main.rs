@@ -16,6 +16,7 @@ mod metrics;
 mod multinode;
 mod nginx;
 mod openapi;
+mod operators;
 mod pg_retries;
 mod race;
 mod readyz;

@@ -199,7 +199,7 @@ impl Deployment {
 /// for little time.
 const TEST_LEASE: Duration = Duration::from_millis(1_500);
 
-fn node_config(c: &mut Config, url: &str, master_key: &str) {
+pub(crate) fn node_config(c: &mut Config, url: &str, master_key: &str) {
     c.database_url = Some(SecretString::from(url.to_owned()));
     c.node_lease = TEST_LEASE;
     c.master_key = Some(SecretString::from(master_key.to_owned()));

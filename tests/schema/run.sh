@@ -19,7 +19,7 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
 fi
 cargo build --bin keygate
 work=$(mktemp -d)
-export KG_PROVIDER_TOKEN=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
+export KG_PROVIDER_TOKEN=$(head -c 48 /dev/urandom | base64 | tr -d '/+=')
 KEYGATE_PROVIDER_TOKEN=$KG_PROVIDER_TOKEN target/debug/keygate serve --listen 127.0.0.1:0 \
     --data-dir "$work/data" >"$work/out" 2>"$work/keygate.log" &
 pid=$!

@@ -398,10 +398,20 @@ impl AuditRow {
         AuditRow {
             time: format_millis(r.time),
             action: r.action.clone(),
-            actor: if r.actor_name.is_empty() {
-                r.actor_type.to_ascii_lowercase()
-            } else {
-                format!("{} ({})", r.actor_name, r.actor_type.to_ascii_lowercase())
+            actor: match (&r.actor_tier, r.actor_name.is_empty()) {
+                (_, true) => r.actor_type.to_ascii_lowercase(),
+                // A provider-side actor: the operator (or the bootstrap token) and its tier.
+                (Some(tier), false) => match r.operator_id {
+                    Some(op) => format!(
+                        "{} (operator #{op}, {})",
+                        r.actor_name,
+                        tier.to_ascii_lowercase()
+                    ),
+                    None => format!("{} ({})", r.actor_name, tier.to_ascii_lowercase()),
+                },
+                (None, false) => {
+                    format!("{} ({})", r.actor_name, r.actor_type.to_ascii_lowercase())
+                }
             },
             key_suffix: r
                 .key_suffix

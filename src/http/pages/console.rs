@@ -71,13 +71,14 @@ pub fn router() -> Router<AppState> {
 pub struct ProviderUser {
     session: ResolvedProviderSession,
     csrf: String,
+    /// Who signed in (issue 15): read with the session on every page, so a revoked token or a
+    /// removed operator ends it at once.
+    pub principal: crate::domain::tier::ProviderPrincipal,
 }
 
 impl ProviderUser {
     fn actor(&self) -> Actor {
-        Actor::Provider {
-            token_id: self.session.token_id,
-        }
+        Actor::Provider(self.principal.clone())
     }
 }
 
@@ -97,7 +98,23 @@ impl FromRequestParts<AppState> for ProviderUser {
             .filter(|c| Services::provider_csrf_matches(&session, c))
             .ok_or_else(to_login)?
             .to_owned();
-        Ok(ProviderUser { session, csrf })
+        let principal = match state
+            .store
+            .principal_by_token_id(
+                crate::domain::ids::TokenId(session.token_id),
+                state.clock.now(),
+            )
+            .await
+        {
+            Ok(Some(p)) => p,
+            Ok(None) => return Err(to_login()),
+            Err(e) => return Err(error_page(ApiError::from(e)).await),
+        };
+        Ok(ProviderUser {
+            session,
+            csrf,
+            principal,
+        })
     }
 }
 
@@ -143,6 +160,11 @@ struct LoginPage {
 struct LoginForm {
     #[serde(default)]
     token: Option<SecretString>,
+    /// An operator's login name and password instead of a token (issue 15).
+    #[serde(default, rename = "loginName")]
+    login_name: Option<String>,
+    #[serde(default)]
+    password: Option<SecretString>,
 }
 
 fn login_response(
@@ -193,8 +215,19 @@ async fn login(
     };
     // Counted like an admin login under one fixed name: per address, and per (name, address).
     const THROTTLE_NAME: &str = "\n provider console";
+    // An operator's login is counted under its name, as an admin's is (per address, per
+    // (name, address), per name), in a namespace of its own.
+    let typed_login = fields
+        .login_name
+        .as_deref()
+        .map(str::trim)
+        .filter(|l| !l.is_empty());
+    let throttle_name = match typed_login {
+        Some(l) => format!("\n operator\n{l}"),
+        None => THROTTLE_NAME.to_owned(),
+    };
     let throttled = match state
-        .login_throttled(THROTTLE_NAME, client.as_deref())
+        .login_throttled(&throttle_name, client.as_deref())
         .await
     {
         Ok(t) => t,
@@ -209,16 +242,27 @@ async fn login(
             .as_ref()
             .map(|t| t.expose_secret().trim().to_owned())
             .unwrap_or_default();
-        let found = if token.is_empty() {
+        let login = fields.login_name.as_deref().map(str::trim).unwrap_or("");
+        let found = if !login.is_empty() {
+            // An operator's login name and password (issue 15): a console token of its own.
+            let password = fields
+                .password
+                .as_ref()
+                .map(|p| p.expose_secret().to_owned())
+                .unwrap_or_default();
+            state.operator_console_login(login, &password).await
+        } else if token.is_empty() {
             Ok(None)
         } else {
-            state.provider_token_id(&token).await
+            // Only a live token (not revoked, not expired, of an active operator).
+            state.provider_principal(&token).await
         };
         match found {
             Err(e) => ApiError::from(e),
-            Ok(Some(token_id)) => {
+            Ok(Some(principal)) => {
                 telemetry::login(LoginSurface::Provider, LoginOutcome::Success);
-                let actor = Actor::Provider { token_id };
+                let token_id = principal.token_id.0;
+                let actor = Actor::Provider(principal);
                 let ctx = state.ctx(actor, client);
                 let details = serde_json::json!({"via": "provider_console"});
                 if let Err(e) = state
@@ -253,10 +297,12 @@ async fn login(
                     action: AuditAction::LoginFailure,
                     details: serde_json::json!({"via": "provider_console"}),
                     actor: Actor::Anonymous {
-                        login: String::new(),
+                        login: typed_login
+                            .map(|l| LoginName::shown_in_audit(l, false))
+                            .unwrap_or_default(),
                     },
                 };
-                if let Err(e) = state.login_failed(THROTTLE_NAME, client, failed).await {
+                if let Err(e) = state.login_failed(&throttle_name, client, failed).await {
                     return error_page(e.into()).await;
                 }
                 ApiError::AuthenticationFailed

@@ -1,0 +1,883 @@
+//! Operators and their tokens (issue 15): roles and scope on `/provider/v1/operators` and
+//! `/provider/v1/tokens`, the bootstrap token's retirement (also across a restart), the
+//! start-up refusal of a short bootstrap token, the throttling of wrong bearer tokens, the
+//! audit naming the operator, no token value at rest, an upgrade from a 0007 database, and a
+//! revocation on one PostgreSQL node refused on another at once.
+
+use keygate::clock::ManualClock;
+use keygate::config::Config;
+use keygate::server::App;
+use reqwest::{Method, StatusCode};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+async fn call(
+    s: &TestServer,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    call_at(&s.http, &s.base, token, method, path, body).await
+}
+
+async fn call_at(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = http
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    into_json(req.send().await.expect("request")).await
+}
+
+/// Creates an operator with `token` (a platform owner's, or the bootstrap token); returns its id.
+async fn operator(
+    s: &TestServer,
+    token: &str,
+    login: &str,
+    role: &str,
+    partner: Option<i64>,
+) -> i64 {
+    let got = call(
+        s,
+        token,
+        Method::POST,
+        "/provider/v1/operators",
+        Some(json!({
+            "loginName": login, "displayName": format!("{login} display"), "password": PASSWORD,
+            "role": role, "partnerId": partner,
+        })),
+    )
+    .await;
+    assert_eq!(got.0, StatusCode::CREATED, "{}", got.1);
+    assert!(got.1.get("passwordHash").is_none());
+    got.1["id"].as_i64().unwrap()
+}
+
+/// A token for operator `id`, made with `token`; returns (token id, value).
+async fn token_for(s: &TestServer, token: &str, id: i64) -> (i64, String) {
+    let got = call(
+        s,
+        token,
+        Method::POST,
+        "/provider/v1/tokens",
+        Some(json!({"label": "test", "operatorId": id})),
+    )
+    .await;
+    assert_eq!(got.0, StatusCode::CREATED, "{}", got.1);
+    let value = got.1["value"].as_str().unwrap().to_owned();
+    // 256 bits, URL-safe base64 or longer.
+    assert!(value.len() >= 43, "{value}");
+    (got.1["id"].as_i64().unwrap(), value)
+}
+
+const ROLE: &str = "OPERATOR_ROLE_NOT_ALLOWED";
+
+#[tokio::test]
+async fn roles_decide_who_manages_operators_and_tokens() {
+    let s = TestServer::start().await;
+    let owner = operator(&s, PROVIDER_TOKEN, "owner.one", "OWNER", None).await;
+    let op = operator(&s, PROVIDER_TOKEN, "operator.one", "OPERATOR", None).await;
+    let aud = operator(&s, PROVIDER_TOKEN, "auditor.one", "AUDITOR", None).await;
+    let (_, owner_t) = token_for(&s, PROVIDER_TOKEN, owner).await;
+    let (op_tid, op_t) = token_for(&s, PROVIDER_TOKEN, op).await;
+    let (_, aud_t) = token_for(&s, PROVIDER_TOKEN, aud).await;
+    let (owner_tid, _) = token_for(&s, &owner_t, owner).await;
+
+    // AUDITOR and OPERATOR read operators; neither changes them.
+    for t in [&aud_t, &op_t] {
+        let (status, list) = call(&s, t, Method::GET, "/provider/v1/operators", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(list["items"].as_array().unwrap().len(), 3);
+        let got = call(
+            &s,
+            t,
+            Method::GET,
+            &format!("/provider/v1/operators/{owner}"),
+            None,
+        )
+        .await;
+        assert_eq!(got.0, StatusCode::OK);
+        assert_eq!(got.1["role"], "OWNER");
+        let create = json!({"loginName": "x.y.z", "displayName": "X", "password": PASSWORD, "role": "OWNER"});
+        assert_error(
+            &call(&s, t, Method::POST, "/provider/v1/operators", Some(create)).await,
+            StatusCode::FORBIDDEN,
+            ROLE,
+        );
+        assert_error(
+            &call(
+                &s,
+                t,
+                Method::PATCH,
+                &format!("/provider/v1/operators/{owner}"),
+                Some(json!({"displayName": "Mallory"})),
+            )
+            .await,
+            StatusCode::FORBIDDEN,
+            ROLE,
+        );
+        assert_error(
+            &call(
+                &s,
+                t,
+                Method::DELETE,
+                &format!("/provider/v1/operators/{owner}"),
+                None,
+            )
+            .await,
+            StatusCode::FORBIDDEN,
+            ROLE,
+        );
+        // Nor another operator's tokens.
+        assert_error(
+            &call(
+                &s,
+                t,
+                Method::POST,
+                "/provider/v1/tokens",
+                Some(json!({"label": "x", "operatorId": owner})),
+            )
+            .await,
+            StatusCode::FORBIDDEN,
+            ROLE,
+        );
+        assert_error(
+            &call(
+                &s,
+                t,
+                Method::DELETE,
+                &format!("/provider/v1/tokens/{owner_tid}"),
+                None,
+            )
+            .await,
+            StatusCode::FORBIDDEN,
+            ROLE,
+        );
+        assert_error(
+            &call(
+                &s,
+                t,
+                Method::POST,
+                &format!("/provider/v1/tokens/{owner_tid}/rotate"),
+                None,
+            )
+            .await,
+            StatusCode::FORBIDDEN,
+            ROLE,
+        );
+        // Nor retire the bootstrap token.
+        assert_error(
+            &call(&s, t, Method::POST, "/provider/v1/bootstrap/retire", None).await,
+            StatusCode::FORBIDDEN,
+            ROLE,
+        );
+    }
+    // Nothing changed.
+    let (_, list) = call(&s, &owner_t, Method::GET, "/provider/v1/operators", None).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 3);
+    assert_eq!(list["items"][0]["displayName"], "owner.one display");
+    let (_, tokens) = call(&s, &owner_t, Method::GET, "/provider/v1/tokens", None).await;
+    assert!(
+        tokens["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["revokedAt"].is_null())
+    );
+    assert!(!tokens.to_string().contains(&owner_t) && !tokens.to_string().contains(&op_t));
+
+    // An operator lists only its own tokens, makes and rotates its own.
+    let (_, mine) = call(&s, &op_t, Method::GET, "/provider/v1/tokens", None).await;
+    let mine = mine["items"].as_array().unwrap().clone();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0]["id"], op_tid);
+    assert!(mine[0].get("value").is_none());
+    let rotated = call(
+        &s,
+        &op_t,
+        Method::POST,
+        &format!("/provider/v1/tokens/{op_tid}/rotate"),
+        None,
+    )
+    .await;
+    assert_eq!(rotated.0, StatusCode::CREATED, "{}", rotated.1);
+    let new_t = rotated.1["value"].as_str().unwrap().to_owned();
+    assert_error(
+        &call(&s, &op_t, Method::GET, "/provider/v1/tokens", None).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTHENTICATION_FAILED",
+    );
+    assert_eq!(
+        call(&s, &new_t, Method::GET, "/provider/v1/tokens", None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    // … and may change its own display name and password, not its role.
+    let me = format!("/provider/v1/operators/{op}");
+    assert_eq!(
+        call(
+            &s,
+            &new_t,
+            Method::PATCH,
+            &me,
+            Some(json!({"displayName": "Olive"}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_error(
+        &call(
+            &s,
+            &new_t,
+            Method::PATCH,
+            &me,
+            Some(json!({"role": "OWNER"})),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        ROLE,
+    );
+
+    // The owner revokes the operator's token: refused at once.
+    assert_eq!(
+        call(
+            &s,
+            &owner_t,
+            Method::DELETE,
+            &format!("/provider/v1/tokens/{}", rotated.1["id"]),
+            None
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        call(&s, &new_t, Method::GET, "/provider/v1/tokens", None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Bad input: named, nothing changed.
+    for (body, field) in [
+        (
+            json!({"loginName": "ab", "displayName": "A", "password": PASSWORD, "role": "OWNER"}),
+            "loginName",
+        ),
+        (
+            json!({"loginName": "abc.d", "displayName": " ", "password": PASSWORD, "role": "OWNER"}),
+            "displayName",
+        ),
+        (
+            json!({"loginName": "abc.d", "displayName": "A", "password": "short", "role": "OWNER"}),
+            "password",
+        ),
+    ] {
+        let got = call(
+            &s,
+            &owner_t,
+            Method::POST,
+            "/provider/v1/operators",
+            Some(body),
+        )
+        .await;
+        assert_error(&got, StatusCode::BAD_REQUEST, "INVALID_INPUT_ARGUMENT");
+        assert_eq!(got.1["field"], field);
+    }
+    let got = call(
+        &s,
+        &owner_t,
+        Method::POST,
+        "/provider/v1/operators",
+        Some(
+            json!({"loginName": "abc.d", "displayName": "A", "password": PASSWORD, "role": "KING"}),
+        ),
+    )
+    .await;
+    assert_eq!(got.0, StatusCode::BAD_REQUEST, "{}", got.1);
+    let got = call(
+        &s,
+        &owner_t,
+        Method::POST,
+        "/provider/v1/tokens",
+        Some(json!({"label": "old", "expiresAt": T0_SECS - 1})),
+    )
+    .await;
+    assert_error(&got, StatusCode::BAD_REQUEST, "INVALID_INPUT_ARGUMENT");
+    assert_eq!(got.1["field"], "expiresAt");
+    assert_error(
+        &call(&s, &owner_t, Method::POST, "/provider/v1/operators",
+            Some(json!({"loginName": "owner.one", "displayName": "A", "password": PASSWORD, "role": "OWNER"}))).await,
+        StatusCode::CONFLICT,
+        "LOGIN_NAME_TAKEN",
+    );
+    assert_error(
+        &call(
+            &s,
+            &owner_t,
+            Method::GET,
+            "/provider/v1/operators/999999",
+            None,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+    );
+    assert_error(
+        &call(
+            &s,
+            &owner_t,
+            Method::GET,
+            "/provider/v1/operators/abc",
+            None,
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "INVALID_INPUT_ARGUMENT",
+    );
+
+    // The platform's last owner is neither demoted nor removed.
+    let own = format!("/provider/v1/operators/{owner}");
+    assert_error(
+        &call(
+            &s,
+            &owner_t,
+            Method::PATCH,
+            &own,
+            Some(json!({"role": "AUDITOR"})),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "LAST_OWNER",
+    );
+    assert_error(
+        &call(&s, &owner_t, Method::DELETE, &own, None).await,
+        StatusCode::CONFLICT,
+        "LAST_OWNER",
+    );
+    // With a second owner it is.
+    let owner2 = operator(&s, &owner_t, "owner.two", "OWNER", None).await;
+    let (_, owner2_t) = token_for(&s, &owner_t, owner2).await;
+    assert_eq!(
+        call(&s, &owner2_t, Method::DELETE, &own, None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    // A removed operator's tokens hold nothing.
+    assert_eq!(
+        call(&s, &owner_t, Method::GET, "/provider/v1/tokens", None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    // An expiring token stops at its time.
+    let got = call(
+        &s,
+        &owner2_t,
+        Method::POST,
+        "/provider/v1/tokens",
+        Some(json!({"label": "an hour", "expiresAt": T0_SECS + 3600})),
+    )
+    .await;
+    assert_eq!(got.0, StatusCode::CREATED, "{}", got.1);
+    let hour = got.1["value"].as_str().unwrap().to_owned();
+    assert_eq!(
+        call(&s, &hour, Method::GET, "/provider/v1/operators", None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    s.clock.advance_secs(3600);
+    assert_eq!(
+        call(&s, &hour, Method::GET, "/provider/v1/operators", None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_partner_owner_manages_only_its_own_partners_operators() {
+    let s = TestServer::start().await;
+    let mut db = Db::open(s.dir.path()).await;
+    for name in ["P", "Q"] {
+        db.execute(
+            &format!("INSERT INTO partners (name, created_at) VALUES ('{name}', 0)"),
+            &[],
+        )
+        .await
+        .unwrap();
+    }
+    let p = db
+        .i64("SELECT id FROM partners WHERE name = 'P'", &[])
+        .await;
+    let q = db
+        .i64("SELECT id FROM partners WHERE name = 'Q'", &[])
+        .await;
+    let p_owner = operator(&s, PROVIDER_TOKEN, "p.owner", "OWNER", Some(p)).await;
+    let q_owner = operator(&s, PROVIDER_TOKEN, "q.owner", "OWNER", Some(q)).await;
+    let platform_op = operator(&s, PROVIDER_TOKEN, "plat.op", "OPERATOR", None).await;
+    let (_, pt) = token_for(&s, PROVIDER_TOKEN, p_owner).await;
+    let (q_tid, _) = token_for(&s, PROVIDER_TOKEN, q_owner).await;
+    // The partner is implied.
+    let p_op = operator(&s, &pt, "p.op", "OPERATOR", None).await;
+    let (_, got) = call(
+        &s,
+        &pt,
+        Method::GET,
+        &format!("/provider/v1/operators/{p_op}"),
+        None,
+    )
+    .await;
+    assert_eq!(got["partnerId"], p);
+    // Its list holds its own partner's operators only.
+    let (_, list) = call(&s, &pt, Method::GET, "/provider/v1/operators", None).await;
+    let ids: Vec<i64> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![p_owner, p_op]);
+    // Another partner's (or the platform's) operators and tokens do not exist for it.
+    for id in [q_owner, platform_op] {
+        for (m, path, body) in [
+            (Method::GET, format!("/provider/v1/operators/{id}"), None),
+            (
+                Method::PATCH,
+                format!("/provider/v1/operators/{id}"),
+                Some(json!({"displayName": "x"})),
+            ),
+            (Method::DELETE, format!("/provider/v1/operators/{id}"), None),
+            (
+                Method::POST,
+                "/provider/v1/tokens".into(),
+                Some(json!({"label": "x", "operatorId": id})),
+            ),
+        ] {
+            assert_error(
+                &call(&s, &pt, m, &path, body).await,
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+            );
+        }
+    }
+    for (m, path) in [
+        (Method::GET, format!("/provider/v1/tokens/{q_tid}")),
+        (Method::DELETE, format!("/provider/v1/tokens/{q_tid}")),
+        (Method::POST, format!("/provider/v1/tokens/{q_tid}/rotate")),
+    ] {
+        assert_error(
+            &call(&s, &pt, m, &path, None).await,
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+        );
+    }
+    let (_, tokens) = call(&s, &pt, Method::GET, "/provider/v1/tokens", None).await;
+    assert!(
+        tokens["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["id"] != q_tid)
+    );
+    // Nor may it make an operator for another partner, or for one that does not exist.
+    for partner in [q, 999_999] {
+        assert_error(
+            &call(
+                &s,
+                &pt,
+                Method::POST,
+                "/provider/v1/operators",
+                Some(
+                    json!({"loginName": "sneaky", "displayName": "S", "password": PASSWORD,
+                    "role": "OWNER", "partnerId": partner}),
+                ),
+            )
+            .await,
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+        );
+    }
+    // Nor retire the platform's bootstrap token.
+    assert_error(
+        &call(&s, &pt, Method::POST, "/provider/v1/bootstrap/retire", None).await,
+        StatusCode::FORBIDDEN,
+        ROLE,
+    );
+    drop(db);
+    s.stop().await;
+}
+
+/// The token values in the database, audit and logs: none (only SHA-256 hashes).
+#[tokio::test]
+async fn bootstrap_retires_for_good_and_the_audit_names_the_operator() {
+    let s = TestServer::start().await;
+    // Not before the platform has an owner.
+    assert_error(
+        &call(
+            &s,
+            PROVIDER_TOKEN,
+            Method::POST,
+            "/provider/v1/bootstrap/retire",
+            None,
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "NO_PLATFORM_OWNER",
+    );
+    let owner = operator(&s, PROVIDER_TOKEN, "first.owner", "OWNER", None).await;
+    let (_, owner_t) = token_for(&s, PROVIDER_TOKEN, owner).await;
+    let org = call(
+        &s,
+        &owner_t,
+        Method::POST,
+        "/provider/v1/orgs",
+        Some(json!({"name": "Acme", "subscription": {"enabled": true, "expiresAt": null}})),
+    )
+    .await;
+    assert_eq!(org.0, StatusCode::CREATED, "{}", org.1);
+    let org_id = org.1["id"].as_i64().unwrap();
+    let (_, audit) = call(
+        &s,
+        &owner_t,
+        Method::GET,
+        &format!("/provider/v1/orgs/{org_id}/audit"),
+        None,
+    )
+    .await;
+    let create = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["action"] == "ORG_CREATE")
+        .expect("ORG_CREATE audited")
+        .clone();
+    assert_eq!(create["actorName"], "first.owner display");
+    assert_eq!(create["actorTier"], "PLATFORM");
+    assert_eq!(create["operatorId"], owner);
+    assert!(create["partnerId"].is_null());
+
+    // The owner retires the bootstrap token: refused at once, and after a restart with the
+    // same KEYGATE_PROVIDER_TOKEN.
+    assert_eq!(
+        call(
+            &s,
+            &owner_t,
+            Method::POST,
+            "/provider/v1/bootstrap/retire",
+            None
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_error(
+        &call(&s, PROVIDER_TOKEN, Method::GET, "/provider/v1/orgs", None).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTHENTICATION_FAILED",
+    );
+    let dir = s.stop().await;
+    let fresh = "a-brand-new-configured-bootstrap-token-0001";
+    let s = TestServer::start_in(dir, |c| {
+        c.provider_token = Some(SecretString::from(fresh));
+    })
+    .await;
+    for t in [PROVIDER_TOKEN, fresh] {
+        assert_eq!(
+            call(&s, t, Method::GET, "/provider/v1/orgs", None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        call(&s, &owner_t, Method::GET, "/provider/v1/orgs", None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let dir = s.stop().await;
+    let s = TestServer::start_in(dir, |_| {}).await;
+    assert_eq!(
+        call(&s, PROVIDER_TOKEN, Method::GET, "/provider/v1/orgs", None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Operator and token changes are audited with no org, naming who did them.
+    let mut db = Db::open(s.dir.path()).await;
+    let rows = db
+        .strings(
+            "SELECT action || '|' || actor_name || '|' || COALESCE(actor_tier, '-') || '|' || \
+             COALESCE(CAST(operator_id AS TEXT), '-') FROM audit_log WHERE org_id IS NULL ORDER BY id",
+            &[],
+        )
+        .await;
+    assert!(
+        rows.contains(&"OPERATOR_CREATE|bootstrap token|PLATFORM|-".to_owned()),
+        "{rows:?}"
+    );
+    assert!(
+        rows.contains(&"TOKEN_CREATE|bootstrap token|PLATFORM|-".to_owned()),
+        "{rows:?}"
+    );
+    assert!(
+        rows.contains(&format!(
+            "BOOTSTRAP_RETIRE|first.owner display|PLATFORM|{owner}"
+        )),
+        "{rows:?}"
+    );
+    // No token value anywhere in the database: every text column of every row.
+    let everything = db
+        .strings(
+            "SELECT COALESCE(token_hash, '') || label FROM provider_tokens \
+             UNION ALL SELECT actor_name || details || action FROM audit_log",
+            &[],
+        )
+        .await
+        .join("\n");
+    for secret in [PROVIDER_TOKEN, fresh, owner_t.as_str()] {
+        assert!(!everything.contains(secret));
+    }
+    drop(db);
+    let dir = s.stop().await;
+    // Nor in the files of the data directory (database, WAL).
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            for secret in [PROVIDER_TOKEN, fresh, owner_t.as_str()] {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{} holds a token",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_short_bootstrap_token_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
+    config.provider_token = Some(SecretString::from("abc"));
+    let err = App::build(&config, ManualClock::new(t0()))
+        .await
+        .err()
+        .expect("a 3-character token is refused");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("KEYGATE_PROVIDER_TOKEN") && msg.contains("32"),
+        "{msg}"
+    );
+    assert!(!msg.contains("abc\""), "{msg}");
+}
+
+#[tokio::test]
+async fn wrong_bearer_tokens_are_throttled_per_address() {
+    let s = TestServer::start().await;
+    let (mut unauthorized, mut throttled) = (0, 0);
+    for i in 0..300 {
+        let resp = s
+            .http
+            .get(s.url("/provider/v1/orgs"))
+            .bearer_auth(format!("wrong-token-{i}"))
+            .send()
+            .await
+            .unwrap();
+        match resp.status() {
+            StatusCode::UNAUTHORIZED => unauthorized += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                throttled += 1;
+                let secs: u64 = resp.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!((1..=60).contains(&secs), "{secs}");
+                let (_, body) = into_json(resp).await;
+                assert_eq!(body["code"], "RATE_LIMIT_EXCEEDED");
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!((unauthorized, throttled), (20, 280));
+    // The address is throttled whatever it presents, until the window ends.
+    assert_eq!(
+        call(&s, PROVIDER_TOKEN, Method::GET, "/provider/v1/orgs", None)
+            .await
+            .0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    s.clock.advance_secs(60);
+    assert_eq!(
+        call(&s, PROVIDER_TOKEN, Method::GET, "/provider/v1/orgs", None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    s.stop().await;
+}
+
+/// A database migrated to 0007 (before issue 15) with an org and a generated bootstrap token
+/// is upgraded by starting today's keygate; the old token works until retired.
+#[tokio::test]
+async fn a_0007_database_upgrades_in_place_and_its_token_works_until_retired() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let old_token = keygate::crypto::token::random_token();
+    {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.path().join("keygate.db"))
+            .create_if_missing(true);
+        let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+        let mut migrator = sqlx::migrate::Migrator::new(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/sqlite"
+        )))
+        .await
+        .unwrap();
+        migrator.migrations = migrator
+            .migrations
+            .iter()
+            .filter(|m| m.version <= 7)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        migrator.run(&mut conn).await.unwrap();
+        sqlx::query(
+            "INSERT INTO provider_tokens (token_hash, label, created_at) VALUES ($1, 'generated at first start', 0)",
+        )
+        .bind(keygate::crypto::token::token_hash(&old_token))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO orgs (name, subscription_enabled, subscription_expires_at, key_generation, created_at) \
+             VALUES ('Old Org', 1, NULL, 0, 0)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let s = TestServer::start_in(dir, |c| {
+        c.provider_token = None;
+        c.database_url = None;
+    })
+    .await;
+    let (status, orgs) = call(&s, &old_token, Method::GET, "/provider/v1/orgs", None).await;
+    assert_eq!(status, StatusCode::OK, "{orgs}");
+    assert_eq!(orgs["items"][0]["name"], "Old Org");
+    let owner = operator(&s, &old_token, "new.owner", "OWNER", None).await;
+    let (_, owner_t) = token_for(&s, &old_token, owner).await;
+    assert_eq!(
+        call(&s, &old_token, Method::GET, "/provider/v1/orgs", None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (_, tokens) = call(&s, &owner_t, Method::GET, "/provider/v1/tokens", None).await;
+    let bootstrap = tokens["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["operatorId"].is_null())
+        .expect("the old token is listed")
+        .clone();
+    assert_eq!(
+        call(
+            &s,
+            &owner_t,
+            Method::DELETE,
+            &format!("/provider/v1/tokens/{}", bootstrap["id"]),
+            None
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        call(&s, &old_token, Method::GET, "/provider/v1/orgs", None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    // A restart generates no new bootstrap token.
+    let dir = s.stop().await;
+    let s = TestServer::start_in(dir, |c| {
+        c.provider_token = None;
+        c.database_url = None;
+    })
+    .await;
+    assert_eq!(
+        call(&s, &owner_t, Method::GET, "/provider/v1/orgs", None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    s.stop().await;
+}
+
+/// PostgreSQL, two nodes: a token revoked on one node is refused by the other at once.
+#[tokio::test]
+async fn a_token_revoked_on_one_node_is_refused_on_another_at_once() {
+    use crate::multinode::{SharedDb, random_master_key};
+    let Some(db) = SharedDb::create("operators_revocation").await else {
+        return;
+    };
+    let master = random_master_key();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let (node, _) = TestServer::start_node(Flush::Periodic, |c| {
+            crate::multinode::node_config(c, &db.url, &master);
+        })
+        .await;
+        nodes.push(node);
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let owner = operator(a, PROVIDER_TOKEN, "mn.owner", "OWNER", None).await;
+    let (tid, t) = token_for(a, PROVIDER_TOKEN, owner).await;
+    for _ in 0..20 {
+        assert_eq!(
+            call(b, &t, Method::GET, "/provider/v1/operators", None)
+                .await
+                .0,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        call(
+            a,
+            PROVIDER_TOKEN,
+            Method::DELETE,
+            &format!("/provider/v1/tokens/{tid}"),
+            None
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_error(
+        &call(b, &t, Method::GET, "/provider/v1/operators", None).await,
+        StatusCode::UNAUTHORIZED,
+        "AUTHENTICATION_FAILED",
+    );
+    for n in nodes {
+        n.stop().await;
+    }
+    drop(db);
+}
