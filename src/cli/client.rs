@@ -21,6 +21,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+mod operators;
+pub use operators::{BootstrapCommand, OperatorsCommand, TokensCommand};
+
 const DEFAULT_URL: &str = "http://127.0.0.1:8080";
 const CSRF_HEADER: &str = "X-CSRF-Token";
 
@@ -70,6 +73,15 @@ pub enum ProviderCommand {
     /// Add or remove an org's admins.
     #[command(subcommand)]
     Admins(AdminsCommand),
+    /// Operators of the platform or of a partner (issue 15).
+    #[command(subcommand)]
+    Operators(OperatorsCommand),
+    /// Personal bearer tokens: create, list, revoke, rotate.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// The bootstrap token (KEYGATE_PROVIDER_TOKEN / generated at first start).
+    #[command(subcommand)]
+    Bootstrap(BootstrapCommand),
     /// An org's audit records, newest first.
     Audit {
         /// Org id.
@@ -428,6 +440,9 @@ pub async fn run_provider(args: ProviderArgs) -> anyhow::Result<()> {
                 send(req).await?,
             )
         }
+        ProviderCommand::Operators(c) => operators::operators(c, authed).await?,
+        ProviderCommand::Tokens(c) => operators::tokens(c, authed).await?,
+        ProviderCommand::Bootstrap(c) => operators::bootstrap(c, authed).await?,
         ProviderCommand::Audit { id, page } => {
             let req =
                 authed(Method::GET, format!("/provider/v1/orgs/{id}/audit")).query(&page.query());
@@ -695,6 +710,8 @@ enum Shape {
     Audit,
     /// No body (204): this sentence in text mode, nothing in JSON mode.
     Done(String),
+    /// Text made by this function from the body.
+    Custom(fn(&Value) -> String),
 }
 
 fn print_result(output: Output, shape: &Shape, body: Option<&Reply>) -> anyhow::Result<()> {
@@ -717,6 +734,7 @@ fn print_result(output: Output, shape: &Shape, body: Option<&Reply>) -> anyhow::
                 ),
                 Shape::Audit => audit_text(v),
                 Shape::Done(msg) => format!("{msg}\n"),
+                Shape::Custom(f) => f(v),
             }
         }
     };
@@ -908,7 +926,15 @@ fn audit_text(p: &Value) -> String {
             .as_i64()
             .map(|ms| format_secs(ms.div_euclid(1000)))
             .unwrap_or_else(|| "-".into());
-        let actor = format!("{}:{}", str_of(&r["actorType"]), str_of(&r["actorName"]));
+        let actor = match r["actorTier"].as_str() {
+            // A provider-side actor: its tier too (issue 15).
+            Some(tier) => format!(
+                "{}:{} ({tier})",
+                str_of(&r["actorType"]),
+                str_of(&r["actorName"])
+            ),
+            None => format!("{}:{}", str_of(&r["actorType"]), str_of(&r["actorName"])),
+        };
         let key = r["keySuffix"]
             .as_str()
             .map(|k| format!("…{k}"))

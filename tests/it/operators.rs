@@ -881,3 +881,119 @@ async fn a_token_revoked_on_one_node_is_refused_on_another_at_once() {
     }
     drop(db);
 }
+
+/// Runs `keygate provider --url … ARGS` with `token`.
+async fn cli(s: &TestServer, token: &str, args: &[&str]) -> (bool, String, String) {
+    let mut all: Vec<String> = ["provider", "--url", &s.base]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    all.extend(args.iter().map(|a| a.to_string()));
+    let token = token.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(&all)
+            .env_remove("KEYGATE_URL")
+            .env("KEYGATE_PROVIDER_TOKEN", token)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run keygate");
+        (
+            out.status.success(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_cli_manages_operators_and_tokens() {
+    let s = TestServer::start().await;
+    let (ok, out, err) = cli(
+        &s,
+        PROVIDER_TOKEN,
+        &[
+            "--output",
+            "json",
+            "operators",
+            "create",
+            "--login",
+            "cli.owner",
+            "--display-name",
+            "Cli Owner",
+            "--password",
+            PASSWORD,
+            "--role",
+            "OWNER",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let op: Value = serde_json::from_str(&out).unwrap();
+    let id = op["id"].as_i64().unwrap().to_string();
+    let (ok, out, err) = cli(
+        &s,
+        PROVIDER_TOKEN,
+        &[
+            "--output",
+            "json",
+            "tokens",
+            "create",
+            "--label",
+            "laptop",
+            "--operator",
+            &id,
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let issued: Value = serde_json::from_str(&out).unwrap();
+    let t = issued["value"].as_str().unwrap().to_owned();
+    let tid = issued["id"].as_i64().unwrap().to_string();
+    let (ok, out, _) = cli(&s, &t, &["operators", "list"]).await;
+    assert!(
+        ok && out.contains("cli.owner") && out.contains("OWNER") && out.contains("platform"),
+        "{out}"
+    );
+    let (ok, out, _) = cli(
+        &s,
+        &t,
+        &["operators", "edit", &id, "--display-name", "Chief"],
+    )
+    .await;
+    assert!(ok && out.contains("\"Chief\""), "{out}");
+    let (ok, out, _) = cli(&s, &t, &["tokens", "list"]).await;
+    assert!(
+        ok && out.contains("\"laptop\"") && out.contains("live") && !out.contains(&t),
+        "{out}"
+    );
+    let (ok, out, err) = cli(&s, &t, &["tokens", "rotate", &tid]).await;
+    assert!(ok, "{err}");
+    let new_t = out.lines().nth(1).unwrap().trim().to_owned();
+    assert!(out.contains("shown once"), "{out}");
+    let (ok, _, err) = cli(&s, &t, &["tokens", "list"]).await;
+    assert!(!ok && err.contains("AUTHENTICATION_FAILED"), "{err}");
+    let (ok, out, err) = cli(&s, &new_t, &["bootstrap", "retire"]).await;
+    assert!(ok && out.contains("retired"), "{err}");
+    let (ok, _, err) = cli(&s, PROVIDER_TOKEN, &["operators", "list"]).await;
+    assert!(!ok && err.contains("AUTHENTICATION_FAILED"), "{err}");
+    let (ok, _, err) = cli(&s, &new_t, &["operators", "remove", &id]).await;
+    assert!(!ok && err.contains("LAST_OWNER"), "{err}");
+    let new_tid = {
+        let (_, out, _) = cli(&s, &new_t, &["--output", "json", "tokens", "list"]).await;
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|t| t["revokedAt"].is_null())
+            .unwrap()["id"]
+            .to_string()
+    };
+    let (ok, out, _) = cli(&s, &new_t, &["tokens", "revoke", &new_tid]).await;
+    assert!(ok && out.contains("revoked"), "{out}");
+    s.stop().await;
+}
