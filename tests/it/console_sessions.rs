@@ -20,18 +20,18 @@ use secrecy::SecretString;
 use crate::harness::*;
 use crate::multinode::{SharedDb, random_master_key};
 
-const SESSION_COOKIE: &str = "keygate_provider";
+pub(crate) const SESSION_COOKIE: &str = "keygate_provider";
 const CSRF_COOKIE: &str = "keygate_provider_csrf";
 
 /// A browser over plain HTTP that keeps its cookies by hand, so the same cookies can be sent
 /// to any node; follows no redirect.
-struct Browser {
+pub(crate) struct Browser {
     http: Client,
     cookies: Vec<(String, String)>,
 }
 
 impl Browser {
-    fn new() -> Browser {
+    pub(crate) fn new() -> Browser {
         Browser {
             http: Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -41,14 +41,14 @@ impl Browser {
         }
     }
 
-    fn cookie(&self, name: &str) -> Option<String> {
+    pub(crate) fn cookie(&self, name: &str) -> Option<String> {
         self.cookies
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.clone())
     }
 
-    fn keep(&mut self, h: &HeaderMap) {
+    pub(crate) fn keep(&mut self, h: &HeaderMap) {
         for c in h.get_all("set-cookie") {
             let pair = c.to_str().unwrap().split(';').next().unwrap();
             let (k, v) = pair.split_once('=').unwrap();
@@ -59,7 +59,7 @@ impl Browser {
         }
     }
 
-    fn cookie_header(&self) -> String {
+    pub(crate) fn cookie_header(&self) -> String {
         self.cookies
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
@@ -67,7 +67,7 @@ impl Browser {
             .join("; ")
     }
 
-    async fn get(&mut self, base: &str, path: &str) -> (StatusCode, HeaderMap, String) {
+    pub(crate) async fn get(&mut self, base: &str, path: &str) -> (StatusCode, HeaderMap, String) {
         let r = self
             .http
             .get(format!("{base}{path}"))
@@ -81,7 +81,7 @@ impl Browser {
     }
 
     /// A form post from the page's own origin.
-    async fn post(
+    pub(crate) async fn post(
         &mut self,
         base: &str,
         path: &str,
@@ -102,7 +102,7 @@ impl Browser {
     }
 
     /// Signs in to the provider console at `base` with the provider token.
-    async fn sign_in(&mut self, base: &str) {
+    pub(crate) async fn sign_in(&mut self, base: &str) {
         let (status, _, html) = self.get(base, "/console/login").await;
         assert_eq!(status, StatusCode::OK);
         let csrf = csrf_in(&html);
@@ -120,7 +120,7 @@ impl Browser {
 }
 
 /// The value of the first `name="csrf"` field in a page.
-fn csrf_in(html: &str) -> String {
+pub(crate) fn csrf_in(html: &str) -> String {
     let at = html.find("name=\"csrf\" value=\"").expect("a csrf field");
     let rest = &html[at + "name=\"csrf\" value=\"".len()..];
     rest[..rest.find('"').unwrap()].to_owned()

@@ -997,3 +997,209 @@ async fn the_cli_manages_operators_and_tokens() {
     assert!(ok && out.contains("revoked"), "{out}");
     s.stop().await;
 }
+
+/// The console: an operator signs in with login name and password (throttled and audited
+/// like admin logins), sees the operator and token pages of its scope, makes a token (value
+/// shown once) and revokes it; its session carries the operator into the audit.
+#[tokio::test]
+async fn an_operator_signs_in_to_the_console_and_manages_its_tokens() {
+    use crate::console_sessions::{Browser, csrf_in};
+    let s = TestServer::start().await;
+    let owner = operator(&s, PROVIDER_TOKEN, "console.owner", "OWNER", None).await;
+    let aud = operator(&s, PROVIDER_TOKEN, "console.auditor", "AUDITOR", None).await;
+    let base = s.base.clone();
+
+    // A wrong password: the login page again, 401, audited.
+    let mut b = Browser::new();
+    let (_, _, page) = b.get(&base, "/console/login").await;
+    assert!(page.contains("id=\"operator-login-form\""));
+    let csrf = csrf_in(&page);
+    let (status, _, body) = b
+        .post(
+            &base,
+            "/console/login",
+            &[
+                ("csrf", csrf.as_str()),
+                ("loginName", "console.owner"),
+                ("password", "wrong-password-123"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    // The right one: a session as that operator.
+    let (status, h, body) = b
+        .post(
+            &base,
+            "/console/login",
+            &[
+                ("csrf", csrf.as_str()),
+                ("loginName", "console.owner"),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+    assert_eq!(h["location"], "/console/orgs");
+    let (status, _, orgs) = b.get(&base, "/console/orgs").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        orgs.contains("console.owner display (OWNER, platform)"),
+        "{orgs}"
+    );
+    let (_, _, ops) = b.get(&base, "/console/operators").await;
+    assert!(ops.contains("console.auditor") && ops.contains("id=\"create-operator-form\""));
+    let csrf = csrf_in(&ops);
+    // Create a token for the auditor: its value is on this answer only.
+    let (status, _, page) = b
+        .post(
+            &base,
+            "/console/tokens",
+            &[
+                ("csrf", csrf.as_str()),
+                ("label", "for the auditor"),
+                ("expires_at", ""),
+                ("operator_id", &aud.to_string()),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{page}");
+    let at =
+        page.find("id=\"issued-token\">").expect("the value shown") + "id=\"issued-token\">".len();
+    let value = page[at..at + page[at..].find('<').unwrap()].to_owned();
+    assert_eq!(
+        call(&s, &value, Method::GET, "/provider/v1/operators", None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (_, _, tokens) = b.get(&base, "/console/tokens").await;
+    assert!(!tokens.contains(&value), "the value is shown once only");
+    assert!(tokens.contains("for the auditor"));
+    // Revoke it from the page.
+    let (_, list) = call(&s, PROVIDER_TOKEN, Method::GET, "/provider/v1/tokens", None).await;
+    let tid = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["label"] == "for the auditor")
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let (status, h, _) = b
+        .post(
+            &base,
+            &format!("/console/tokens/{tid}/revoke"),
+            &[("csrf", csrf.as_str())],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(h["location"], "/console/tokens?done=revoked");
+    assert_eq!(
+        call(&s, &value, Method::GET, "/provider/v1/operators", None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    // A form without the CSRF token changes nothing.
+    let (status, _, _) = b
+        .post(
+            &base,
+            "/console/operators",
+            &[
+                ("login_name", "no.csrf"),
+                ("display_name", "N"),
+                ("password", PASSWORD),
+                ("role", "OWNER"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // The auditor's console: reads operators, no create form; a create post is refused.
+    let mut a = Browser::new();
+    let (_, _, page) = a.get(&base, "/console/login").await;
+    let csrf = csrf_in(&page);
+    let (status, _, _) = a
+        .post(
+            &base,
+            "/console/login",
+            &[
+                ("csrf", csrf.as_str()),
+                ("loginName", "console.auditor"),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, _, ops) = a.get(&base, "/console/operators").await;
+    assert!(ops.contains("console.owner") && !ops.contains("create-operator-form"));
+    let csrf = csrf_in(&ops);
+    let (status, _, body) = a
+        .post(
+            &base,
+            "/console/operators",
+            &[
+                ("csrf", csrf.as_str()),
+                ("login_name", "aud.made"),
+                ("display_name", "A"),
+                ("password", PASSWORD),
+                ("role", "OWNER"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (_, list) = call(
+        &s,
+        PROVIDER_TOKEN,
+        Method::GET,
+        "/provider/v1/operators",
+        None,
+    )
+    .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+
+    // Removing the owner… is refused (last owner); removing the auditor ends its session.
+    let (_, _, ops) = b.get(&base, "/console/operators").await;
+    let csrf = csrf_in(&ops);
+    let (status, _, _) = b
+        .post(
+            &base,
+            &format!("/console/operators/{aud}/remove"),
+            &[("csrf", csrf.as_str())],
+        )
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, h, _) = a.get(&base, "/console/operators").await;
+    assert_eq!(
+        (status, h["location"].to_str().unwrap()),
+        (StatusCode::SEE_OTHER, "/console/login")
+    );
+    let (status, _, body) = b
+        .post(
+            &base,
+            &format!("/console/operators/{owner}/remove"),
+            &[("csrf", csrf.as_str())],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    // The audit names the operator for console sign-ins.
+    let mut db = Db::open(s.dir.path()).await;
+    let rows = db
+        .strings(
+            "SELECT action || '|' || actor_name || '|' || COALESCE(CAST(operator_id AS TEXT), '-') \
+             FROM audit_log WHERE action LIKE 'LOGIN%' ORDER BY id",
+            &[],
+        )
+        .await;
+    assert!(
+        rows.contains(&format!("LOGIN_SUCCESS|console.owner display|{owner}")),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter().any(|r| r.starts_with("LOGIN_FAILURE|con…|")),
+        "{rows:?}"
+    );
+    drop(db);
+    s.stop().await;
+}

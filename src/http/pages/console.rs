@@ -37,6 +37,8 @@ use crate::service::orgs::{AdminInput, OrgInput};
 use crate::service::throttle::Failed;
 use crate::store::{AuditFilter, KeyGuessState, OrgRecord, Page, StoreError};
 
+mod operators;
+
 const AREA: &str = "console";
 const SESSION_COOKIE: &str = "keygate_provider";
 /// The session's CSRF token for the pages to write into forms (`HttpOnly`, only its hash is
@@ -49,6 +51,19 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/console", get(|| async { see_other("/console/orgs") }))
         .route("/console/login", get(login_page).post(login))
+        .route(
+            "/console/operators",
+            get(operators::operators_page).post(operators::create_operator),
+        )
+        .route(
+            "/console/operators/{id}/remove",
+            post(operators::remove_operator),
+        )
+        .route(
+            "/console/tokens",
+            get(operators::tokens_page).post(operators::create_token),
+        )
+        .route("/console/tokens/{id}/revoke", post(operators::revoke_token))
         .route("/console/logout", post(logout))
         .route("/console/orgs", get(orgs_page).post(create_org))
         .route("/console/orgs/{id}", get(org_page))
@@ -79,6 +94,19 @@ pub struct ProviderUser {
 impl ProviderUser {
     fn actor(&self) -> Actor {
         Actor::Provider(self.principal.clone())
+    }
+
+    /// Who is signed in, as the page header shows it.
+    fn who(&self) -> String {
+        let p = &self.principal;
+        let tier = match p.tier.partner() {
+            Some(id) => format!("partner {id}"),
+            None => "platform".into(),
+        };
+        match &p.operator {
+            Some(op) => format!("{} ({}, {tier})", op.name, p.role.as_str()),
+            None => format!("{} ({tier})", crate::domain::audit::BOOTSTRAP_NAME),
+        }
     }
 }
 
@@ -493,8 +521,7 @@ async fn orgs_view(
     let form = form.unwrap_or_default();
     let subscription_checked = !form_open || form.subscription.is_some();
     Ok(OrgsPage {
-        chrome: Chrome::new(AREA, "Organizations", user.csrf.clone())
-            .signed_in("Service provider".into()),
+        chrome: Chrome::new(AREA, "Organizations", user.csrf.clone()).signed_in(user.who()),
         rows,
         search,
         page,
@@ -732,8 +759,7 @@ async fn org_view(
         )
         .await?;
     Ok(OrgPage {
-        chrome: Chrome::new(AREA, org.name.clone(), user.csrf.clone())
-            .signed_in("Service provider".into()),
+        chrome: Chrome::new(AREA, org.name.clone(), user.csrf.clone()).signed_in(user.who()),
         id: org.id,
         name: org.name.clone(),
         created: format_millis(org.created_at.0),
