@@ -461,7 +461,7 @@ async fn browser_admin_key_page() {
         assert_eq!(ui.text("#key-value").await, masked(&full));
         assert_eq!(ui.text("#key-status").await, "Enabled");
         assert_eq!(ui.text("#base-url").await, format!("{base}/api/v1"));
-        assert_eq!(ui.text("#last-modified-by").await, "Service Provider");
+        assert_eq!(ui.text("#last-modified-by").await, "bootstrap token");
         assert_eq!(
             ui.text("#last-modified-time").await,
             "2026-11-01 00:00:00 UTC"

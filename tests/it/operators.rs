@@ -1203,3 +1203,79 @@ async fn an_operator_signs_in_to_the_console_and_manages_its_tokens() {
     drop(db);
     s.stop().await;
 }
+
+/// `keygate serve` logging at `trace`: no token value (bootstrap, issued, rotated, wrong) and
+/// no operator password in its log.
+#[tokio::test]
+async fn no_token_value_or_password_in_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("keygate.log");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let (data2, log2) = (data.clone(), log.clone());
+    let mut p = tokio::task::spawn_blocking(move || Process::start(&data2, &log2))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let password = "operator-password-in-no-log-4471";
+    let got = call_at(&http, &p.base, PROVIDER_TOKEN, Method::POST, "/provider/v1/operators",
+        Some(json!({"loginName": "log.owner", "displayName": "Log Owner", "password": password, "role": "OWNER"}))).await;
+    assert_eq!(got.0, StatusCode::CREATED, "{}", got.1);
+    let id = got.1["id"].as_i64().unwrap();
+    let got = call_at(
+        &http,
+        &p.base,
+        PROVIDER_TOKEN,
+        Method::POST,
+        "/provider/v1/tokens",
+        Some(json!({"label": "log", "operatorId": id})),
+    )
+    .await;
+    let (tid, t) = (
+        got.1["id"].as_i64().unwrap(),
+        got.1["value"].as_str().unwrap().to_owned(),
+    );
+    let got = call_at(
+        &http,
+        &p.base,
+        &t,
+        Method::POST,
+        &format!("/provider/v1/tokens/{tid}/rotate"),
+        None,
+    )
+    .await;
+    let t2 = got.1["value"].as_str().unwrap().to_owned();
+    let wrong = "wrong-token-that-must-not-be-logged-9d2e";
+    for token in [t.as_str(), t2.as_str(), wrong] {
+        call_at(
+            &http,
+            &p.base,
+            token,
+            Method::GET,
+            "/provider/v1/tokens",
+            None,
+        )
+        .await;
+    }
+    assert_eq!(
+        call_at(
+            &http,
+            &p.base,
+            &t2,
+            Method::POST,
+            "/provider/v1/bootstrap/retire",
+            None
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    tokio::task::spawn_blocking(move || p.terminate())
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.len() > 1000, "the log has content");
+    for secret in [PROVIDER_TOKEN, t.as_str(), t2.as_str(), wrong, password] {
+        assert!(!text.contains(secret), "a secret in the log");
+    }
+}

@@ -803,17 +803,17 @@ async fn r11_every_change_is_audited_once_with_actor_and_time_newest_first() {
     let mut keys: Vec<String> = Vec::new();
     // (action, actorType, actorName, time ms), oldest first.
     let mut expected: Vec<(&str, &str, String, i64)> = vec![
-        ("ORG_CREATE", "PROVIDER", "Service Provider".into(), t0().0),
-        ("ADMIN_ADD", "PROVIDER", "Service Provider".into(), t0().0),
-        ("ADMIN_ADD", "PROVIDER", "Service Provider".into(), t0().0),
+        ("ORG_CREATE", "PROVIDER", "bootstrap token".into(), t0().0),
+        ("ADMIN_ADD", "PROVIDER", "bootstrap token".into(), t0().0),
+        ("ADMIN_ADD", "PROVIDER", "bootstrap token".into(), t0().0),
         (
             "KEY_PROVISION",
             "PROVIDER",
-            "Service Provider".into(),
+            "bootstrap token".into(),
             t0().0,
         ),
     ];
-    let sp = || "Service Provider".to_string();
+    let sp = || "bootstrap token".to_string();
     let me = || "full@acme".to_string();
 
     macro_rules! step {
