@@ -1279,3 +1279,74 @@ async fn no_token_value_or_password_in_the_logs() {
         assert!(!text.contains(secret), "a secret in the log");
     }
 }
+
+/// Chromium: an operator signs in with login name and password, makes a token on the token
+/// page (its value shown once), and revokes it through the confirm dialog.
+#[tokio::test]
+async fn browser_operator_console_login_and_token_page() {
+    use crate::browser::with_browser;
+    let server = TestServer::start().await;
+    operator(&server, PROVIDER_TOKEN, "chrome.owner", "OWNER", None).await;
+    let base = server.base.clone();
+    with_browser(
+        "browser_operator_console_login_and_token_page",
+        move |ui| async move {
+            let ui = ui.at(&base);
+            ui.goto("/console/login").await;
+            ui.fill("#operator-login", "chrome.owner").await;
+            ui.fill("#operator-password", "not-the-password-1").await;
+            ui.submit_with("#operator-sign-in").await;
+            assert_eq!(ui.text("#error").await, "Authentication failed");
+            ui.fill("#operator-login", "chrome.owner").await;
+            ui.fill("#operator-password", PASSWORD).await;
+            ui.submit_with("#operator-sign-in").await;
+            assert_eq!(ui.path().await, "/console/orgs");
+            assert_eq!(
+                ui.text("#signed-in-as").await,
+                "chrome.owner display (OWNER, platform)"
+            );
+            ui.navigating(ui.click("#nav-tokens")).await;
+            assert_eq!(ui.path().await, "/console/tokens");
+            ui.fill("#token-label", "from chromium").await;
+            ui.submit_with("#create-token-submit").await;
+            let value = ui.text("#issued-token").await;
+            assert!(value.len() >= 43, "{value}");
+            ui.shot("operators-01-token-issued").await;
+            let (status, _) = call_at(
+                &reqwest::Client::new(),
+                &base,
+                &value,
+                Method::GET,
+                "/provider/v1/tokens",
+                None,
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+            ui.goto("/console/tokens").await;
+            assert!(!ui.has("#issued-token").await);
+            let row =
+                ui.c.find(fantoccini::Locator::XPath(
+                    "//tr[td[text()='from chromium']]//button[contains(@class,'revoke-token')]",
+                ))
+                .await
+                .expect("the token's revoke button");
+            row.click().await.unwrap();
+            ui.wait_dialog("confirm-dialog").await;
+            ui.submit_with("#confirm-ok").await;
+            ui.wait_text("#notice", "Token revoked.").await;
+            let (status, _) = call_at(
+                &reqwest::Client::new(),
+                &base,
+                &value,
+                Method::GET,
+                "/provider/v1/tokens",
+                None,
+            )
+            .await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            ui.navigating(ui.click("#nav-operators")).await;
+            assert!(ui.text("#operators-table").await.contains("chrome.owner"));
+        },
+    )
+    .await;
+}
