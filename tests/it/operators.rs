@@ -1350,3 +1350,64 @@ async fn browser_operator_console_login_and_token_page() {
     )
     .await;
 }
+
+/// The ZIA audit report CSV names the operator and tier of provider-side rows.
+#[tokio::test]
+async fn the_audit_report_csv_carries_operator_and_tier() {
+    let s = TestServer::start().await;
+    let owner = operator(&s, PROVIDER_TOKEN, "csv.owner", "OWNER", None).await;
+    let (_, t) = token_for(&s, PROVIDER_TOKEN, owner).await;
+    let got = call(
+        &s,
+        &t,
+        Method::POST,
+        "/provider/v1/orgs",
+        Some(json!({
+            "name": "Csv Org", "subscription": {"enabled": true, "expiresAt": null},
+            "admins": [{"loginName": "full@csv", "password": PASSWORD, "role": "FULL"}],
+        })),
+    )
+    .await;
+    assert_eq!(got.0, StatusCode::CREATED, "{}", got.1);
+    let key = s.login("full@csv").await.reveal().await;
+    let from = t0().0 - 1000;
+    s.clock.advance_secs(5);
+    let api = crate::cloud_api::api_login(&s, "full@csv", &key).await;
+    let to = t0().0 + 10_000;
+    let raw = api
+        .raw(
+            Method::POST,
+            "/api/v1/auditlogEntryReport",
+            Some(json!({"startTime": from, "endTime": to})),
+        )
+        .await;
+    assert_eq!(raw.status, StatusCode::NO_CONTENT, "{}", raw.text);
+    let raw = api
+        .raw(Method::GET, "/api/v1/auditlogEntryReport/download", None)
+        .await;
+    assert_eq!(raw.status, StatusCode::OK, "{}", raw.text);
+    let mut reader = csv::Reader::from_reader(raw.text.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    let col = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h == name)
+            .unwrap_or_else(|| panic!("{name} in {headers:?}"))
+    };
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let create = rows
+        .iter()
+        .find(|r| &r[col("Action")] == "ORG_CREATE")
+        .expect("ORG_CREATE in the report");
+    assert_eq!(&create[col("Actor")], "csv.owner display");
+    assert_eq!(&create[col("Actor Tier")], "PLATFORM");
+    assert_eq!(&create[col("Operator ID")], owner.to_string());
+    assert_eq!(&create[col("Partner ID")], "");
+    let login = rows
+        .iter()
+        .find(|r| &r[col("Action")] == "LOGIN_SUCCESS")
+        .expect("the admin's login");
+    assert_eq!(&login[col("Actor Tier")], "");
+    assert!(!raw.text.contains(&t));
+    s.stop().await;
+}
