@@ -733,6 +733,8 @@ async fn wrong_bearer_tokens_are_throttled_per_address() {
     s.stop().await;
 }
 
+const OLD_KEY: &str = "OldKey12345x";
+
 /// A database migrated to 0007 (before issue 15) with an org and a generated bootstrap token
 /// is upgraded by starting today's keygate; the old token works until retired.
 #[tokio::test]
@@ -773,6 +775,21 @@ async fn a_0007_database_upgrades_in_place_and_its_token_works_until_retired() {
         .execute(&mut conn)
         .await
         .unwrap();
+        // Its key, sealed with the data directory's master key as keygate does.
+        let master =
+            keygate::crypto::MasterKey::load_or_create(&dir.path().join("master.key")).unwrap();
+        let sealed = keygate::crypto::KeyCipher::new(&master).seal(
+            keygate::domain::ids::OrgId(1),
+            &keygate::domain::key::ApiKeyValue::parse("keyValue", OLD_KEY).unwrap(),
+        );
+        sqlx::query(
+            "INSERT INTO api_keys (org_id, sealed, modified_at, modified_by_id, modified_by_name) \
+             VALUES (1, $1, 0, 1, 'Service Provider')",
+        )
+        .bind(sealed)
+        .execute(&mut conn)
+        .await
+        .unwrap();
     }
     let s = TestServer::start_in(dir, |c| {
         c.provider_token = None;
@@ -782,6 +799,11 @@ async fn a_0007_database_upgrades_in_place_and_its_token_works_until_retired() {
     let (status, orgs) = call(&s, &old_token, Method::GET, "/provider/v1/orgs", None).await;
     assert_eq!(status, StatusCode::OK, "{orgs}");
     assert_eq!(orgs["items"][0]["name"], "Old Org");
+    assert_eq!(orgs["items"][0]["keyStatus"], "ENABLED", "{orgs}");
+    assert!(
+        orgs.to_string().contains(&OLD_KEY[OLD_KEY.len() - 3..]),
+        "{orgs}"
+    );
     let owner = operator(&s, &old_token, "new.owner", "OWNER", None).await;
     let (_, owner_t) = token_for(&s, &old_token, owner).await;
     assert_eq!(
