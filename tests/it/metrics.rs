@@ -20,6 +20,7 @@ use crate::harness::*;
 
 const METRICS_TOKEN: &str = "metrics-token-9f3a77c1d2e4b5a6";
 const SLUG: &str = "metrics.example";
+const WRONG_BEARER: &str = "wrong-bearer-token-for-metrics-test-51c0";
 const WRONG_PASSWORD: &str = "wrong-password-for-metrics-test";
 
 fn in_ci() -> bool {
@@ -312,6 +313,14 @@ async fn drive(base: &str) -> Driven {
     .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(enable().await.unwrap().status(), StatusCode::OK);
+    // A wrong bearer token (issue 15): counted, its value nowhere in the exposition.
+    let resp = http
+        .get(format!("{base}/provider/v1/orgs"))
+        .bearer_auth(WRONG_BEARER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 
     Driven {
         secrets: vec![
@@ -327,12 +336,21 @@ async fn drive(base: &str) -> Driven {
             SLUG.into(),
             PROVIDER_TOKEN.into(),
             METRICS_TOKEN.into(),
+            WRONG_BEARER.into(),
         ],
     }
 }
 
 /// The expected value of each query after [`drive`] on a fresh server.
 const EXPECTED: &[(&str, f64)] = &[
+    (
+        r#"keygate_provider_bearer_failures_total{outcome="rejected"}"#,
+        1.0,
+    ),
+    (
+        r#"keygate_provider_bearer_failures_total{outcome="throttled"}"#,
+        0.0,
+    ),
     (
         r#"keygate_logins_total{surface="console",outcome="success"}"#,
         1.0,
