@@ -121,6 +121,13 @@ fn common_errors(area: Area, method: &str, path: &str, op: &Operation) -> Vec<(u
                     403,
                     "CSRF token missing or wrong, or the role does not allow it",
                 )),
+                Area::Provider => {
+                    codes.push((403, "The operator's role does not allow it"));
+                    codes.push((
+                        429,
+                        "Too many wrong bearer tokens from this address; Retry-After says when to try again",
+                    ));
+                }
                 Area::Cloud => {
                     codes.push((
                         403,
