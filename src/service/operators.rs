@@ -449,7 +449,7 @@ impl BearerThrottle {
     /// Addresses remembered at most; past it, ended windows are dropped first, then all.
     const MAX_ADDRESSES: usize = 100_000;
 
-    /// Whether any address failed since this node started (then `check` must look).
+    /// Whether some address's failures are remembered (then `check` must look).
     pub fn active(&self) -> bool {
         self.any.load(Ordering::Relaxed)
     }
@@ -460,13 +460,23 @@ impl BearerThrottle {
             return Ok(());
         }
         let key = super::throttle::counted_address(addr);
-        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         match map.get(&key) {
-            Some(&(start, n)) if n >= self.max_failures && now.0 - start < Self::WINDOW_MS => {
-                Err(((start + Self::WINDOW_MS - now.0 + 999) / 1000).max(1) as u64)
+            Some(&(start, n)) if now.0 - start < Self::WINDOW_MS && n >= self.max_failures => {
+                return Err(((start + Self::WINDOW_MS - now.0 + 999) / 1000).max(1) as u64);
             }
-            _ => Ok(()),
+            Some(&(start, _)) if now.0 - start < Self::WINDOW_MS => {}
+            // Its window ended: forgotten, and once no address is left the accepted path is
+            // back to one atomic load.
+            Some(_) => {
+                map.remove(&key);
+                if map.is_empty() {
+                    self.any.store(false, Ordering::Relaxed);
+                }
+            }
+            None => {}
         }
+        Ok(())
     }
 
     /// Counts a failure of `addr` at `now`.
@@ -508,6 +518,8 @@ mod tests {
             t.check(a, Millis(now.0 + BearerThrottle::WINDOW_MS))
                 .is_ok()
         );
+        // Forgotten: back to the one atomic load.
+        assert!(!t.active());
     }
 
     #[test]
