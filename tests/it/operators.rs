@@ -1180,9 +1180,62 @@ async fn an_operator_signs_in_to_the_console_and_manages_its_tokens() {
     .await;
     assert_eq!(list["items"].as_array().unwrap().len(), 2);
 
-    // Removing the owner… is refused (last owner); removing the auditor ends its session.
+    // The owner edits the auditor: display name and role; a blank form is refused.
     let (_, _, ops) = b.get(&base, "/console/operators").await;
     let csrf = csrf_in(&ops);
+    let edit = format!("/console/operators/{aud}/edit");
+    let (status, h, _) = b
+        .post(
+            &base,
+            &edit,
+            &[
+                ("csrf", csrf.as_str()),
+                ("display_name", "Audrey"),
+                ("role", "OPERATOR"),
+                ("password", ""),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (status, h["location"].to_str().unwrap()),
+        (StatusCode::SEE_OTHER, "/console/operators?done=edited")
+    );
+    let (_, got) = call(
+        &s,
+        PROVIDER_TOKEN,
+        Method::GET,
+        &format!("/provider/v1/operators/{aud}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (got["displayName"].as_str(), got["role"].as_str()),
+        (Some("Audrey"), Some("OPERATOR"))
+    );
+    let (status, _, body) = b
+        .post(
+            &base,
+            &edit,
+            &[
+                ("csrf", csrf.as_str()),
+                ("display_name", ""),
+                ("role", ""),
+                ("password", ""),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    // The platform's last owner cannot demote itself from the page either.
+    let (status, _, _) = b
+        .post(
+            &base,
+            &format!("/console/operators/{owner}/edit"),
+            &[("csrf", csrf.as_str()), ("role", "AUDITOR")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // Removing the owner… is refused (last owner); removing the auditor ends its session.
     let (status, _, _) = b
         .post(
             &base,

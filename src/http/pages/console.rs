@@ -60,6 +60,10 @@ pub fn router() -> Router<AppState> {
             post(operators::remove_operator),
         )
         .route(
+            "/console/operators/{id}/edit",
+            post(operators::edit_operator),
+        )
+        .route(
             "/console/tokens",
             get(operators::tokens_page).post(operators::create_token),
         )

@@ -76,6 +76,7 @@ pub async fn operators_page(
     let notice = match q.get("done").map(String::as_str) {
         Some("created") => Some("Operator created."),
         Some("removed") => Some("Operator removed; its tokens are revoked."),
+        Some("edited") => Some("Operator changed."),
         _ => None,
     };
     match operators_view(&state, &user, notice, None).await {
@@ -157,6 +158,66 @@ pub async fn remove_operator(
     };
     match done {
         Ok(()) => see_other("/console/operators?done=removed"),
+        Err(e) => refused_operators(&state, &post.user, e).await,
+    }
+}
+
+#[derive(Deserialize)]
+struct EditForm {
+    #[serde(default)]
+    display_name: String,
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    password: Option<SecretString>,
+}
+
+/// Display name, role, password: a blank field stays as it is.
+pub async fn edit_operator(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    Path(id): Path<String>,
+    post: ConsolePost,
+) -> Response {
+    let f: EditForm = match post.form.fields(AREA) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let parsed = (|| -> Result<_, ApiError> {
+        let id = OperatorId(parse_id("id", &id)?);
+        let name = match f.display_name.trim() {
+            "" => None,
+            d => Some(parse_display_name("displayName", d)?),
+        };
+        let role =
+            match f.role.trim() {
+                "" => None,
+                r => Some(OperatorRole::parse(r).ok_or_else(|| {
+                    ApiError::invalid("role", "must be OWNER, OPERATOR or AUDITOR")
+                })?),
+            };
+        let password = match f.password.as_ref().map(|p| p.expose_secret().to_owned()) {
+            Some(p) if !p.is_empty() => Some(Password::parse("password", &p)?),
+            _ => None,
+        };
+        if name.is_none() && role.is_none() && password.is_none() {
+            return Err(ApiError::invalid(
+                "displayName",
+                "give at least one of display name, role, password",
+            ));
+        }
+        Ok((id, name, role, password))
+    })();
+    let done = match parsed {
+        Ok((id, name, role, password)) => state
+            .update_operator(&post.user.principal, id, name, role, password, client)
+            .await
+            .map(|_| ())
+            .map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    match done {
+        Ok(()) => see_other("/console/operators?done=edited"),
         Err(e) => refused_operators(&state, &post.user, e).await,
     }
 }
