@@ -72,6 +72,11 @@ pub enum AuditAction {
     KeyGuessLock,
     /// A FULL admin or the provider cleared the budget and the lock.
     KeyGuessClear,
+    /// Partners (issue 15): created, edited; an org given to another owner; its base URL.
+    PartnerCreate,
+    PartnerUpdate,
+    OrgMove,
+    BaseUrlUpdate,
 }
 
 impl AuditAction {
@@ -96,6 +101,10 @@ impl AuditAction {
             AuditAction::KeyGuess => "API_KEY_GUESS",
             AuditAction::KeyGuessLock => "API_KEY_GUESS_LOCK",
             AuditAction::KeyGuessClear => "API_KEY_GUESS_CLEAR",
+            AuditAction::PartnerCreate => "PARTNER_CREATE",
+            AuditAction::PartnerUpdate => "PARTNER_UPDATE",
+            AuditAction::OrgMove => "ORG_MOVE",
+            AuditAction::BaseUrlUpdate => "BASE_URL_UPDATE",
         }
     }
 }
