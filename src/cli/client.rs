@@ -125,9 +125,9 @@ pub enum OrgsCommand {
         id: i64,
         /// An absolute http(s) URL, shown as given.
         #[arg(long, required_unless_present = "clear")]
-        url: Option<String>,
+        base_url: Option<String>,
         /// Back to the deployment's base URL.
-        #[arg(long, conflicts_with = "url")]
+        #[arg(long, conflicts_with = "base_url")]
         clear: bool,
     },
     /// Orgs by id, paged.
@@ -436,8 +436,12 @@ pub async fn run_provider(args: ProviderArgs) -> anyhow::Result<()> {
                 .json(&json!({ "partnerId": owner }));
             (Shape::Org, send(req).await?)
         }
-        ProviderCommand::Orgs(OrgsCommand::BaseUrl { id, url, clear }) => {
-            let url = if *clear { None } else { url.clone() };
+        ProviderCommand::Orgs(OrgsCommand::BaseUrl {
+            id,
+            base_url,
+            clear,
+        }) => {
+            let url = if *clear { None } else { base_url.clone() };
             let req = authed(Method::PUT, format!("/provider/v1/orgs/{id}/baseUrl"))
                 .json(&json!({ "baseUrl": url }));
             (Shape::Org, send(req).await?)

@@ -1368,3 +1368,66 @@ async fn browser_a_partner_disablement_shows_the_partner_and_its_contact() {
     })
     .await;
 }
+
+/// R9's automatic disablement may be re-enabled by the owning partner; an admin of another
+/// org is not reachable through one's own org's path.
+#[tokio::test]
+async fn the_owning_partner_re_enables_after_r9_and_reaches_only_its_own_admins() {
+    let server = TestServer::start().await;
+    let (_pid, token, org) = partner_with_org(&server).await;
+    let (s, _) = put_as(
+        &server,
+        &token,
+        &format!("/provider/v1/orgs/{org}/limits"),
+        json!({"callThreshold": {"calls": 2, "periodSeconds": 3600}, "rateLimits": crate::enforcement::generous()}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let full = server.login("full@acme").await.reveal().await;
+    let api = crate::cloud_api::api_login(&server, "full@acme", &full).await;
+    let mut tripped = false;
+    for _ in 0..5 {
+        let (s, _) = api.get("/api/v1/apiKeys").await;
+        if s == StatusCode::FORBIDDEN {
+            tripped = true;
+            break;
+        }
+    }
+    assert!(tripped, "the threshold trips");
+    let (_, o) = org_of(&server, &token, org).await;
+    assert_eq!(o["keyStatus"], "DISABLED");
+    assert_eq!(o["keyDisabledReason"], "CALL_THRESHOLD_EXCEEDED");
+    let (s, b) = post_as(
+        &server,
+        &token,
+        &format!("/provider/v1/orgs/{org}/apiKey/enable"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, b["keyStatus"].as_str()),
+        (StatusCode::OK, Some("ENABLED")),
+        "{b}"
+    );
+
+    // Another party's admin through one's own org: 404, and it stays.
+    let other = server.create_org("other").await;
+    let other_admin = other["admins"][0]["id"].as_i64().unwrap();
+    let r = server
+        .http
+        .delete(server.url(&format!("/provider/v1/orgs/{org}/admins/{other_admin}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let got = into_json(r).await;
+    assert_error(&got, StatusCode::NOT_FOUND, "NOT_FOUND");
+    let (_, o) = server
+        .provider(
+            Method::GET,
+            &format!("/provider/v1/orgs/{}", other["id"]),
+            None,
+        )
+        .await;
+    assert_eq!(o["admins"].as_array().unwrap().len(), 2);
+}
