@@ -140,8 +140,8 @@ impl Services {
         self.store.create_partner(input, &ctx).await
     }
 
-    /// Sets a partner's name and contacts. Its orgs' key objects name it, so this node's
-    /// rendered key lists are dropped.
+    /// Sets a partner's name and contacts. Its orgs' key objects name it, so every node's
+    /// cached entries of them are dropped before the answer.
     pub async fn update_partner(
         &self,
         who: &ProviderPrincipal,
@@ -154,7 +154,12 @@ impl Services {
         Self::require_partner_management(who)?;
         let ctx = self.ctx(actor, client);
         let updated = self.store.update_partner(id, input, &ctx).await?;
+        // The store notified the other nodes about each of the partner's orgs; this node
+        // forgets everything, and answers once the others have forgotten too.
         self.cache.clear();
+        if let Some(peers) = self.peers.as_ref() {
+            peers.settle().await;
+        }
         Ok(updated)
     }
 

@@ -1765,6 +1765,18 @@ impl Store for $store {
             Err(e) => return Err(map_err(e)),
         };
         let partner = partner_from_row(&row)?;
+        // Its orgs' key objects name it: lock (and on PostgreSQL notify) each, so that every
+        // node's cache forgets them.
+        if let Some(lock) = $lock_org {
+            let orgs: Vec<i64> = sqlx::query_scalar("SELECT id FROM orgs WHERE partner_id = $1 ORDER BY id")
+                .bind(id.0)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            for org in orgs {
+                sqlx::query(lock).bind(org).execute(&mut *tx).await.map_err(map_err)?;
+            }
+        }
         insert_audit(
             &mut tx,
             None,

@@ -1,8 +1,8 @@
 //! Two tiers above an org (issue 15): the platform and its partners.
 //!
 //! - The cross-tenant matrix: two partners P and Q, each with an org and an operator of every
-//!   role, the platform's operators and its bootstrap token, an org admin and no credential at
-//!   all; every provider API operation (`/openapi.json`'s `/provider/` paths) and every
+//!   role, the platform's operators and its bootstrap token, an org admin (with its admin
+//!   session) and a wrong token; every provider API operation (`/openapi.json`'s `/provider/` paths) and every
 //!   provider console route, with every credential, against every party's objects and an id
 //!   that does not exist. What each may do is ONE table (`API` and `CONSOLE`, one row per
 //!   operation, a `Rule` each) read by `expect`; an operation without a row fails the test.
@@ -11,7 +11,8 @@
 //!   the platform re-enables a partner's disablement, a partner cannot re-enable the
 //!   platform's.
 //! - The per-org base URL: validated, shown on the key page and in the key object.
-//! - Moving an org between partners moves who sees it.
+//! - Moving an org between partners moves who sees it (and its audit); R9's disablement is
+//!   re-enabled by the owning partner; a renamed partner is in the key objects at once.
 //!
 //! Partner operators and their tokens are made by inserting rows (`insert_operator`, the one
 //! place), until the operator and token endpoints exist.
@@ -86,6 +87,8 @@ struct Actor {
     tier: Option<Party>,
     role: Role,
     token: Option<String>,
+    /// Sends with this client (an org admin's, holding its session cookie).
+    client: Option<Client>,
 }
 
 /// What a request names.
@@ -269,6 +272,7 @@ impl World {
             tier: Some(Party::Platform),
             role: Role::Owner,
             token: Some(PROVIDER_TOKEN.into()),
+            client: None,
         }];
         for party in [Party::Platform, Party::P, Party::Q] {
             for role in [Role::Owner, Role::Operator, Role::Auditor] {
@@ -285,6 +289,7 @@ impl World {
                     tier: Some(party),
                     role,
                     token: Some(token),
+                    client: None,
                 });
             }
         }
@@ -316,17 +321,24 @@ impl World {
             );
             org.insert(party, b["id"].as_i64().unwrap());
         }
+        // An org admin of P's org, with its admin console session cookie.
+        let admin = server.login("full@p").await;
+        let (st, _) = admin.get("/admin/v1/apiKey").await;
+        assert_eq!(st, StatusCode::OK, "the admin's session works");
+        let admin_client = admin.http.clone();
         actors.push(Actor {
-            name: "org admin (no bearer)".into(),
+            name: "org admin of P (its session, no bearer)".into(),
             tier: None,
             role: Role::Auditor,
             token: None,
+            client: Some(admin_client),
         });
         actors.push(Actor {
             name: "a wrong token".into(),
             tier: None,
             role: Role::Auditor,
             token: Some("x".repeat(43)),
+            client: None,
         });
         let mut seen = BTreeMap::new();
         for tier in [Party::Platform, Party::P, Party::Q] {
@@ -441,7 +453,8 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let mut req = server.http.request(method, server.url(path));
+    let http = actor.client.as_ref().unwrap_or(&server.http);
+    let mut req = http.request(method, server.url(path));
     if let Some(t) = &actor.token {
         req = req.bearer_auth(t);
     }
@@ -1430,4 +1443,38 @@ async fn the_owning_partner_re_enables_after_r9_and_reaches_only_its_own_admins(
         )
         .await;
     assert_eq!(o["admins"].as_array().unwrap().len(), 2);
+}
+
+/// A partner's new name and support URL are in its orgs' key objects at once, though the
+/// node keeps each org's rendered key list.
+#[tokio::test]
+async fn a_renamed_partner_is_in_the_key_objects_at_once() {
+    let server = TestServer::start().await;
+    let (pid, _token, org) = partner_with_org(&server).await;
+    let (s, _) = put_as(
+        &server,
+        PROVIDER_TOKEN,
+        &format!("/provider/v1/orgs/{org}/limits"),
+        json!({"callThreshold": null, "rateLimits": crate::enforcement::generous()}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let full = server.login("full@acme").await.reveal().await;
+    let api = crate::cloud_api::api_login(&server, "full@acme", &full).await;
+    for _ in 0..2 {
+        let (s, keys) = api.get("/api/v1/apiKeys").await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(keys[0]["partner"]["name"], "Acme Networks", "{keys}");
+    }
+    let (s, b) = put_as(
+        &server,
+        PROVIDER_TOKEN,
+        &format!("/provider/v1/partners/{pid}"),
+        json!({"name": "Acme Renamed", "supportUrl": "https://new.acme.example"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (_, keys) = api.get("/api/v1/apiKeys").await;
+    assert_eq!(keys[0]["partner"]["name"], "Acme Renamed", "{keys}");
+    assert_eq!(keys[0]["partnerUrl"], "https://new.acme.example");
 }

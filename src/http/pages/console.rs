@@ -449,6 +449,8 @@ struct OrgsPage {
     subscription_checked: bool,
     /// For the platform's create form: whom the new org may belong to.
     partners: Vec<PartnerRecord>,
+    /// OWNER/OPERATOR: the create form is shown.
+    can_create: bool,
 }
 
 async fn orgs_view(
@@ -484,6 +486,7 @@ async fn orgs_view(
     let subscription_checked = !form_open || form.subscription.is_some();
     Ok(OrgsPage {
         chrome: Chrome::new(AREA, "Organizations", user.csrf.clone()).signed_in(user.label()),
+        can_create: user.principal().may_change_orgs(),
         partners: if user.principal().tier == Tier::Platform {
             state.store.list_partners().await?
         } else {
