@@ -7,6 +7,24 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+/// The platform operator as an org's admins are told about it (issue 15).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformContact {
+    pub name: String,
+    pub support_url: Option<String>,
+    pub support_email: Option<String>,
+}
+
+impl Default for PlatformContact {
+    fn default() -> Self {
+        Self {
+            name: "the platform operator".into(),
+            support_url: None,
+            support_email: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -16,6 +34,8 @@ pub struct Config {
     pub database_url: Option<SecretString>,
     /// Base URL clients see, without `/api/v1`; defaults to `http://{listen}`.
     pub public_base_url: Option<String>,
+    /// The platform operator's name and contacts, on the key page of a key it disabled.
+    pub platform: PlatformContact,
     /// Provider bearer token to accept (stored hashed).
     pub provider_token: Option<SecretString>,
     /// Base64 of 32 bytes; otherwise `data_dir/master.key` is used (created on first start).
@@ -108,6 +128,7 @@ impl Config {
             data_dir,
             database_url: None,
             public_base_url: None,
+            platform: PlatformContact::default(),
             provider_token: None,
             master_key: None,
             console_idle_timeout_secs: 15 * 60,

@@ -166,6 +166,7 @@ impl App {
             ),
             settings: Settings {
                 public_base_url,
+                platform: config.platform.clone(),
                 console_idle_timeout_secs: config.console_idle_timeout_secs,
                 console_max_lifetime_secs: config.console_max_lifetime_secs,
                 api_timestamp_window_secs: config.api_timestamp_window_secs,

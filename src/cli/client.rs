@@ -82,6 +82,9 @@ pub enum ProviderCommand {
     /// The bootstrap token (KEYGATE_PROVIDER_TOKEN / generated at first start).
     #[command(subcommand)]
     Bootstrap(BootstrapCommand),
+    /// Create, list, show and edit partners (service providers).
+    #[command(subcommand)]
+    Partners(PartnersCommand),
     /// An org's audit records, newest first.
     Audit {
         /// Org id.
@@ -111,6 +114,33 @@ pub enum OrgsCommand {
         /// At most CALLS API calls per PERIOD_SECS seconds; beyond it the key is disabled.
         #[arg(long, value_name = "CALLS/PERIOD_SECS", value_parser = parse_call_threshold)]
         call_threshold: Option<CallThreshold>,
+        /// The partner that owns the new org (the platform only; default: the caller's tier).
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+        partner_id: Option<i64>,
+    },
+    /// Give an org to another partner, or to the platform (the platform's owners only).
+    Move {
+        /// Org id.
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        id: i64,
+        /// The new owner.
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..), required_unless_present = "platform")]
+        partner_id: Option<i64>,
+        /// Give it to the platform instead.
+        #[arg(long, conflicts_with = "partner_id")]
+        platform: bool,
+    },
+    /// Set the cloud service API base URL an org's admins are shown.
+    BaseUrl {
+        /// Org id.
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        id: i64,
+        /// An absolute http(s) URL, shown as given.
+        #[arg(long, required_unless_present = "clear")]
+        base_url: Option<String>,
+        /// Back to the deployment's base URL.
+        #[arg(long, conflicts_with = "base_url")]
+        clear: bool,
     },
     /// Orgs by id, paged.
     List {
@@ -125,6 +155,38 @@ pub enum OrgsCommand {
         /// Org id.
         #[arg(value_parser = clap::value_parser!(i64).range(1..))]
         id: i64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PartnersCommand {
+    /// Create a partner (the platform's owners only).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Shown to its orgs with its disablement notice.
+        #[arg(long)]
+        support_url: Option<String>,
+        #[arg(long)]
+        support_email: Option<String>,
+    },
+    /// The partners you may see.
+    List,
+    /// One partner.
+    Get {
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        id: i64,
+    },
+    /// Replace a partner's name and contacts (the platform's owners only).
+    Update {
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        id: i64,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        support_url: Option<String>,
+        #[arg(long)]
+        support_email: Option<String>,
     },
 }
 
@@ -353,6 +415,7 @@ pub async fn run_provider(args: ProviderArgs) -> anyhow::Result<()> {
             subscription_enabled,
             expires_at,
             call_threshold,
+            partner_id,
         }) => {
             let admins: Vec<AdminBody<'_>> = admins
                 .iter()
@@ -370,9 +433,59 @@ pub async fn run_provider(args: ProviderArgs) -> anyhow::Result<()> {
                     expires_at: *expires_at,
                 },
                 call_threshold: *call_threshold,
+                partner_id: *partner_id,
             };
             let req = authed(Method::POST, "/provider/v1/orgs".into()).json(&body);
             (Shape::Org, send(req).await?)
+        }
+        ProviderCommand::Orgs(OrgsCommand::Move {
+            id,
+            partner_id,
+            platform,
+        }) => {
+            let owner = if *platform { None } else { *partner_id };
+            let req = authed(Method::PUT, format!("/provider/v1/orgs/{id}/partner"))
+                .json(&json!({ "partnerId": owner }));
+            (Shape::Org, send(req).await?)
+        }
+        ProviderCommand::Orgs(OrgsCommand::BaseUrl {
+            id,
+            base_url,
+            clear,
+        }) => {
+            let url = if *clear { None } else { base_url.clone() };
+            let req = authed(Method::PUT, format!("/provider/v1/orgs/{id}/baseUrl"))
+                .json(&json!({ "baseUrl": url }));
+            (Shape::Org, send(req).await?)
+        }
+        ProviderCommand::Partners(PartnersCommand::Create {
+            name,
+            support_url,
+            support_email,
+        }) => {
+            let body =
+                json!({"name": name, "supportUrl": support_url, "supportEmail": support_email});
+            let req = authed(Method::POST, "/provider/v1/partners".into()).json(&body);
+            (Shape::Partner, send(req).await?)
+        }
+        ProviderCommand::Partners(PartnersCommand::List) => {
+            let req = authed(Method::GET, "/provider/v1/partners".into());
+            (Shape::Partners, send(req).await?)
+        }
+        ProviderCommand::Partners(PartnersCommand::Get { id }) => {
+            let req = authed(Method::GET, format!("/provider/v1/partners/{id}"));
+            (Shape::Partner, send(req).await?)
+        }
+        ProviderCommand::Partners(PartnersCommand::Update {
+            id,
+            name,
+            support_url,
+            support_email,
+        }) => {
+            let body =
+                json!({"name": name, "supportUrl": support_url, "supportEmail": support_email});
+            let req = authed(Method::PUT, format!("/provider/v1/partners/{id}")).json(&body);
+            (Shape::Partner, send(req).await?)
         }
         ProviderCommand::Orgs(OrgsCommand::List { page, search }) => {
             let mut query = page.query();
@@ -589,6 +702,8 @@ struct CreateOrgBody<'a> {
     admins: Vec<AdminBody<'a>>,
     subscription: SubscriptionBody,
     call_threshold: Option<CallThreshold>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partner_id: Option<i64>,
 }
 
 // ----------------------------------------------------------------------------------- HTTP
@@ -708,6 +823,8 @@ enum Shape {
     Revealed,
     Admin,
     Audit,
+    Partner,
+    Partners,
     /// No body (204): this sentence in text mode, nothing in JSON mode.
     Done(String),
     /// Text made by this function from the body.
@@ -733,6 +850,11 @@ fn print_result(output: Output, shape: &Shape, body: Option<&Reply>) -> anyhow::
                     str_of(&v["role"])
                 ),
                 Shape::Audit => audit_text(v),
+                Shape::Partner => partner_text(v),
+                Shape::Partners => v["items"]
+                    .as_array()
+                    .map(|items| items.iter().map(partner_text).collect::<String>())
+                    .unwrap_or_default(),
                 Shape::Done(msg) => format!("{msg}\n"),
                 Shape::Custom(f) => f(v),
             }
@@ -880,6 +1002,14 @@ fn org_text(o: &Value) -> String {
         threshold_text(&o["callThreshold"]),
         key,
     );
+    s.push_str(&format!(
+        "  owner:           {}\n  base URL:        {}\n",
+        o["partnerName"]
+            .as_str()
+            .map(|n| format!("partner {} ({n})", str_of(&o["partnerId"])))
+            .unwrap_or_else(|| "the platform".into()),
+        o["baseUrl"].as_str().unwrap_or("(the deployment's)"),
+    ));
     if let Some(admins) = o["admins"].as_array() {
         s.push_str(&format!("  admins:          {}\n", admins.len()));
         for a in admins {
@@ -892,6 +1022,16 @@ fn org_text(o: &Value) -> String {
         }
     }
     s
+}
+
+fn partner_text(p: &Value) -> String {
+    format!(
+        "partner {}: {}\n  support URL:     {}\n  support e-mail:  {}\n",
+        str_of(&p["id"]),
+        str_of(&p["name"]),
+        str_of(&p["supportUrl"]),
+        str_of(&p["supportEmail"]),
+    )
 }
 
 fn org_page_text(p: &Value) -> String {

@@ -173,6 +173,7 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
             password: Password::parse("password", &password)?,
             role: Role::Full,
         }],
+        partner: None,
     };
     let svc = app.services.clone();
     let org = svc

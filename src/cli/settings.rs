@@ -241,6 +241,16 @@ serve_settings! {
     /// Base URL clients reach this service at (shown with the key); default http(s)://LISTEN.
     #[arg(long, env = "KEYGATE_PUBLIC_BASE_URL")]
     public_base_url: Option<String>,
+    /// The platform operator's name, on the key page of a key it disabled ("Disabled by NAME").
+    #[arg(long, env = "KEYGATE_PLATFORM_NAME", default_value = "the platform operator",
+          value_parser = platform_name)]
+    platform_name: String,
+    /// Where an org whose key the platform disabled gets help: an http(s) URL.
+    #[arg(long, env = "KEYGATE_PLATFORM_SUPPORT_URL", value_parser = platform_support_url)]
+    platform_support_url: Option<String>,
+    /// The platform's support e-mail address, shown with the same notice.
+    #[arg(long, env = "KEYGATE_PLATFORM_SUPPORT_EMAIL", value_parser = platform_support_email)]
+    platform_support_email: Option<String>,
     /// Provider bearer token to accept; if unset and none exists, one is created and printed once.
     #[arg(long, env = "KEYGATE_PROVIDER_TOKEN", hide_env_values = true)]
     provider_token: Option<Secret>,
@@ -350,6 +360,24 @@ serve_settings! {
     #[arg(long, env = "KEYGATE_CONNECTION_RESERVE", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     connection_reserve: u64,
+}
+
+fn platform_name(s: &str) -> Result<String, String> {
+    crate::domain::tier::PartnerName::parse("platform_name", s)
+        .map(|n| n.as_str().to_owned())
+        .map_err(|e| e.reason)
+}
+
+fn platform_support_url(s: &str) -> Result<String, String> {
+    crate::domain::tier::HttpUrl::parse("platform_support_url", s)
+        .map(|u| u.as_str().to_owned())
+        .map_err(|e| e.reason)
+}
+
+fn platform_support_email(s: &str) -> Result<String, String> {
+    crate::domain::tier::SupportEmail::parse("platform_support_email", s)
+        .map(|e| e.as_str().to_owned())
+        .map_err(|e| e.reason)
 }
 
 /// The settings after merging, with where each came from.
@@ -523,6 +551,11 @@ impl Effective {
         let a = &self.args;
         let mut c = Config::new(listen, a.data_dir.clone());
         c.public_base_url = a.public_base_url.clone();
+        c.platform = crate::config::PlatformContact {
+            name: a.platform_name.clone(),
+            support_url: a.platform_support_url.clone(),
+            support_email: a.platform_support_email.clone(),
+        };
         c.database_url = self.secret("database_url", &a.database_url, &a.database_url_file)?;
         c.provider_token =
             self.secret("provider_token", &a.provider_token, &a.provider_token_file)?;

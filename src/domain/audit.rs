@@ -107,6 +107,11 @@ pub enum AuditAction {
     TokenRotate,
     /// The bootstrap token was retired (revoked for good).
     BootstrapRetire,
+    /// Partners (issue 15): created, edited; an org given to another owner; its base URL.
+    PartnerCreate,
+    PartnerUpdate,
+    OrgMove,
+    BaseUrlUpdate,
 }
 
 impl AuditAction {
@@ -138,6 +143,10 @@ impl AuditAction {
             AuditAction::TokenRevoke => "TOKEN_REVOKE",
             AuditAction::TokenRotate => "TOKEN_ROTATE",
             AuditAction::BootstrapRetire => "BOOTSTRAP_RETIRE",
+            AuditAction::PartnerCreate => "PARTNER_CREATE",
+            AuditAction::PartnerUpdate => "PARTNER_UPDATE",
+            AuditAction::OrgMove => "ORG_MOVE",
+            AuditAction::BaseUrlUpdate => "BASE_URL_UPDATE",
         }
     }
 }

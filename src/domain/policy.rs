@@ -43,6 +43,13 @@ pub enum Refusal {
     TooSimilar {
         previous: bool,
     },
+    /// A provider operator's role does not allow the operation (issue 15): `what` says which.
+    OperatorRole {
+        role: crate::domain::tier::OperatorRole,
+        what: &'static str,
+    },
+    /// A partner asked to re-enable a key the platform disabled.
+    DisabledByPlatform,
 }
 
 /// Checks, in this order: role, subscription, provider disablement, presence of a key.

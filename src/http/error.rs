@@ -27,6 +27,11 @@ pub enum ApiError {
     NoApiSubscription,
     #[error("not authorized")]
     NotAuthorized,
+    /// A provider operator's role or tier does not allow this operation (issue 15).
+    #[error("forbidden")]
+    Forbidden(String),
+    #[error("disabled by the platform")]
+    DisabledByPlatform,
     #[error("csrf token missing or wrong")]
     CsrfFailed,
     #[error("invalid input: {0}")]
@@ -39,6 +44,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("login name taken")]
     LoginNameTaken(String),
+    /// A unique name in use (a partner's).
+    #[error("conflict")]
+    Conflict(String),
     #[error("rate limited")]
     RateLimited { retry_after_secs: u64 },
     #[error("unsupported media type")]
@@ -107,6 +115,12 @@ impl ApiError {
                 "The organization has no enabled API subscription".into(),
             ),
             NotAuthorized => (StatusCode::FORBIDDEN, "NOT_AUTHORIZED", "Your role does not allow this change".into()),
+            Forbidden(why) => (StatusCode::FORBIDDEN, "FORBIDDEN", why.clone()),
+            DisabledByPlatform => (
+                StatusCode::FORBIDDEN,
+                "DISABLED_BY_PLATFORM",
+                "The key was disabled by the platform operator; only the platform can re-enable it".into(),
+            ),
             CsrfFailed => (
                 StatusCode::FORBIDDEN,
                 "CSRF_TOKEN_INVALID",
@@ -127,6 +141,7 @@ impl ApiError {
             LoginNameTaken(login) => {
                 (StatusCode::CONFLICT, "LOGIN_NAME_TAKEN", format!("The login name {login} is already in use"))
             }
+            Conflict(why) => (StatusCode::CONFLICT, "NAME_TAKEN", why.clone()),
             RateLimited { retry_after_secs } => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "RATE_LIMIT_EXCEEDED",
@@ -224,6 +239,11 @@ impl From<Refusal> for ApiError {
             Refusal::KeyAlreadyExists => ApiError::KeyAlreadyExists,
             Refusal::NoKey => ApiError::NotFound("The organization has no API key".into()),
             Refusal::SameAsCurrentKey => ApiError::SameAsCurrentKey,
+            Refusal::OperatorRole { role, what } => ApiError::Forbidden(format!(
+                "Your operator role {} does not allow this: {what}",
+                role.as_str()
+            )),
+            Refusal::DisabledByPlatform => ApiError::DisabledByPlatform,
             Refusal::TooSimilar { previous } => ApiError::InvalidInput(FieldError::new(
                 "keyValue",
                 format!(
@@ -250,6 +270,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::NotFound(what) => ApiError::NotFound(format!("No such {what}")),
             StoreError::LoginNameTaken(l) => ApiError::LoginNameTaken(l),
+            StoreError::Conflict(why) => ApiError::Conflict(why),
             StoreError::Refused(r) => r.into(),
             StoreError::Unavailable(e) => ApiError::Unavailable(e),
             StoreError::SessionEnded => ApiError::SessionNotValid,

@@ -17,14 +17,16 @@ use super::views::{AuditPage, PageQuery, SubscriptionView};
 use crate::domain::FieldError;
 use crate::domain::admin::{LoginName, Password, Role};
 use crate::domain::audit::Actor;
-use crate::domain::ids::{AdminId, OrgId};
+use crate::domain::ids::{AdminId, OrgId, PartnerId};
 use crate::domain::limits::RateRule;
 use crate::domain::org::{
     CallThreshold, DisableReason, Disablement, KeyStatus, OrgName, Subscription,
 };
+use crate::domain::tier::{DisabledBy, HttpUrl, PartnerName, SupportEmail};
 use crate::service::keys::{KeyObject, Shown};
 use crate::service::orgs::{AdminInput, OrgInput};
-use crate::store::{AuditFilter, KeyGuessState, OrgRecord, UsageRow};
+use crate::service::partners::Access;
+use crate::store::{AuditFilter, KeyGuessState, OrgRecord, PartnerInput, PartnerRecord, UsageRow};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -39,6 +41,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(org_audit))
         .routes(routes!(set_limits))
         .routes(routes!(usage))
+        .routes(routes!(move_org))
+        .routes(routes!(set_base_url))
+        .routes(routes!(create_partner, list_partners))
+        .routes(routes!(get_partner, update_partner))
 }
 
 fn actor(auth: &ProviderAuth) -> Actor {
@@ -98,6 +104,9 @@ pub struct CreateOrgBody {
     subscription: SubscriptionBody,
     #[serde(default)]
     call_threshold: Option<CallThreshold>,
+    /// The partner that will own the org (the platform only; a partner's orgs are its own).
+    #[serde(default)]
+    partner_id: Option<PartnerId>,
 }
 
 /// An org as the provider sees it; the key value is always masked here.
@@ -115,6 +124,11 @@ pub struct OrgView {
     /// Calls in the current metering period.
     usage: CurrentUsage,
     key_generation: i64,
+    /// The owning partner; null = the platform's own org.
+    partner_id: Option<PartnerId>,
+    partner_name: Option<String>,
+    /// The org's own cloud service API base URL; null = the deployment's.
+    base_url: Option<String>,
     api_key: Option<KeyObject>,
     /// `ENABLED`, `DISABLED` or `NONE`.
     key_status: &'static str,
@@ -182,6 +196,9 @@ async fn org_view(state: &AppState, org: &OrgRecord, with_admins: bool) -> ApiRe
             .and_then(|r| serde_json::from_str(r).ok()),
         usage: current_usage(state, org).await?,
         key_generation: org.key_generation,
+        partner_id: org.partner_id(),
+        partner_name: org.partner.as_ref().map(|p| p.name.clone()),
+        base_url: org.base_url.clone(),
         api_key: state.key_object(org, Shown::Masked)?,
         key_status: match (&org.key, status.enabled) {
             (None, _) => "NONE",
@@ -194,13 +211,16 @@ async fn org_view(state: &AppState, org: &OrgRecord, with_admins: bool) -> ApiRe
     })
 }
 
-async fn load_org(state: &AppState, id: &str) -> ApiResult<OrgRecord> {
+/// The org a path names, as the caller may know it (`Services::org_for`): 404 for one that
+/// does not exist or that the caller's tier may not see, 403 for a change its role forbids.
+async fn load_org(
+    state: &AppState,
+    auth: &ProviderAuth,
+    id: &str,
+    access: Access,
+) -> ApiResult<OrgRecord> {
     let id = OrgId(parse_id("id", id)?);
-    Ok(state
-        .store
-        .get_org(id)
-        .await?
-        .ok_or(crate::store::StoreError::NotFound("org"))?)
+    Ok(state.org_for(&auth.principal, id, access).await?)
 }
 
 /// Onboard an org with its admins; an enabled subscription provisions its key (R2).
@@ -212,6 +232,9 @@ async fn create_org(
     ClientAddr(client): ClientAddr,
     JsonBody(body): JsonBody<CreateOrgBody>,
 ) -> ApiResult<Response> {
+    let partner = state
+        .owner_for_new_org(&auth.principal, body.partner_id)
+        .await?;
     let name = OrgName::parse("name", &body.name)?;
     let subscription = body.subscription.parse("subscription.")?;
     let call_threshold = body
@@ -240,6 +263,7 @@ async fn create_org(
                 subscription,
                 call_threshold,
                 admins,
+                partner,
             },
             actor(&auth),
             client,
@@ -266,12 +290,12 @@ pub struct OrgPage {
     responses((status = 200, body = OrgPage)))]
 async fn list_orgs(
     State(state): State<AppState>,
-    _auth: ProviderAuth,
+    auth: ProviderAuth,
     QueryParams(q): QueryParams<PageQuery>,
 ) -> ApiResult<Json<OrgPage>> {
     let page = q.page()?;
     let search = q.search.as_deref().map(str::trim).filter(|s| !s.is_empty());
-    let (orgs, total) = state.store.list_orgs(page, search).await?;
+    let (orgs, total) = state.orgs_for(&auth.principal, page, search).await?;
     let mut items = Vec::with_capacity(orgs.len());
     for org in &orgs {
         items.push(org_view(&state, org, false).await?);
@@ -289,10 +313,10 @@ async fn list_orgs(
     responses((status = 200, body = OrgView), (status = 404, body = ErrorBody)))]
 async fn get_org(
     State(state): State<AppState>,
-    _auth: ProviderAuth,
+    auth: ProviderAuth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<OrgView>> {
-    let org = load_org(&state, &id).await?;
+    let org = load_org(&state, &auth, &id, Access::Read).await?;
     Ok(Json(org_view(&state, &org, true).await?))
 }
 
@@ -306,7 +330,7 @@ async fn set_subscription(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<SubscriptionBody>,
 ) -> ApiResult<Json<OrgView>> {
-    let org = load_org(&state, &id).await?;
+    let org = load_org(&state, &auth, &id, Access::Change).await?;
     let subscription = body.parse("")?;
     let org = state
         .set_subscription(org.id, subscription, actor(&auth), client)
@@ -332,9 +356,12 @@ async fn disable_key(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<DisableBody>,
 ) -> ApiResult<Json<OrgView>> {
-    let org = load_org(&state, &id).await?;
+    let org = load_org(&state, &auth, &id, Access::Change).await?;
     let d = Disablement::parse(body.reason, body.note.as_deref())?;
-    let org = state.disable_key(org.id, d, actor(&auth), client).await?;
+    let by = DisabledBy::of(&auth.principal);
+    let org = state
+        .disable_key(org.id, d, by, actor(&auth), client)
+        .await?;
     Ok(Json(org_view(&state, &org, true).await?))
 }
 
@@ -347,8 +374,10 @@ async fn enable_key(
     ClientAddr(client): ClientAddr,
     Path(id): Path<String>,
 ) -> ApiResult<Json<OrgView>> {
-    let org = load_org(&state, &id).await?;
-    let org = state.enable_key(org.id, actor(&auth), client).await?;
+    let org = load_org(&state, &auth, &id, Access::Change).await?;
+    let org = state
+        .enable_key(org.id, auth.principal.tier, actor(&auth), client)
+        .await?;
     Ok(Json(org_view(&state, &org, true).await?))
 }
 
@@ -362,7 +391,7 @@ async fn add_admin(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<AdminBody>,
 ) -> ApiResult<Response> {
-    let org = load_org(&state, &id).await?;
+    let org = load_org(&state, &auth, &id, Access::Change).await?;
     let input = body.parse("")?;
     let admin = state.add_admin(org.id, input, actor(&auth), client).await?;
     let view = AdminSummary {
@@ -383,7 +412,7 @@ async fn remove_admin(
     ClientAddr(client): ClientAddr,
     Path((id, admin_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let org = load_org(&state, &id).await?;
+    let org = load_org(&state, &auth, &id, Access::Change).await?;
     let admin_id = AdminId(parse_id("adminId", &admin_id)?);
     state
         .remove_admin(org.id, admin_id, actor(&auth), client)
@@ -402,7 +431,7 @@ async fn clear_key_guesses(
     ClientAddr(client): ClientAddr,
     Path((id, admin_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let org = load_org(&state, &id).await?;
+    let org = load_org(&state, &auth, &id, Access::Change).await?;
     let admin_id = AdminId(parse_id("adminId", &admin_id)?);
     state
         .clear_key_guesses(org.id, admin_id, actor(&auth), client)
@@ -415,11 +444,11 @@ async fn clear_key_guesses(
     responses((status = 200, body = AuditPage)))]
 async fn org_audit(
     State(state): State<AppState>,
-    _auth: ProviderAuth,
+    auth: ProviderAuth,
     Path(id): Path<String>,
     QueryParams(q): QueryParams<PageQuery>,
 ) -> ApiResult<Json<AuditPage>> {
-    let org = load_org(&state, &id).await?;
+    let org = load_org(&state, &auth, &id, Access::Read).await?;
     let page = q.page()?;
     let (items, total) = state
         .store
@@ -460,7 +489,7 @@ async fn set_limits(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<LimitsBody>,
 ) -> ApiResult<Json<OrgView>> {
-    let org = load_org(&state, &id).await?;
+    let org = load_org(&state, &auth, &id, Access::Change).await?;
     let threshold = body
         .call_threshold
         .map(|t| t.validate("callThreshold"))
@@ -494,14 +523,169 @@ pub struct UsageView {
     responses((status = 200, body = UsageView), (status = 404, body = ErrorBody)))]
 async fn usage(
     State(state): State<AppState>,
-    _auth: ProviderAuth,
+    auth: ProviderAuth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<UsageView>> {
-    let org = load_org(&state, &id).await?;
+    let org = load_org(&state, &auth, &id, Access::Read).await?;
     Ok(Json(UsageView {
         org_id: org.id,
         call_threshold: org.call_threshold,
         current: current_usage(&state, &org).await?,
         history: state.store.list_usage(org.id, 48).await?,
     }))
+}
+
+// ------------------------------------------------------------------ partners (issue 15)
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MoveOrgBody {
+    /// The new owner; null = the platform's own org.
+    partner_id: Option<PartnerId>,
+}
+
+/// Give the org to another partner, or to the platform (the platform's OWNERs only). The
+/// org's visibility moves with it: the old partner no longer sees it.
+#[utoipa::path(put, path = "/provider/v1/orgs/{id}/partner", tag = "provider", params(("id" = i64, Path)),
+    request_body = MoveOrgBody, responses((status = 200, body = OrgView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn move_org(
+    State(state): State<AppState>,
+    auth: ProviderAuth,
+    ClientAddr(client): ClientAddr,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<MoveOrgBody>,
+) -> ApiResult<Json<OrgView>> {
+    let id = OrgId(parse_id("id", &id)?);
+    let org = state
+        .move_org(&auth.principal, id, body.partner_id, actor(&auth), client)
+        .await?;
+    Ok(Json(org_view(&state, &org, true).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BaseUrlBody {
+    /// The cloud service API base URL the org's admins use, exactly as shown to them
+    /// (absolute http(s)); null = the deployment's.
+    base_url: Option<String>,
+}
+
+/// Set the org's cloud service API base URL (PRODUCT.md §3): the platform or the owning
+/// partner.
+#[utoipa::path(put, path = "/provider/v1/orgs/{id}/baseUrl", tag = "provider", params(("id" = i64, Path)),
+    request_body = BaseUrlBody, responses((status = 200, body = OrgView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn set_base_url(
+    State(state): State<AppState>,
+    auth: ProviderAuth,
+    ClientAddr(client): ClientAddr,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<BaseUrlBody>,
+) -> ApiResult<Json<OrgView>> {
+    let id = OrgId(parse_id("id", &id)?);
+    let url = body
+        .base_url
+        .as_deref()
+        .map(|u| HttpUrl::parse("baseUrl", u))
+        .transpose()?;
+    let org = state
+        .set_base_url(&auth.principal, id, url, actor(&auth), client)
+        .await?;
+    Ok(Json(org_view(&state, &org, true).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PartnerBody {
+    name: String,
+    /// Shown to the partner's orgs with its disablement notice.
+    #[serde(default)]
+    support_url: Option<String>,
+    #[serde(default)]
+    support_email: Option<String>,
+}
+
+impl PartnerBody {
+    fn parse(&self) -> Result<PartnerInput, FieldError> {
+        fn blank(v: &Option<String>) -> Option<&str> {
+            v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+        }
+        Ok(PartnerInput {
+            name: PartnerName::parse("name", &self.name)?,
+            support_url: blank(&self.support_url)
+                .map(|u| HttpUrl::parse("supportUrl", u))
+                .transpose()?,
+            support_email: blank(&self.support_email)
+                .map(|e| SupportEmail::parse("supportEmail", e))
+                .transpose()?,
+        })
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PartnerList {
+    items: Vec<PartnerRecord>,
+}
+
+/// Create a partner (service provider): the platform's OWNERs only.
+#[utoipa::path(post, path = "/provider/v1/partners", tag = "provider", request_body = PartnerBody,
+    responses((status = 201, body = PartnerRecord), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_partner(
+    State(state): State<AppState>,
+    auth: ProviderAuth,
+    ClientAddr(client): ClientAddr,
+    JsonBody(body): JsonBody<PartnerBody>,
+) -> ApiResult<Response> {
+    crate::service::Services::require_partner_management(&auth.principal)?;
+    let input = body.parse()?;
+    let partner = state
+        .create_partner(&auth.principal, input, actor(&auth), client)
+        .await?;
+    Ok((StatusCode::CREATED, Json(partner)).into_response())
+}
+
+/// The partners the caller may know: all of them for the platform, its own for a partner.
+#[utoipa::path(get, path = "/provider/v1/partners", tag = "provider",
+    responses((status = 200, body = PartnerList)))]
+async fn list_partners(
+    State(state): State<AppState>,
+    auth: ProviderAuth,
+) -> ApiResult<Json<PartnerList>> {
+    Ok(Json(PartnerList {
+        items: state.partners_for(&auth.principal).await?,
+    }))
+}
+
+/// One partner; a partner's operators may read only their own.
+#[utoipa::path(get, path = "/provider/v1/partners/{id}", tag = "provider", params(("id" = i64, Path)),
+    responses((status = 200, body = PartnerRecord), (status = 404, body = ErrorBody)))]
+async fn get_partner(
+    State(state): State<AppState>,
+    auth: ProviderAuth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<PartnerRecord>> {
+    let id = PartnerId(parse_id("id", &id)?);
+    Ok(Json(state.partner_for(&auth.principal, id).await?))
+}
+
+/// Edit a partner's name and contacts (the whole record): the platform's OWNERs only.
+#[utoipa::path(put, path = "/provider/v1/partners/{id}", tag = "provider", params(("id" = i64, Path)),
+    request_body = PartnerBody,
+    responses((status = 200, body = PartnerRecord), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn update_partner(
+    State(state): State<AppState>,
+    auth: ProviderAuth,
+    ClientAddr(client): ClientAddr,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<PartnerBody>,
+) -> ApiResult<Json<PartnerRecord>> {
+    let id = PartnerId(parse_id("id", &id)?);
+    state.partner_for(&auth.principal, id).await?;
+    crate::service::Services::require_partner_management(&auth.principal)?;
+    let input = body.parse()?;
+    Ok(Json(
+        state
+            .update_partner(&auth.principal, id, input, actor(&auth), client)
+            .await?,
+    ))
 }

@@ -52,7 +52,7 @@ impl OrgSummary {
                 (Some(_), false) => "DISABLED",
             },
             key_disabled_reason: status.reason,
-            base_url: svc.api_base_url(),
+            base_url: svc.org_base_url(org),
         }
     }
 }

@@ -42,6 +42,9 @@ pub struct ResolvedProviderSession {
     pub token_id: i64,
     pub csrf_hash: String,
     pub id_hash: String,
+    /// Who holds the session's token now (issue 15): a session of a revoked or expired token,
+    /// or of a removed operator, resolves to nothing.
+    pub principal: crate::domain::tier::ProviderPrincipal,
 }
 
 impl std::fmt::Debug for ResolvedProviderSession {
@@ -210,11 +213,20 @@ impl Services {
             self.store.delete_provider_session(&id_hash).await?;
             return Ok(None);
         }
+        let Some(principal) = self
+            .store
+            .find_provider_principal_by_id(crate::domain::ids::TokenId(session.token_id), now)
+            .await?
+        else {
+            self.store.delete_provider_session(&id_hash).await?;
+            return Ok(None);
+        };
         self.store.touch_provider_session(&id_hash, now).await?;
         Ok(Some(ResolvedProviderSession {
             token_id: session.token_id,
             csrf_hash: session.csrf_hash,
             id_hash,
+            principal,
         }))
     }
 

@@ -33,9 +33,11 @@ pub struct KeyObject {
     /// Unix seconds.
     pub last_modified_time: i64,
     pub last_modified_by: NamedRef,
-    #[schema(value_type = Option<String>)]
-    pub partner: Option<()>,
+    /// The partner (service provider) that owns the org; null for the platform's own orgs.
+    pub partner: Option<NamedRef>,
+    /// That partner's support URL.
     pub partner_url: Option<String>,
+    /// The org's own base URL, or the deployment's.
     pub base_url: String,
 }
 
@@ -83,9 +85,12 @@ impl Services {
                 id: key.modified_by_id,
                 name: key.modified_by_name.clone(),
             },
-            partner: None,
-            partner_url: None,
-            base_url: self.api_base_url(),
+            partner: org.partner.as_ref().map(|p| NamedRef {
+                id: p.id.0,
+                name: p.name.clone(),
+            }),
+            partner_url: org.partner.as_ref().and_then(|p| p.support_url.clone()),
+            base_url: self.org_base_url(org),
         }))
     }
 

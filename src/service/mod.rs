@@ -8,6 +8,7 @@ pub mod limits;
 pub mod meter;
 pub mod operators;
 pub mod orgs;
+pub mod partners;
 pub mod peers;
 pub mod reads;
 pub mod reports;
@@ -39,6 +40,8 @@ pub struct Settings {
     pub trusted_proxies: crate::http::forwarded::TrustedProxies,
     /// Cookies get `Secure`: served over TLS, or behind a proxy at an https public URL.
     pub secure_cookies: bool,
+    /// The platform operator's name and contacts (issue 15).
+    pub platform: crate::config::PlatformContact,
 }
 
 pub struct Services {
@@ -78,6 +81,12 @@ impl Services {
 
     pub fn api_base_url(&self) -> String {
         format!("{}/api/v1", self.settings.public_base_url)
+    }
+
+    /// The cloud service API base URL an org's admins use: its own (set by the platform or
+    /// its partner, shown as set) or the deployment's.
+    pub fn org_base_url(&self, org: &crate::store::OrgRecord) -> String {
+        org.base_url.clone().unwrap_or_else(|| self.api_base_url())
     }
 }
 
@@ -119,6 +128,7 @@ impl Services {
             Err(StoreError::Refused(_)
                 | StoreError::NotFound(_)
                 | StoreError::LoginNameTaken(_)
+                | StoreError::Conflict(_)
                 | StoreError::SessionEnded)
         );
         if let Some(peers) = self.peers.as_ref().filter(|_| may_have_committed) {

@@ -412,7 +412,7 @@ impl Services {
         };
         let ctx = self.ctx(Actor::System, None);
         let record = self.store.create_token(t, false, &ctx).await?;
-        self.store.principal_by_token_id(record.id, now).await
+        self.store.find_provider_principal_by_id(record.id, now).await
     }
 }
 

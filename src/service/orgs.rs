@@ -3,9 +3,10 @@
 use super::Services;
 use crate::domain::admin::{LoginName, Password, Role};
 use crate::domain::audit::Actor;
-use crate::domain::ids::{AdminId, OrgId};
+use crate::domain::ids::{AdminId, OrgId, PartnerId};
 use crate::domain::key::ApiKeyValue;
 use crate::domain::org::{CallThreshold, Disablement, OrgName, Subscription};
+use crate::domain::tier::{DisabledBy, Tier};
 use crate::store::{
     AdminRecord, NewAdmin, NewOrg, OrgRecord, ProviderKeyAction, StoreError, StoreResult,
 };
@@ -21,6 +22,8 @@ pub struct OrgInput {
     pub subscription: Subscription,
     pub call_threshold: Option<CallThreshold>,
     pub admins: Vec<AdminInput>,
+    /// The owner (`Services::owner_for_new_org`); `None` = the platform.
+    pub partner: Option<PartnerId>,
 }
 
 impl Services {
@@ -52,6 +55,7 @@ impl Services {
             subscription: input.subscription,
             call_threshold: input.call_threshold,
             admins,
+            partner: input.partner,
         };
         let ctx = self.ctx(actor, client);
         let created = self
@@ -83,6 +87,7 @@ impl Services {
         &self,
         org: OrgId,
         d: Disablement,
+        by: DisabledBy,
         actor: Actor,
         client: Option<String>,
     ) -> StoreResult<OrgRecord> {
@@ -91,7 +96,7 @@ impl Services {
             .change(
                 org,
                 self.store
-                    .provider_key_action(org, ProviderKeyAction::Disable(d), &ctx),
+                    .provider_key_action(org, ProviderKeyAction::Disable(d, by), &ctx),
             )
             .await?;
         crate::telemetry::key_change(crate::telemetry::KeyChangeKind::Disable, &ctx.actor);
@@ -101,6 +106,7 @@ impl Services {
     pub async fn enable_key(
         &self,
         org: OrgId,
+        tier: Tier,
         actor: Actor,
         client: Option<String>,
     ) -> StoreResult<OrgRecord> {
@@ -114,7 +120,7 @@ impl Services {
                     .with_usage_flushed(async {
                         let ctx = self.ctx(actor, client);
                         self.store
-                            .provider_key_action(org, ProviderKeyAction::Enable, &ctx)
+                            .provider_key_action(org, ProviderKeyAction::Enable(tier), &ctx)
                             .await
                     })
                     .await?;

@@ -22,7 +22,10 @@ use crate::domain::key::ApiKeyValue;
 use crate::domain::key_change::KeyChange;
 use crate::domain::org::{CallThreshold, Disablement, KeyPresence, OrgName, Subscription};
 use crate::domain::policy::Refusal;
-use crate::domain::tier::{OperatorRef, OperatorRole, ProviderPrincipal, Tier};
+use crate::domain::tier::{
+    DisabledBy, HttpUrl, OperatorRef, OperatorRole, PartnerName, ProviderPrincipal, SupportEmail,
+    Tier,
+};
 use crate::domain::time::Millis;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +34,9 @@ pub enum StoreError {
     NotFound(&'static str),
     #[error("login name {0} is already taken")]
     LoginNameTaken(String),
+    /// A unique name (a partner's) is in use.
+    #[error("{0}")]
+    Conflict(String),
     #[error("refused: {0:?}")]
     Refused(Refusal),
     #[error("database unavailable: {0}")]
@@ -67,6 +73,8 @@ pub struct KeyRecord {
     pub modified_at: Millis,
     pub modified_by_id: i64,
     pub modified_by_name: String,
+    /// Who disabled it (issue 15); default when enabled.
+    pub disabled_by: DisabledBy,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +88,36 @@ pub struct OrgRecord {
     pub key_generation: i64,
     pub created_at: Millis,
     pub key: Option<KeyRecord>,
+    /// The partner that owns the org; `None` = the platform's own (issue 15).
+    pub partner: Option<PartnerRecord>,
+    /// The org's cloud service base URL; `None` = the deployment's (PRODUCT.md §3).
+    pub base_url: Option<String>,
+}
+
+impl OrgRecord {
+    pub fn partner_id(&self) -> Option<PartnerId> {
+        self.partner.as_ref().map(|p| p.id)
+    }
+}
+
+/// A partner (service provider), as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PartnerRecord {
+    pub id: PartnerId,
+    pub name: String,
+    pub support_url: Option<String>,
+    pub support_email: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+/// A partner to create, or a partner's new contact details.
+#[derive(Debug, Clone)]
+pub struct PartnerInput {
+    pub name: PartnerName,
+    pub support_url: Option<HttpUrl>,
+    pub support_email: Option<SupportEmail>,
 }
 
 impl OrgRecord {
@@ -132,6 +170,8 @@ pub struct NewAdmin {
 
 pub struct NewOrg {
     pub name: OrgName,
+    /// The owner; `None` = the platform.
+    pub partner: Option<PartnerId>,
     pub subscription: Subscription,
     pub call_threshold: Option<CallThreshold>,
     pub admins: Vec<NewAdmin>,
@@ -228,10 +268,13 @@ pub struct UsageRow {
 
 #[derive(Clone)]
 pub enum ProviderKeyAction {
-    Disable(Disablement),
+    /// A provider's disable, recording who (tier, partner, operator).
+    Disable(Disablement, DisabledBy),
     /// The system's disable (R9): does nothing if the key is already disabled.
     AutoDisable(Disablement),
-    Enable,
+    /// A provider's re-enable by this tier: refused when the key was disabled by the platform
+    /// and this is a partner (`DisabledBy::may_enable`).
+    Enable(Tier),
 }
 
 /// The audit record of a failed login.
@@ -492,6 +535,48 @@ pub trait Store: operators::OperatorStore + Send + Sync + 'static {
     async fn key_guess_states(&self, org: OrgId, budget: f64) -> StoreResult<Vec<KeyGuessState>>;
     /// The keys the org replaced (edited, regenerated or deleted), newest first, opened.
     async fn replaced_keys(&self, org: OrgId) -> StoreResult<Vec<ApiKeyValue>>;
+
+    // --- partners and org ownership (issue 15)
+    /// Orgs by id like `list_orgs`, only those owned by `owner` when given (a partner's view).
+    async fn list_orgs_of(
+        &self,
+        page: Page,
+        name_contains: Option<&str>,
+        owner: Option<PartnerId>,
+    ) -> StoreResult<(Vec<OrgRecord>, i64)>;
+    /// Creates a partner, audited; a name in use is `Conflict`.
+    async fn create_partner(&self, input: PartnerInput, ctx: &Ctx) -> StoreResult<PartnerRecord>;
+    async fn get_partner(&self, id: PartnerId) -> StoreResult<Option<PartnerRecord>>;
+    /// All partners by id (there are few).
+    async fn list_partners(&self) -> StoreResult<Vec<PartnerRecord>>;
+    /// Sets a partner's name and contacts, audited.
+    async fn update_partner(
+        &self,
+        id: PartnerId,
+        input: PartnerInput,
+        ctx: &Ctx,
+    ) -> StoreResult<PartnerRecord>;
+    /// Gives the org to `partner` (`None` = the platform), audited.
+    async fn move_org(
+        &self,
+        org: OrgId,
+        partner: Option<PartnerId>,
+        ctx: &Ctx,
+    ) -> StoreResult<OrgRecord>;
+    /// Sets the org's base URL (`None` = the deployment's), audited.
+    async fn set_base_url(
+        &self,
+        org: OrgId,
+        base_url: Option<String>,
+        ctx: &Ctx,
+    ) -> StoreResult<OrgRecord>;
+    /// The principal behind a provider token by its id (for a console session), with the
+    /// same liveness rules as `find_provider_principal`.
+    async fn find_provider_principal_by_id(
+        &self,
+        token_id: TokenId,
+        now: Millis,
+    ) -> StoreResult<Option<ProviderPrincipal>>;
 
     // --- for the metrics
     /// Live (API, console) sessions at `now`; each timeout pair is (idle, lifetime) seconds.

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use super::{Ctx, StoreResult};
 use crate::domain::admin::LoginName;
 use crate::domain::ids::{OperatorId, PartnerId, TokenId};
-use crate::domain::tier::{OperatorRole, ProviderPrincipal};
+use crate::domain::tier::OperatorRole;
 use crate::domain::time::Millis;
 
 /// A named operator of the platform (`partner_id` null) or of a partner.
@@ -140,12 +140,6 @@ pub trait OperatorStore: Send + Sync + 'static {
     async fn retire_bootstrap(&self, ctx: &Ctx) -> StoreResult<u64>;
     /// Whether a bootstrap token was ever revoked: then none is installed at start again.
     async fn bootstrap_retired(&self) -> StoreResult<bool>;
-    /// The principal behind a live token, by id (console sessions hold token ids).
-    async fn principal_by_token_id(
-        &self,
-        id: TokenId,
-        now: Millis,
-    ) -> StoreResult<Option<ProviderPrincipal>>;
 }
 
 /// `operator_store!(Store, Row, Connection, for_update: &str)`: the `OperatorStore` impl in
@@ -625,23 +619,6 @@ macro_rules! operator_store {
                     .await
                     .map_err(map_err)?;
                     Ok(n > 0)
-                }
-
-                async fn principal_by_token_id(
-                    &self,
-                    id: TokenId,
-                    now: Millis,
-                ) -> StoreResult<Option<$crate::domain::tier::ProviderPrincipal>> {
-                    let hash: Option<String> =
-                        sqlx::query_scalar("SELECT token_hash FROM provider_tokens WHERE id = $1")
-                            .bind(id.0)
-                            .fetch_optional(&self.reader)
-                            .await
-                            .map_err(map_err)?;
-                    match hash {
-                        Some(h) => self.find_provider_principal(&h, now).await,
-                        None => Ok(None),
-                    }
                 }
             }
         }

@@ -107,8 +107,11 @@ pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
 pub(super) const ORG_SELECT: &str = "SELECT o.id, o.name, o.subscription_enabled, o.subscription_expires_at, \
     o.call_threshold_calls, o.call_threshold_period_s, o.rate_limits, o.key_generation, o.created_at, \
     k.id AS key_id, k.sealed, k.disabled_reason, k.disabled_note, k.modified_at, \
-    k.modified_by_id, k.modified_by_name \
-    FROM orgs o LEFT JOIN api_keys k ON k.org_id = o.id";
+    k.modified_by_id, k.modified_by_name, \
+    o.partner_id, o.base_url, p.name AS partner_name, p.support_url AS partner_support_url, \
+    p.support_email AS partner_support_email, p.created_at AS partner_created_at, \
+    k.disabled_tier, k.disabled_partner_id, k.disabled_operator_id \
+    FROM orgs o LEFT JOIN api_keys k ON k.org_id = o.id LEFT JOIN partners p ON p.id = o.partner_id";
 
 /// For a batch read's `IN (…)`: the parameters `$1, … $n` and the values to bind, padded to a
 /// power of two by repeating the last one, so a handful of statement texts serve every batch
@@ -213,6 +216,17 @@ fn org_from_row(row: &$row) -> StoreResult<OrgRecord> {
             modified_at: Millis(row.try_get("modified_at").map_err(get)?),
             modified_by_id: row.try_get("modified_by_id").map_err(get)?,
             modified_by_name: row.try_get("modified_by_name").map_err(get)?,
+            disabled_by: disabled_by_from_row(row)?,
+        }),
+    };
+    let partner = match row.try_get::<Option<i64>, _>("partner_id").map_err(get)? {
+        None => None,
+        Some(id) => Some(PartnerRecord {
+            id: PartnerId(id),
+            name: row.try_get("partner_name").map_err(get)?,
+            support_url: row.try_get("partner_support_url").map_err(get)?,
+            support_email: row.try_get("partner_support_email").map_err(get)?,
+            created_at: row.try_get("partner_created_at").map_err(get)?,
         }),
     };
     Ok(OrgRecord {
@@ -224,6 +238,41 @@ fn org_from_row(row: &$row) -> StoreResult<OrgRecord> {
         key_generation: row.try_get("key_generation").map_err(get)?,
         created_at: Millis(row.try_get("created_at").map_err(get)?),
         key,
+        partner,
+        base_url: row.try_get("base_url").map_err(get)?,
+    })
+}
+
+/// The key columns `disabled_tier`, `disabled_partner_id`, `disabled_operator_id`.
+fn disabled_by_from_row(row: &$row) -> StoreResult<DisabledBy> {
+    let get = |e: sqlx::Error| StoreError::Internal(e.into());
+    let tier: Option<String> = row.try_get("disabled_tier").map_err(get)?;
+    let partner: Option<i64> = row.try_get("disabled_partner_id").map_err(get)?;
+    let tier = match (tier.as_deref(), partner) {
+        (None, _) => None,
+        (Some("PLATFORM"), _) => Some(Tier::Platform),
+        (Some("PARTNER"), Some(p)) => Some(Tier::Partner(PartnerId(p))),
+        (Some(t), _) => {
+            return Err(StoreError::Internal(anyhow::anyhow!("unknown disabled_tier {t} in database")));
+        }
+    };
+    Ok(DisabledBy {
+        tier,
+        operator: row
+            .try_get::<Option<i64>, _>("disabled_operator_id")
+            .map_err(get)?
+            .map(OperatorId),
+    })
+}
+
+fn partner_from_row(row: &$row) -> StoreResult<PartnerRecord> {
+    let get = |e: sqlx::Error| StoreError::Internal(e.into());
+    Ok(PartnerRecord {
+        id: PartnerId(row.try_get("id").map_err(get)?),
+        name: row.try_get("name").map_err(get)?,
+        support_url: row.try_get("support_url").map_err(get)?,
+        support_email: row.try_get("support_email").map_err(get)?,
+        created_at: row.try_get("created_at").map_err(get)?,
     })
 }
 
@@ -304,6 +353,46 @@ async fn bump_generation(conn: &mut $conn, org: OrgId) -> StoreResult<i64> {
     .map_err(map_err)
 }
 
+
+const PRINCIPAL_SELECT: &str = "SELECT t.id, t.operator_id, o.id AS op_id, o.login_name, o.display_name, o.role, \
+        o.partner_id, o.removed_at \
+     FROM provider_tokens t LEFT JOIN operators o ON o.id = t.operator_id";
+/// A token that is not revoked and not expired at `$2`.
+const PRINCIPAL_LIVE: &str = "t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > $2)";
+
+/// Who holds a live token (`PRINCIPAL_SELECT`): its operator, role and tier; the bootstrap
+/// token without an operator; `None` for a token of an operator that is gone or removed.
+fn principal_from_row(r: &$row) -> StoreResult<Option<ProviderPrincipal>> {
+    let get = |e: sqlx::Error| StoreError::Internal(e.into());
+    let token_id = TokenId(r.try_get("id").map_err(get)?);
+    let Some(_) = r.try_get::<Option<i64>, _>("operator_id").map_err(get)? else {
+        return Ok(Some(ProviderPrincipal::bootstrap(token_id)));
+    };
+    // A token of an operator that is gone or removed holds nothing.
+    let (Some(op_id), None) = (
+        r.try_get::<Option<i64>, _>("op_id").map_err(get)?,
+        r.try_get::<Option<i64>, _>("removed_at").map_err(get)?,
+    ) else {
+        return Ok(None);
+    };
+    let role: String = r.try_get("role").map_err(get)?;
+    let role = OperatorRole::parse(&role)
+        .ok_or_else(|| StoreError::Internal(anyhow::anyhow!("operator {op_id}: role {role}")))?;
+    let tier = match r.try_get::<Option<i64>, _>("partner_id").map_err(get)? {
+        Some(p) => Tier::Partner(PartnerId(p)),
+        None => Tier::Platform,
+    };
+    Ok(Some(ProviderPrincipal {
+        token_id,
+        operator: Some(OperatorRef {
+            id: OperatorId(op_id),
+            login: r.try_get("login_name").map_err(get)?,
+            name: r.try_get("display_name").map_err(get)?,
+        }),
+        role,
+        tier,
+    }))
+}
 
 /// How many replaced keys an org keeps (sealed), to recognize old scripts and to keep new
 /// values distinguishable from them.
@@ -491,7 +580,7 @@ impl Store for $store {
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO orgs (name, subscription_enabled, subscription_expires_at, call_threshold_calls, \
-             call_threshold_period_s, created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+             call_threshold_period_s, created_at, partner_id) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(org.name.as_str())
         .bind(org.subscription.enabled)
@@ -499,6 +588,7 @@ impl Store for $store {
         .bind(org.call_threshold.map(|t| t.calls))
         .bind(org.call_threshold.map(|t| t.period_seconds))
         .bind(ctx.now.0)
+        .bind(org.partner.map(|p| p.0))
         .fetch_one(&mut *tx)
         .await
         .map_err(map_err)?;
@@ -512,6 +602,7 @@ impl Store for $store {
                 "name": org.name.as_str(),
                 "subscription": subscription_json(&org.subscription),
                 "callThreshold": org.call_threshold,
+                "partnerId": org.partner,
             }),
             ctx,
         )
@@ -547,34 +638,7 @@ impl Store for $store {
         page: Page,
         name_contains: Option<&str>,
     ) -> StoreResult<(Vec<OrgRecord>, i64)> {
-        let pattern = name_contains.map(|s| {
-            let escaped = s
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
-            format!("%{escaped}%")
-        });
-        let rows = sqlx::query(&format!(
-            "{ORG_SELECT} WHERE ($1 IS NULL OR o.name {LIKE} $1 ESCAPE '\\') ORDER BY o.id LIMIT $2 OFFSET $3"
-        ))
-        .bind(&pattern)
-        .bind(page.size as i64)
-        .bind(page.offset())
-        .fetch_all(&self.reader)
-        .await
-        .map_err(map_err)?;
-        let total: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM orgs o WHERE ($1 IS NULL OR o.name {LIKE} $1 ESCAPE '\\')"
-        ))
-        .bind(&pattern)
-        .fetch_one(&self.reader)
-        .await
-        .map_err(map_err)?;
-        let orgs = rows
-            .iter()
-            .map(org_from_row)
-            .collect::<StoreResult<Vec<_>>>()?;
-        Ok((orgs, total))
+        self.list_orgs_of(page, name_contains, None).await
     }
 
     async fn set_subscription(
@@ -635,17 +699,21 @@ impl Store for $store {
                 tx.rollback().await.map_err(map_err)?;
                 return Ok(before);
             }
-            ProviderKeyAction::AutoDisable(d) => ProviderKeyAction::Disable(d),
+            ProviderKeyAction::AutoDisable(d) => ProviderKeyAction::Disable(d, DisabledBy::default()),
             other => other,
         };
         match action {
             ProviderKeyAction::AutoDisable(_) => unreachable!("mapped to Disable above"),
-            ProviderKeyAction::Disable(d) => {
+            ProviderKeyAction::Disable(d, by) => {
                 sqlx::query(
-                    "UPDATE api_keys SET disabled_reason = $1, disabled_note = $2 WHERE org_id = $3",
+                    "UPDATE api_keys SET disabled_reason = $1, disabled_note = $2, disabled_tier = $3, \
+                     disabled_partner_id = $4, disabled_operator_id = $5 WHERE org_id = $6",
                 )
                 .bind(d.reason.as_str())
                 .bind(&d.note)
+                .bind(by.tier.map(|t| t.label()))
+                .bind(by.tier.and_then(|t| t.partner()).map(|p| p.0))
+                .bind(by.operator.map(|o| o.0))
                 .bind(org.0)
                 .execute(&mut *tx)
                 .await
@@ -656,18 +724,29 @@ impl Store for $store {
                     Some(org),
                     AuditAction::KeyDisable,
                     Some(suffix),
-                    serde_json::json!({ "reason": d.reason, "note": d.note, "generation": generation }),
+                    serde_json::json!({
+                        "reason": d.reason, "note": d.note, "generation": generation,
+                        "disabledTier": by.tier.map(|t| t.label()),
+                        "disabledPartnerId": by.tier.and_then(|t| t.partner()),
+                    }),
                     ctx,
                 )
                 .await?;
             }
-            ProviderKeyAction::Enable => {
+            ProviderKeyAction::Enable(tier) => {
                 if key.disabled.is_none() {
                     // Already enabled: nothing changes, so nothing to audit.
                     tx.rollback().await.map_err(map_err)?;
                     return Ok(before);
                 }
-                sqlx::query("UPDATE api_keys SET disabled_reason = NULL, disabled_note = NULL WHERE org_id = $1")
+                if !key.disabled_by.may_enable(tier) {
+                    tx.rollback().await.map_err(map_err)?;
+                    return Err(StoreError::Refused(Refusal::DisabledByPlatform));
+                }
+                sqlx::query(
+                    "UPDATE api_keys SET disabled_reason = NULL, disabled_note = NULL, disabled_tier = NULL, \
+                     disabled_partner_id = NULL, disabled_operator_id = NULL WHERE org_id = $1",
+                )
                     .bind(org.0)
                     .execute(&mut *tx)
                     .await
@@ -1032,48 +1111,13 @@ impl Store for $store {
         token_hash: &str,
         now: Millis,
     ) -> StoreResult<Option<ProviderPrincipal>> {
-        let row = sqlx::query(
-            "SELECT t.id, t.operator_id, o.id AS op_id, o.login_name, o.display_name, o.role, \
-                    o.partner_id, o.removed_at \
-             FROM provider_tokens t LEFT JOIN operators o ON o.id = t.operator_id \
-             WHERE t.token_hash = $1 AND t.revoked_at IS NULL \
-               AND (t.expires_at IS NULL OR t.expires_at > $2)",
-        )
+        let row = sqlx::query(&format!("{PRINCIPAL_SELECT} WHERE t.token_hash = $1 AND {PRINCIPAL_LIVE}"))
         .bind(token_hash)
         .bind(now.0)
         .fetch_optional(&self.reader)
         .await
         .map_err(map_err)?;
-        let Some(r) = row else { return Ok(None) };
-        let get = |e: sqlx::Error| StoreError::Internal(e.into());
-        let token_id = TokenId(r.try_get("id").map_err(get)?);
-        let Some(_) = r.try_get::<Option<i64>, _>("operator_id").map_err(get)? else {
-            return Ok(Some(ProviderPrincipal::bootstrap(token_id)));
-        };
-        // A token of an operator that is gone or removed holds nothing.
-        let (Some(op_id), None) = (
-            r.try_get::<Option<i64>, _>("op_id").map_err(get)?,
-            r.try_get::<Option<i64>, _>("removed_at").map_err(get)?,
-        ) else {
-            return Ok(None);
-        };
-        let role: String = r.try_get("role").map_err(get)?;
-        let role = OperatorRole::parse(&role)
-            .ok_or_else(|| StoreError::Internal(anyhow::anyhow!("operator {op_id}: role {role}")))?;
-        let tier = match r.try_get::<Option<i64>, _>("partner_id").map_err(get)? {
-            Some(p) => Tier::Partner(PartnerId(p)),
-            None => Tier::Platform,
-        };
-        Ok(Some(ProviderPrincipal {
-            token_id,
-            operator: Some(OperatorRef {
-                id: OperatorId(op_id),
-                login: r.try_get("login_name").map_err(get)?,
-                name: r.try_get("display_name").map_err(get)?,
-            }),
-            role,
-            tier,
-        }))
+        row.as_ref().map(principal_from_row).transpose().map(Option::flatten)
     }
 
     async fn create_console_session(
@@ -1593,6 +1637,252 @@ impl Store for $store {
             .iter()
             .map(|r| UsageRow { period_seconds: r.get(0), period_start: r.get(1), calls: r.get(2) })
             .collect())
+    }
+
+    async fn list_orgs_of(
+        &self,
+        page: Page,
+        name_contains: Option<&str>,
+        owner: Option<PartnerId>,
+    ) -> StoreResult<(Vec<OrgRecord>, i64)> {
+        let pattern = name_contains.map(|s| {
+            let escaped = s
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        });
+        let name = format!("($1 IS NULL OR o.name {LIKE} $1 ESCAPE '\\')");
+        let rows = sqlx::query(&format!(
+            "{ORG_SELECT} WHERE {name} AND ($4 IS NULL OR o.partner_id = $4) ORDER BY o.id LIMIT $2 OFFSET $3"
+        ))
+        .bind(&pattern)
+        .bind(page.size as i64)
+        .bind(page.offset())
+        .bind(owner.map(|p| p.0))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        let total: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM orgs o WHERE {name} AND ($2 IS NULL OR o.partner_id = $2)"
+        ))
+        .bind(&pattern)
+        .bind(owner.map(|p| p.0))
+        .fetch_one(&self.reader)
+        .await
+        .map_err(map_err)?;
+        let orgs = rows
+            .iter()
+            .map(org_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok((orgs, total))
+    }
+
+    async fn create_partner(&self, input: PartnerInput, ctx: &Ctx) -> StoreResult<PartnerRecord> {
+        $crate::store::sql::retry_tx!({
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let row = sqlx::query(
+            "INSERT INTO partners (name, support_url, support_email, created_at) VALUES ($1, $2, $3, $4) \
+             RETURNING id, name, support_url, support_email, created_at",
+        )
+        .bind(input.name.as_str())
+        .bind(input.support_url.as_ref().map(|u| u.as_str()))
+        .bind(input.support_email.as_ref().map(|e| e.as_str()))
+        .bind(ctx.now.0)
+        .fetch_one(&mut *tx)
+        .await;
+        let row = match row {
+            Ok(r) => r,
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict(format!(
+                    "A partner named {} exists already",
+                    input.name.as_str()
+                )));
+            }
+            Err(e) => return Err(map_err(e)),
+        };
+        let partner = partner_from_row(&row)?;
+        insert_audit(
+            &mut tx,
+            None,
+            AuditAction::PartnerCreate,
+            None,
+            serde_json::json!({ "partnerId": partner.id, "name": partner.name,
+                "supportUrl": partner.support_url, "supportEmail": partner.support_email }),
+            ctx,
+        )
+        .await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(partner)
+    })
+    }
+
+    async fn get_partner(&self, id: PartnerId) -> StoreResult<Option<PartnerRecord>> {
+        let row = sqlx::query("SELECT id, name, support_url, support_email, created_at FROM partners WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(partner_from_row).transpose()
+    }
+
+    async fn list_partners(&self) -> StoreResult<Vec<PartnerRecord>> {
+        let rows = sqlx::query("SELECT id, name, support_url, support_email, created_at FROM partners ORDER BY id")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(partner_from_row).collect()
+    }
+
+    async fn update_partner(
+        &self,
+        id: PartnerId,
+        input: PartnerInput,
+        ctx: &Ctx,
+    ) -> StoreResult<PartnerRecord> {
+        $crate::store::sql::retry_tx!({
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let before = sqlx::query("SELECT id, name, support_url, support_email, created_at FROM partners WHERE id = $1")
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .as_ref()
+            .map(partner_from_row)
+            .transpose()?
+            .ok_or(StoreError::NotFound("partner"))?;
+        let row = sqlx::query(
+            "UPDATE partners SET name = $1, support_url = $2, support_email = $3 WHERE id = $4 \
+             RETURNING id, name, support_url, support_email, created_at",
+        )
+        .bind(input.name.as_str())
+        .bind(input.support_url.as_ref().map(|u| u.as_str()))
+        .bind(input.support_email.as_ref().map(|e| e.as_str()))
+        .bind(id.0)
+        .fetch_one(&mut *tx)
+        .await;
+        let row = match row {
+            Ok(r) => r,
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict(format!(
+                    "A partner named {} exists already",
+                    input.name.as_str()
+                )));
+            }
+            Err(e) => return Err(map_err(e)),
+        };
+        let partner = partner_from_row(&row)?;
+        // Its orgs' key objects name it: lock (and on PostgreSQL notify) each, so that every
+        // node's cache forgets them.
+        if let Some(lock) = $lock_org {
+            let orgs: Vec<i64> = sqlx::query_scalar("SELECT id FROM orgs WHERE partner_id = $1 ORDER BY id")
+                .bind(id.0)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            for org in orgs {
+                sqlx::query(lock).bind(org).execute(&mut *tx).await.map_err(map_err)?;
+            }
+        }
+        insert_audit(
+            &mut tx,
+            None,
+            AuditAction::PartnerUpdate,
+            None,
+            serde_json::json!({ "partnerId": partner.id, "name": partner.name,
+                "supportUrl": partner.support_url, "supportEmail": partner.support_email,
+                "previous": { "name": before.name, "supportUrl": before.support_url,
+                    "supportEmail": before.support_email } }),
+            ctx,
+        )
+        .await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(partner)
+    })
+    }
+
+    async fn move_org(
+        &self,
+        org: OrgId,
+        partner: Option<PartnerId>,
+        ctx: &Ctx,
+    ) -> StoreResult<OrgRecord> {
+        $crate::store::sql::retry_tx!({
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let before = load_org_required(&mut tx, org).await?;
+        if let Some(p) = partner {
+            let found: Option<i64> = sqlx::query_scalar("SELECT id FROM partners WHERE id = $1")
+                .bind(p.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            if found.is_none() {
+                return Err(StoreError::NotFound("partner"));
+            }
+        }
+        sqlx::query("UPDATE orgs SET partner_id = $1 WHERE id = $2")
+            .bind(partner.map(|p| p.0))
+            .bind(org.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        insert_audit(
+            &mut tx,
+            Some(org),
+            AuditAction::OrgMove,
+            None,
+            serde_json::json!({ "partnerId": partner, "previous": before.partner_id() }),
+            ctx,
+        )
+        .await?;
+        let record = load_org_required(&mut tx, org).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(record)
+    })
+    }
+
+    async fn set_base_url(
+        &self,
+        org: OrgId,
+        base_url: Option<String>,
+        ctx: &Ctx,
+    ) -> StoreResult<OrgRecord> {
+        $crate::store::sql::retry_tx!({
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let before = load_org_required(&mut tx, org).await?;
+        sqlx::query("UPDATE orgs SET base_url = $1 WHERE id = $2")
+            .bind(&base_url)
+            .bind(org.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        insert_audit(
+            &mut tx,
+            Some(org),
+            AuditAction::BaseUrlUpdate,
+            None,
+            serde_json::json!({ "baseUrl": base_url, "previous": before.base_url }),
+            ctx,
+        )
+        .await?;
+        let record = load_org_required(&mut tx, org).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(record)
+    })
+    }
+
+    async fn find_provider_principal_by_id(
+        &self,
+        token_id: TokenId,
+        now: Millis,
+    ) -> StoreResult<Option<ProviderPrincipal>> {
+        let row = sqlx::query(&format!("{PRINCIPAL_SELECT} WHERE t.id = $1 AND {PRINCIPAL_LIVE}"))
+            .bind(token_id.0)
+            .bind(now.0)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(principal_from_row).transpose().map(Option::flatten)
     }
 
     async fn live_sessions(&self, now: Millis, api: (i64, i64), console: (i64, i64)) -> StoreResult<(i64, i64)> {

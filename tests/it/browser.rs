@@ -216,7 +216,7 @@ pub(crate) struct Ui {
 }
 
 impl Ui {
-    fn on(mut self, server: &TestServer) -> Self {
+    pub(crate) fn on(mut self, server: &TestServer) -> Self {
         self.base = server.base.clone();
         self
     }
@@ -804,7 +804,7 @@ async fn browser_provider_console_and_key_states() {
             assert!(
                 ui.text("#banner-disabled")
                     .await
-                    .contains("disabled by your service provider")
+                    .contains("disabled by the platform operator")
             );
             assert!(ui.change_controls().await.is_empty());
             ui.shot("12-key-disabled").await;

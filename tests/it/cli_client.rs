@@ -669,3 +669,101 @@ async fn admin_wrong_password_fails_and_text_output_is_readable() {
     assert!(!run.success);
     assert!(run.stderr.contains("KEYGATE_ADMIN_LOGIN"), "{}", run.stderr);
 }
+
+/// `provider partners …`, `orgs create --partner-id`, `orgs move`, `orgs base-url`
+/// (issue 15).
+#[tokio::test]
+async fn provider_manages_partners_moves_orgs_and_sets_base_urls() {
+    let server = TestServer::start().await;
+    let run = provider(
+        &server,
+        &[
+            "partners",
+            "create",
+            "--name",
+            "Acme Networks",
+            "--support-url",
+            "https://support.acme.example",
+            "--support-email",
+            "noc@acme.example",
+        ],
+    )
+    .await;
+    assert!(run.success, "{}", run.stderr);
+    let partner: Value = serde_json::from_str(&run.stdout).unwrap();
+    let pid = id_of(&partner);
+    assert_eq!(partner["supportUrl"], "https://support.acme.example");
+    let run = provider(&server, &["partners", "list"]).await;
+    let list: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(list["items"][0]["name"], "Acme Networks");
+    let run = provider(
+        &server,
+        &[
+            "partners",
+            "update",
+            &pid,
+            "--name",
+            "Acme Net",
+            "--support-url",
+            "https://help.acme.example",
+        ],
+    )
+    .await;
+    assert!(run.success, "{}", run.stderr);
+    let run = provider(&server, &["partners", "get", &pid]).await;
+    let got: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        (got["name"].as_str(), got["supportEmail"].clone()),
+        (Some("Acme Net"), Value::Null)
+    );
+
+    let run = provider(
+        &server,
+        &["orgs", "create", "--name", "Cust", "--partner-id", &pid],
+    )
+    .await;
+    assert!(run.success, "{}", run.stderr);
+    let org: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(org["partnerId"].as_i64().unwrap().to_string(), pid);
+    let oid = id_of(&org);
+    let run = provider(&server, &["orgs", "move", &oid, "--platform"]).await;
+    let moved: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(moved["partnerId"], Value::Null);
+    let run = provider(
+        &server,
+        &[
+            "orgs",
+            "base-url",
+            &oid,
+            "--base-url",
+            "https://zs.example/api/v1",
+        ],
+    )
+    .await;
+    let set: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(set["baseUrl"], "https://zs.example/api/v1");
+    // A bad URL: the server's 400 naming the field, a failing exit.
+    let run = provider(
+        &server,
+        &["orgs", "base-url", &oid, "--base-url", "ftp://x"],
+    )
+    .await;
+    assert!(!run.success);
+    assert!(run.stderr.contains("baseUrl"), "{}", run.stderr);
+    let run = provider(&server, &["orgs", "base-url", &oid, "--clear"]).await;
+    let cleared: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(cleared["baseUrl"], Value::Null);
+    // Text output names the owner and the base URL.
+    let all = strings(&["provider", "--url", &server.base, "orgs", "get", &oid]);
+    let run = keygate(
+        all,
+        vec![("KEYGATE_PROVIDER_TOKEN", PROVIDER_TOKEN.to_string())],
+        None,
+    )
+    .await;
+    assert!(
+        run.stdout.contains("owner:           the platform"),
+        "{}",
+        run.stdout
+    );
+}

@@ -395,3 +395,58 @@ async fn serve_runs_with_the_file_under_flags() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// The platform's name and contacts (issue 15): from the file or the environment, checked by
+/// the flag's own parser (an http(s) URL, an e-mail address), the key named when wrong.
+#[test]
+fn platform_contact_settings_are_read_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "p.toml",
+        "platform_name = \"Example Cloud\"\nplatform_support_url = \"https://help.example.com\"\n",
+        0o644,
+    );
+    let out = keygate(
+        &["config", "check", "--config", file.to_str().unwrap()],
+        &[("KEYGATE_PLATFORM_SUPPORT_EMAIL", "help@example.com")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = stdout(&out);
+    assert_eq!(
+        setting(&report, "platform_name"),
+        ("\"Example Cloud\"".into(), "file".into())
+    );
+    assert_eq!(
+        setting(&report, "platform_support_url"),
+        ("\"https://help.example.com\"".into(), "file".into())
+    );
+    assert_eq!(
+        setting(&report, "platform_support_email"),
+        ("\"help@example.com\"".into(), "env".into())
+    );
+    let out = keygate(&["config", "check"], &[]);
+    assert_eq!(
+        setting(&stdout(&out), "platform_name"),
+        ("\"the platform operator\"".into(), "default".into())
+    );
+    for (key, bad) in [
+        ("platform_support_url", "ftp://help.example.com"),
+        ("platform_support_email", "not-an-address"),
+        ("platform_name", ""),
+    ] {
+        let f = write(
+            dir.path(),
+            "bad.toml",
+            &format!("\n{key} = \"{bad}\"\n"),
+            0o644,
+        );
+        let out = keygate(&["config", "check", "--config", f.to_str().unwrap()], &[]);
+        assert!(!out.status.success(), "{key} = {bad}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("line 2") && err.contains(&format!("`{key}`")),
+            "{err}"
+        );
+    }
+}

@@ -22,6 +22,7 @@ mod race;
 mod readyz;
 mod rules;
 mod smoke;
+mod tiers;
 mod tls;
 mod topology;
 mod zia_status;

@@ -2438,3 +2438,70 @@ async fn postgres_restart_under_load_gives_503_then_recovers_without_restarting_
         .await
         .expect("login with the new key on B");
 }
+
+/// Issue 15: a partner's edit on one node is in its orgs' key objects on the other node at
+/// once, though that node keeps each org's rendered key list (the edit notifies each org).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_edit_on_one_node_reaches_the_key_objects_of_another_at_once() {
+    let Some(d) = Deployment::start("partner_edit", 2, Flush::Periodic).await else {
+        return;
+    };
+    let (a, b) = (&d.nodes[0], &d.nodes[1]);
+    let (sa, sb) = (d.services[0].clone(), d.services[1].clone());
+    until("both nodes hold a lease", || {
+        sa.cache.enabled() && sb.cache.enabled()
+    })
+    .await;
+    let (status, partner) = a
+        .provider(
+            Method::POST,
+            "/provider/v1/partners",
+            Some(json!({"name": "Before"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{partner}");
+    let (status, org) = a
+        .provider(
+            Method::POST,
+            "/provider/v1/orgs",
+            Some(json!({
+                "name": "Partner org",
+                "admins": [{"loginName": "full@pedit", "password": PASSWORD, "role": "FULL"}],
+                "subscription": {"enabled": true, "expiresAt": null},
+                "partnerId": partner["id"],
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{org}");
+    let (status, _) = a
+        .provider(
+            Method::PUT,
+            &format!("/provider/v1/orgs/{}/limits", org["id"]),
+            Some(json!({"callThreshold": null, "rateLimits": generous()})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let key = a.login("full@pedit").await.reveal().await;
+    let http = Client::new();
+    let session = api_login(&http, &b.base, "full@pedit", &key, T0_SECS * 1000)
+        .await
+        .expect("login");
+    for _ in 0..2 {
+        let (status, keys) =
+            api_call(&http, &b.base, &session, Method::GET, "/api/v1/apiKeys").await;
+        assert_eq!(status, StatusCode::OK, "{keys}");
+        assert_eq!(keys[0]["partner"]["name"], "Before", "{keys}");
+    }
+    let (status, body) = a
+        .provider(
+            Method::PUT,
+            &format!("/provider/v1/partners/{}", partner["id"]),
+            Some(json!({"name": "After", "supportUrl": "https://after.example"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, keys) = api_call(&http, &b.base, &session, Method::GET, "/api/v1/apiKeys").await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    assert_eq!(keys[0]["partner"]["name"], "After", "{keys}");
+    assert_eq!(keys[0]["partnerUrl"], "https://after.example");
+}

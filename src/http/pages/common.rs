@@ -465,6 +465,7 @@ mod tests {
     fn origins() {
         let settings = Settings {
             public_base_url: "https://keys.example.com".into(),
+            platform: Default::default(),
             console_idle_timeout_secs: 1,
             console_max_lifetime_secs: 1,
             api_timestamp_window_secs: 1,

@@ -24,9 +24,13 @@ use super::common::{
 use crate::domain::FieldError;
 use crate::domain::admin::{LoginName, Password, Role};
 use crate::domain::audit::{Actor, AuditAction};
+use crate::domain::ids::PartnerId;
 use crate::domain::ids::{AdminId, OrgId};
 use crate::domain::org::{
     CallThreshold, DisableReason, Disablement, KeyStatus, OrgName, Subscription, SubscriptionState,
+};
+use crate::domain::tier::{
+    DisabledBy, HttpUrl, PartnerName, ProviderPrincipal, SupportEmail, Tier,
 };
 use crate::http::error::ApiError;
 use crate::http::extract::{AppState, ClientAddr, parse_id};
@@ -34,8 +38,9 @@ use crate::service::Services;
 use crate::service::auth::ResolvedProviderSession;
 use crate::service::keys::Shown;
 use crate::service::orgs::{AdminInput, OrgInput};
+use crate::service::partners::Access;
 use crate::service::throttle::Failed;
-use crate::store::{AuditFilter, KeyGuessState, OrgRecord, Page, StoreError};
+use crate::store::{AuditFilter, KeyGuessState, OrgRecord, Page, PartnerInput, PartnerRecord};
 
 mod operators;
 
@@ -84,6 +89,13 @@ pub fn router() -> Router<AppState> {
             "/console/orgs/{id}/admins/{admin_id}/guesses/clear",
             post(clear_guesses),
         )
+        .route("/console/orgs/{id}/base-url", post(base_url))
+        .route("/console/orgs/{id}/partner", post(move_org))
+        .route("/console/partners", get(partners_page).post(create_partner))
+        .route(
+            "/console/partners/{id}",
+            get(partner_page).post(edit_partner),
+        )
 }
 
 /// A signed-in provider operator, with the CSRF token the pages write into forms.
@@ -112,6 +124,10 @@ impl ProviderUser {
             None => format!("{} ({tier})", crate::domain::audit::BOOTSTRAP_NAME),
         }
     }
+
+    fn principal(&self) -> &ProviderPrincipal {
+        &self.principal
+    }
 }
 
 impl FromRequestParts<AppState> for ProviderUser {
@@ -130,18 +146,7 @@ impl FromRequestParts<AppState> for ProviderUser {
             .filter(|c| Services::provider_csrf_matches(&session, c))
             .ok_or_else(to_login)?
             .to_owned();
-        let principal = match state
-            .store
-            .principal_by_token_id(
-                crate::domain::ids::TokenId(session.token_id),
-                state.clock.now(),
-            )
-            .await
-        {
-            Ok(Some(p)) => p,
-            Ok(None) => return Err(to_login()),
-            Err(e) => return Err(error_page(ApiError::from(e)).await),
-        };
+        let principal = session.principal.clone();
         Ok(ProviderUser {
             session,
             csrf,
@@ -475,6 +480,9 @@ struct CreateForm {
     threshold_calls: String,
     #[serde(default)]
     threshold_period: String,
+    /// The platform's choice of owner; blank = the platform.
+    #[serde(default)]
+    partner_id: String,
 }
 
 #[derive(Template)]
@@ -491,6 +499,10 @@ struct OrgsPage {
     form: CreateForm,
     form_open: bool,
     subscription_checked: bool,
+    /// For the platform's create form: whom the new org may belong to.
+    partners: Vec<PartnerRecord>,
+    /// OWNER/OPERATOR: the create form is shown.
+    can_create: bool,
 }
 
 async fn orgs_view(
@@ -504,8 +516,8 @@ async fn orgs_view(
 ) -> Result<OrgsPage, ApiError> {
     let filter = Some(search.trim()).filter(|s| !s.is_empty());
     let (orgs, total) = state
-        .store
-        .list_orgs(
+        .orgs_for(
+            user.principal(),
             Page {
                 number: page,
                 size: ORG_PAGE_SIZE,
@@ -526,6 +538,12 @@ async fn orgs_view(
     let subscription_checked = !form_open || form.subscription.is_some();
     Ok(OrgsPage {
         chrome: Chrome::new(AREA, "Organizations", user.csrf.clone()).signed_in(user.who()),
+        can_create: user.principal().may_change_orgs(),
+        partners: if user.principal().tier == Tier::Platform {
+            state.store.list_partners().await?
+        } else {
+            Vec::new()
+        },
         rows,
         search,
         page,
@@ -633,7 +651,20 @@ fn create_input(f: &CreateForm) -> Result<OrgInput, FieldError> {
             "callThreshold",
         )?,
         admins,
+        partner: optional_partner(&f.partner_id)?,
     })
+}
+
+fn optional_partner(raw: &str) -> Result<Option<PartnerId>, FieldError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    raw.parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .map(|n| Some(PartnerId(n)))
+        .ok_or_else(|| FieldError::new("partnerId", "must be a positive integer"))
 }
 
 async fn create_org(
@@ -646,10 +677,19 @@ async fn create_org(
         Err(r) => return r,
     };
     let created = match create_input(&form) {
-        Ok(input) => state
-            .create_org(input, post.user.actor(), client)
+        Ok(mut input) => match state
+            .owner_for_new_org(post.user.principal(), input.partner)
             .await
-            .map_err(ApiError::from),
+        {
+            Ok(owner) => {
+                input.partner = owner;
+                state
+                    .create_org(input, post.user.actor(), client)
+                    .await
+                    .map_err(ApiError::from)
+            }
+            Err(e) => Err(ApiError::from(e)),
+        },
         Err(e) => Err(ApiError::from(e)),
     };
     match created {
@@ -688,6 +728,19 @@ struct AdminRow {
 #[template(path = "console/org.html")]
 struct OrgPage {
     chrome: Chrome,
+    /// The owning partner's name, or "the platform".
+    owner: String,
+    owner_id: Option<PartnerId>,
+    /// The owner's id for the move form (0 = the platform).
+    owner_raw: i64,
+    /// The org's own base URL (blank = the deployment's) and the one its admins see.
+    base_url: String,
+    effective_base_url: String,
+    /// OWNER/OPERATOR: the change forms are shown; AUDITOR: read only.
+    can_change: bool,
+    /// The platform's OWNERs: the move form.
+    can_move: bool,
+    partners: Vec<PartnerRecord>,
     id: OrgId,
     name: String,
     created: String,
@@ -722,6 +775,8 @@ fn org_notice(code: Option<&str>) -> Option<&'static str> {
         "limits" => "The limits were saved.",
         "admin_added" => "The admin was added.",
         "admin_removed" => "The admin was removed.",
+        "base_url" => "The base URL was saved.",
+        "moved" => "The organization was given to its new owner.",
         "guesses_cleared" => {
             "The admin's failed key guesses were cleared; their API logins are accepted again."
         }
@@ -729,13 +784,16 @@ fn org_notice(code: Option<&str>) -> Option<&'static str> {
     })
 }
 
-async fn load_org(state: &AppState, raw_id: &str) -> Result<OrgRecord, ApiError> {
+/// The org a path names as the signed-in operator may know it (`Services::org_for`): a
+/// 404 page for one that does not exist or that its tier may not see.
+async fn load_org(
+    state: &AppState,
+    user: &ProviderUser,
+    raw_id: &str,
+    access: Access,
+) -> Result<OrgRecord, ApiError> {
     let id = OrgId(parse_id("id", raw_id)?);
-    Ok(state
-        .store
-        .get_org(id)
-        .await?
-        .ok_or(StoreError::NotFound("org"))?)
+    Ok(state.org_for(user.principal(), id, access).await?)
 }
 
 async fn org_view(
@@ -764,6 +822,22 @@ async fn org_view(
         .await?;
     Ok(OrgPage {
         chrome: Chrome::new(AREA, org.name.clone(), user.csrf.clone()).signed_in(user.who()),
+        owner: org
+            .partner
+            .as_ref()
+            .map(|p| p.name.clone())
+            .unwrap_or_else(|| "the platform".into()),
+        owner_id: org.partner_id(),
+        owner_raw: org.partner_id().map_or(0, |p| p.0),
+        base_url: org.base_url.clone().unwrap_or_default(),
+        effective_base_url: state.org_base_url(org),
+        can_change: user.principal().may_change_orgs(),
+        can_move: user.principal().may_manage_partners(),
+        partners: if user.principal().may_manage_partners() {
+            state.store.list_partners().await?
+        } else {
+            Vec::new()
+        },
         id: org.id,
         name: org.name.clone(),
         created: format_millis(org.created_at.0),
@@ -818,7 +892,7 @@ async fn org_page(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let org = match load_org(&state, &id).await {
+    let org = match load_org(&state, &user, &id, Access::Read).await {
         Ok(o) => o,
         Err(e) => return error_page(e).await,
     };
@@ -845,13 +919,14 @@ async fn org_action<F, Fut>(
     user: &ProviderUser,
     raw_id: &str,
     done: &str,
+    access: Access,
     action: F,
 ) -> Response
 where
     F: FnOnce(OrgRecord) -> Fut,
     Fut: std::future::Future<Output = Result<(), ApiError>>,
 {
-    let org = match load_org(state, raw_id).await {
+    let org = match load_org(state, user, raw_id, access).await {
         Ok(o) => o,
         Err(e) => return error_page(e).await,
     };
@@ -860,7 +935,7 @@ where
         Ok(()) => see_other(&format!("/console/orgs/{id}?done={done}")),
         Err(e) => {
             let (status, text) = api_message(e).await;
-            let org = match load_org(state, raw_id).await {
+            let org = match load_org(state, user, raw_id, Access::Read).await {
                 Ok(o) => o,
                 Err(e) => return error_page(e).await,
             };
@@ -891,18 +966,26 @@ async fn disable_key(
         Err(r) => return r,
     };
     let actor = post.user.actor();
+    let by = DisabledBy::of(post.user.principal());
     let svc = state.clone();
-    org_action(&state, &post.user, &id, "disabled", |org| async move {
-        let reason = DisableReason::from_db(fields.reason.trim()).ok_or_else(|| {
-            FieldError::new(
-                "reason",
-                "must be CALL_THRESHOLD_EXCEEDED, TERMS_VIOLATION or OTHER",
-            )
-        })?;
-        let d = Disablement::parse(reason, Some(fields.note.as_str()))?;
-        svc.disable_key(org.id, d, actor, client).await?;
-        Ok(())
-    })
+    org_action(
+        &state,
+        &post.user,
+        &id,
+        "disabled",
+        Access::Change,
+        |org| async move {
+            let reason = DisableReason::from_db(fields.reason.trim()).ok_or_else(|| {
+                FieldError::new(
+                    "reason",
+                    "must be CALL_THRESHOLD_EXCEEDED, TERMS_VIOLATION or OTHER",
+                )
+            })?;
+            let d = Disablement::parse(reason, Some(fields.note.as_str()))?;
+            svc.disable_key(org.id, d, by, actor, client).await?;
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -913,11 +996,19 @@ async fn enable_key(
     post: ConsolePost,
 ) -> Response {
     let actor = post.user.actor();
+    let tier = post.user.principal().tier;
     let svc = state.clone();
-    org_action(&state, &post.user, &id, "enabled", |org| async move {
-        svc.enable_key(org.id, actor, client).await?;
-        Ok(())
-    })
+    org_action(
+        &state,
+        &post.user,
+        &id,
+        "enabled",
+        Access::Change,
+        |org| async move {
+            svc.enable_key(org.id, tier, actor, client).await?;
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -949,26 +1040,33 @@ async fn subscription(
     let actor = post.user.actor();
     let now = state.clock.now().as_secs();
     let svc = state.clone();
-    org_action(&state, &post.user, &id, done, |org| async move {
-        let subscription = match fields.action.as_str() {
-            "expire" => Subscription {
-                enabled: true,
-                expires_at: Some(now),
-            },
-            "renew" => Subscription {
-                enabled: true,
-                expires_at: optional_expiry(&fields.expires_at)?,
-            },
-            "off" => Subscription {
-                enabled: false,
-                expires_at: org.subscription.expires_at,
-            },
-            _ => return Err(ApiError::invalid("action", "must be expire, renew or off")),
-        };
-        svc.set_subscription(org.id, subscription, actor, client)
-            .await?;
-        Ok(())
-    })
+    org_action(
+        &state,
+        &post.user,
+        &id,
+        done,
+        Access::Change,
+        |org| async move {
+            let subscription = match fields.action.as_str() {
+                "expire" => Subscription {
+                    enabled: true,
+                    expires_at: Some(now),
+                },
+                "renew" => Subscription {
+                    enabled: true,
+                    expires_at: optional_expiry(&fields.expires_at)?,
+                },
+                "off" => Subscription {
+                    enabled: false,
+                    expires_at: org.subscription.expires_at,
+                },
+                _ => return Err(ApiError::invalid("action", "must be expire, renew or off")),
+            };
+            svc.set_subscription(org.id, subscription, actor, client)
+                .await?;
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -993,12 +1091,20 @@ async fn limits(
     };
     let actor = post.user.actor();
     let svc = state.clone();
-    org_action(&state, &post.user, &id, "limits", |org| async move {
-        let threshold = optional_threshold(&fields.calls, &fields.period_seconds, "callThreshold")?;
-        svc.set_limits(org.id, threshold, org.rate_limits.clone(), actor, client)
-            .await?;
-        Ok(())
-    })
+    org_action(
+        &state,
+        &post.user,
+        &id,
+        "limits",
+        Access::Change,
+        |org| async move {
+            let threshold =
+                optional_threshold(&fields.calls, &fields.period_seconds, "callThreshold")?;
+            svc.set_limits(org.id, threshold, org.rate_limits.clone(), actor, client)
+                .await?;
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -1024,21 +1130,28 @@ async fn add_admin(
     };
     let actor = post.user.actor();
     let svc = state.clone();
-    org_action(&state, &post.user, &id, "admin_added", |org| async move {
-        let password = fields
-            .password
-            .as_ref()
-            .map(|p| p.expose_secret().to_owned())
-            .unwrap_or_default();
-        let input = AdminInput {
-            login: LoginName::parse("loginName", fields.login_name.trim())?,
-            password: Password::parse("password", &password)?,
-            role: Role::from_db(fields.role.trim())
-                .ok_or_else(|| FieldError::new("role", "must be FULL or VIEW_ONLY"))?,
-        };
-        svc.add_admin(org.id, input, actor, client).await?;
-        Ok(())
-    })
+    org_action(
+        &state,
+        &post.user,
+        &id,
+        "admin_added",
+        Access::Change,
+        |org| async move {
+            let password = fields
+                .password
+                .as_ref()
+                .map(|p| p.expose_secret().to_owned())
+                .unwrap_or_default();
+            let input = AdminInput {
+                login: LoginName::parse("loginName", fields.login_name.trim())?,
+                password: Password::parse("password", &password)?,
+                role: Role::from_db(fields.role.trim())
+                    .ok_or_else(|| FieldError::new("role", "must be FULL or VIEW_ONLY"))?,
+            };
+            svc.add_admin(org.id, input, actor, client).await?;
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -1050,11 +1163,18 @@ async fn remove_admin(
 ) -> Response {
     let actor = post.user.actor();
     let svc = state.clone();
-    org_action(&state, &post.user, &id, "admin_removed", |org| async move {
-        let admin = AdminId(parse_id("adminId", &admin_id)?);
-        svc.remove_admin(org.id, admin, actor, client).await?;
-        Ok(())
-    })
+    org_action(
+        &state,
+        &post.user,
+        &id,
+        "admin_removed",
+        Access::Change,
+        |org| async move {
+            let admin = AdminId(parse_id("adminId", &admin_id)?);
+            svc.remove_admin(org.id, admin, actor, client).await?;
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -1072,6 +1192,7 @@ async fn clear_guesses(
         &post.user,
         &id,
         "guesses_cleared",
+        Access::Change,
         |org| async move {
             let admin = AdminId(parse_id("adminId", &admin_id)?);
             svc.clear_key_guesses(org.id, admin, actor, client).await?;
@@ -1079,4 +1200,292 @@ async fn clear_guesses(
         },
     )
     .await
+}
+
+// ------------------------------------------------------------------ base URL, owner (issue 15)
+
+#[derive(Deserialize)]
+struct BaseUrlForm {
+    #[serde(default)]
+    base_url: String,
+}
+
+/// Sets the org's base URL (blank: the deployment's).
+async fn base_url(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    Path(id): Path<String>,
+    post: ConsolePost,
+) -> Response {
+    let fields: BaseUrlForm = match post.form.fields(AREA) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let actor = post.user.actor();
+    let who = post.user.principal().clone();
+    let svc = state.clone();
+    org_action(
+        &state,
+        &post.user,
+        &id,
+        "base_url",
+        Access::Change,
+        |org| async move {
+            let raw = fields.base_url.trim();
+            let url = if raw.is_empty() {
+                None
+            } else {
+                Some(HttpUrl::parse("baseUrl", raw)?)
+            };
+            svc.set_base_url(&who, org.id, url, actor, client).await?;
+            Ok(())
+        },
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+struct MoveForm {
+    #[serde(default)]
+    partner_id: String,
+}
+
+/// Gives the org to another partner (blank: the platform). The platform's OWNERs only.
+async fn move_org(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    Path(id): Path<String>,
+    post: ConsolePost,
+) -> Response {
+    let fields: MoveForm = match post.form.fields(AREA) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let actor = post.user.actor();
+    let who = post.user.principal().clone();
+    let svc = state.clone();
+    org_action(
+        &state,
+        &post.user,
+        &id,
+        "moved",
+        Access::Read,
+        |org| async move {
+            let partner = optional_partner(&fields.partner_id)?;
+            svc.move_org(&who, org.id, partner, actor, client).await?;
+            Ok(())
+        },
+    )
+    .await
+}
+
+// ------------------------------------------------------------------ partners (issue 15)
+
+#[derive(Default, Deserialize)]
+struct PartnerForm {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    support_url: String,
+    #[serde(default)]
+    support_email: String,
+}
+
+impl PartnerForm {
+    fn of(p: &PartnerRecord) -> Self {
+        Self {
+            name: p.name.clone(),
+            support_url: p.support_url.clone().unwrap_or_default(),
+            support_email: p.support_email.clone().unwrap_or_default(),
+        }
+    }
+
+    fn parse(&self) -> Result<PartnerInput, FieldError> {
+        let url = self.support_url.trim();
+        let email = self.support_email.trim();
+        Ok(PartnerInput {
+            name: PartnerName::parse("name", &self.name)?,
+            support_url: (!url.is_empty())
+                .then(|| HttpUrl::parse("supportUrl", url))
+                .transpose()?,
+            support_email: (!email.is_empty())
+                .then(|| SupportEmail::parse("supportEmail", email))
+                .transpose()?,
+        })
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/partners.html")]
+struct PartnersPage {
+    chrome: Chrome,
+    partners: Vec<PartnerRecord>,
+    can_manage: bool,
+    form: PartnerForm,
+    form_open: bool,
+    notice: Option<&'static str>,
+    error: Option<String>,
+}
+
+async fn partners_view(
+    state: &AppState,
+    user: &ProviderUser,
+    form: Option<PartnerForm>,
+    error: Option<String>,
+) -> Result<PartnersPage, ApiError> {
+    Ok(PartnersPage {
+        chrome: Chrome::new(AREA, "Partners", user.csrf.clone()).signed_in(user.who()),
+        partners: state.partners_for(user.principal()).await?,
+        can_manage: user.principal().may_manage_partners(),
+        form_open: form.is_some(),
+        form: form.unwrap_or_default(),
+        notice: None,
+        error,
+    })
+}
+
+/// The partners the operator may know: all for the platform, its own for a partner.
+async fn partners_page(State(state): State<AppState>, user: ProviderUser) -> Response {
+    match partners_view(&state, &user, None, None).await {
+        Ok(page) => html(StatusCode::OK, &page),
+        Err(e) => error_page(e).await,
+    }
+}
+
+async fn create_partner(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    post: ConsolePost,
+) -> Response {
+    let form: PartnerForm = match post.form.fields(AREA) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let who = post.user.principal();
+    let created = match crate::service::Services::require_partner_management(who) {
+        Err(e) => Err(ApiError::from(e)),
+        Ok(()) => match form.parse() {
+            Err(e) => Err(ApiError::from(e)),
+            Ok(input) => state
+                .create_partner(who, input, post.user.actor(), client)
+                .await
+                .map_err(ApiError::from),
+        },
+    };
+    match created {
+        Ok(p) => see_other(&format!("/console/partners/{}?done=created", p.id)),
+        Err(e) => {
+            let (status, text) = api_message(e).await;
+            match partners_view(&state, &post.user, Some(form), Some(text)).await {
+                Ok(page) => html(status, &page),
+                Err(e) => error_page(e).await,
+            }
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/partner.html")]
+struct PartnerPage {
+    chrome: Chrome,
+    partner: PartnerRecord,
+    can_manage: bool,
+    form: PartnerForm,
+    orgs: Vec<OrgRow>,
+    orgs_total: i64,
+    notice: Option<&'static str>,
+    error: Option<String>,
+}
+
+async fn partner_view(
+    state: &AppState,
+    user: &ProviderUser,
+    raw_id: &str,
+    form: Option<PartnerForm>,
+    notice: Option<&'static str>,
+    error: Option<String>,
+) -> Result<PartnerPage, ApiError> {
+    let id = PartnerId(parse_id("id", raw_id)?);
+    let partner = state.partner_for(user.principal(), id).await?;
+    let (orgs, total) = state
+        .store
+        .list_orgs_of(
+            Page {
+                number: 1,
+                size: 100,
+            },
+            None,
+            Some(partner.id),
+        )
+        .await?;
+    let mut rows = Vec::with_capacity(orgs.len());
+    for org in &orgs {
+        rows.push(OrgRow {
+            id: org.id,
+            name: org.name.clone(),
+            st: org_state(state, org).await?,
+        });
+    }
+    Ok(PartnerPage {
+        chrome: Chrome::new(AREA, partner.name.clone(), user.csrf.clone()).signed_in(user.who()),
+        can_manage: user.principal().may_manage_partners(),
+        form: form.unwrap_or_else(|| PartnerForm::of(&partner)),
+        partner,
+        orgs: rows,
+        orgs_total: total,
+        notice,
+        error,
+    })
+}
+
+async fn partner_page(
+    State(state): State<AppState>,
+    user: ProviderUser,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let notice = match q.get("done").map(String::as_str) {
+        Some("created") => Some("The partner was created."),
+        Some("saved") => Some("The partner was saved."),
+        _ => None,
+    };
+    match partner_view(&state, &user, &id, None, notice, None).await {
+        Ok(page) => html(StatusCode::OK, &page),
+        Err(e) => error_page(e).await,
+    }
+}
+
+async fn edit_partner(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    Path(id): Path<String>,
+    post: ConsolePost,
+) -> Response {
+    let form: PartnerForm = match post.form.fields(AREA) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let who = post.user.principal();
+    let saved = async {
+        let pid = PartnerId(parse_id("id", &id)?);
+        state.partner_for(who, pid).await?;
+        crate::service::Services::require_partner_management(who)?;
+        let input = form.parse()?;
+        state
+            .update_partner(who, pid, input, post.user.actor(), client)
+            .await?;
+        Ok::<_, ApiError>(pid)
+    }
+    .await;
+    match saved {
+        Ok(pid) => see_other(&format!("/console/partners/{pid}?done=saved")),
+        Err(ApiError::NotFound(what)) => error_page(ApiError::NotFound(what)).await,
+        Err(e) => {
+            let (status, text) = api_message(e).await;
+            match partner_view(&state, &post.user, &id, Some(form), None, Some(text)).await {
+                Ok(page) => html(status, &page),
+                Err(e) => error_page(e).await,
+            }
+        }
+    }
 }

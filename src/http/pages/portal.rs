@@ -28,12 +28,13 @@ use crate::domain::admin::Role;
 use crate::domain::key::ApiKeyValue;
 use crate::domain::org::{KeyPresence, SubscriptionState};
 use crate::domain::policy::{Operation, authorize};
+use crate::domain::tier::Tier;
 use crate::http::error::ApiError;
 use crate::http::extract::{AppState, CONSOLE_COOKIE, ClientAddr};
 use crate::service::Services;
 use crate::service::auth::{LoginFailed, ResolvedSession};
 use crate::service::keys::{KeyChangeRequest, Shown};
-use crate::store::{AuditFilter, Page};
+use crate::store::{AuditFilter, OrgRecord, Page, PartnerRecord};
 
 const AREA: &str = "portal";
 const CSRF_COOKIE: &str = "keygate_portal_csrf";
@@ -285,6 +286,64 @@ struct Banner {
     id: &'static str,
     kind: &'static str,
     text: String,
+    /// Whom to contact (a disablement's notice): a support URL and e-mail.
+    contact_url: Option<String>,
+    contact_email: Option<String>,
+}
+
+/// Who disabled the org's key and whom to contact, as the key page tells it (issue 15).
+struct DisabledNotice {
+    /// "your service provider NAME", "NAME" (the platform), or "your service provider"
+    /// (R9's automatic disablement and disablements from before tiers).
+    by: String,
+    url: Option<String>,
+    email: Option<String>,
+}
+
+async fn disabled_notice(
+    state: &AppState,
+    org: &OrgRecord,
+) -> Result<Option<DisabledNotice>, ApiError> {
+    let Some(key) = org.key.as_ref().filter(|k| k.disabled.is_some()) else {
+        return Ok(None);
+    };
+    let platform = &state.settings.platform;
+    let partner_notice = |p: &PartnerRecord| DisabledNotice {
+        by: format!("your service provider {}", p.name),
+        url: p.support_url.clone(),
+        email: p.support_email.clone(),
+    };
+    Ok(Some(match key.disabled_by.tier {
+        Some(Tier::Platform) => DisabledNotice {
+            by: platform.name.clone(),
+            url: platform.support_url.clone(),
+            email: platform.support_email.clone(),
+        },
+        Some(Tier::Partner(p)) => match org.partner.as_ref().filter(|o| o.id == p) {
+            Some(owner) => partner_notice(owner),
+            None => match state.store.get_partner(p).await? {
+                Some(other) => partner_notice(&other),
+                None => DisabledNotice {
+                    by: "your service provider".into(),
+                    url: None,
+                    email: None,
+                },
+            },
+        },
+        // Automatic (R9) or from before tiers: whoever the org deals with.
+        None => match org.partner.as_ref() {
+            Some(owner) => DisabledNotice {
+                by: "your service provider".into(),
+                url: owner.support_url.clone(),
+                email: owner.support_email.clone(),
+            },
+            None => DisabledNotice {
+                by: "your service provider".into(),
+                url: platform.support_url.clone(),
+                email: platform.support_email.clone(),
+            },
+        },
+    }))
 }
 
 #[derive(Template)]
@@ -352,6 +411,7 @@ fn banners(
     sub: SubscriptionState,
     presence: &KeyPresence,
     can_add: bool,
+    by: Option<DisabledNotice>,
 ) -> Vec<Banner> {
     let mut out = Vec::new();
     match sub {
@@ -362,6 +422,8 @@ fn banners(
                    the cloud service API and no API key can be added. Contact your service \
                    provider to enable it."
                 .into(),
+            contact_url: None,
+            contact_email: None,
         }),
         SubscriptionState::Expired => out.push(Banner {
             id: "expired",
@@ -370,6 +432,8 @@ fn banners(
                    any modifications. Your existing API key is still valid but disabled, and is \
                    re-enabled after your subscription is renewed. Contact your service provider."
                 .into(),
+            contact_url: None,
+            contact_email: None,
         }),
         SubscriptionState::Active => {}
     }
@@ -379,16 +443,24 @@ fn banners(
             .as_deref()
             .map(|n| format!(": {n}"))
             .unwrap_or_default();
+        let by = by.unwrap_or(DisabledNotice {
+            by: "your service provider".into(),
+            url: None,
+            email: None,
+        });
         out.push(Banner {
             id: "disabled",
             kind: "error",
             text: format!(
-                "Your cloud service API key was disabled by your service provider (reason: {} \
-                 — {}{note}). You cannot add, edit, regenerate or delete it. Contact your \
-                 service provider to re-enable the key.",
+                "Your cloud service API key was disabled by {who} (reason: {} \
+                 — {}{note}). You cannot add, edit, regenerate or delete it. Contact {who} to \
+                 re-enable the key.",
                 d.reason.as_str(),
                 reason_label(d.reason.as_str()),
+                who = by.by,
             ),
+            contact_url: by.url,
+            contact_email: by.email,
         });
     }
     if role == Role::ViewOnly {
@@ -398,6 +470,8 @@ fn banners(
             text: "You have view-only access: you can view the Cloud Service API Key page but \
                    not change the key."
                 .into(),
+            contact_url: None,
+            contact_email: None,
         });
     }
     if matches!(presence, KeyPresence::Absent) && can_add {
@@ -407,6 +481,8 @@ fn banners(
             text: "Your organization has no cloud service API key. Add one to use the cloud \
                    service API."
                 .into(),
+            contact_url: None,
+            contact_email: None,
         });
     }
     out
@@ -470,7 +546,7 @@ async fn key_page_view(
             Role::Full => "Full access",
             Role::ViewOnly => "View only",
         },
-        base_url: state.api_base_url(),
+        base_url: state.org_base_url(&org),
         subscription: match (sub, org.subscription.expires_at) {
             (SubscriptionState::Active, Some(t)) => format!("Active until {}", format_secs(t)),
             (SubscriptionState::Active, None) => "Active".into(),
@@ -478,7 +554,13 @@ async fn key_page_view(
             (SubscriptionState::Expired, None) => "Expired".into(),
             (SubscriptionState::NotEnabled, _) => "Not enabled".into(),
         },
-        banners: banners(admin.role, sub, &presence, can_add),
+        banners: banners(
+            admin.role,
+            sub,
+            &presence,
+            can_add,
+            disabled_notice(state, &org).await?,
+        ),
         key_guesses: state
             .key_guess_states(org.id)
             .await?
