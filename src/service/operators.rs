@@ -412,7 +412,9 @@ impl Services {
         };
         let ctx = self.ctx(Actor::System, None);
         let record = self.store.create_token(t, false, &ctx).await?;
-        self.store.find_provider_principal_by_id(record.id, now).await
+        self.store
+            .find_provider_principal_by_id(record.id, now)
+            .await
     }
 }
 
