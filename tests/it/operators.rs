@@ -412,21 +412,20 @@ async fn roles_decide_who_manages_operators_and_tokens() {
 #[tokio::test]
 async fn a_partner_owner_manages_only_its_own_partners_operators() {
     let s = TestServer::start().await;
-    let mut db = Db::open(s.dir.path()).await;
+    let mut partner = Vec::new();
     for name in ["P", "Q"] {
-        db.execute(
-            &format!("INSERT INTO partners (name, created_at) VALUES ('{name}', 0)"),
-            &[],
+        let (st, b) = call(
+            &s,
+            PROVIDER_TOKEN,
+            Method::POST,
+            "/provider/v1/partners",
+            Some(json!({"name": name})),
         )
-        .await
-        .unwrap();
+        .await;
+        assert_eq!(st, StatusCode::CREATED, "{b}");
+        partner.push(b["id"].as_i64().unwrap());
     }
-    let p = db
-        .i64("SELECT id FROM partners WHERE name = 'P'", &[])
-        .await;
-    let q = db
-        .i64("SELECT id FROM partners WHERE name = 'Q'", &[])
-        .await;
+    let (p, q) = (partner[0], partner[1]);
     let p_owner = operator(&s, PROVIDER_TOKEN, "p.owner", "OWNER", Some(p)).await;
     let q_owner = operator(&s, PROVIDER_TOKEN, "q.owner", "OWNER", Some(q)).await;
     let platform_op = operator(&s, PROVIDER_TOKEN, "plat.op", "OPERATOR", None).await;
@@ -518,7 +517,6 @@ async fn a_partner_owner_manages_only_its_own_partners_operators() {
         StatusCode::FORBIDDEN,
         ROLE,
     );
-    drop(db);
     s.stop().await;
 }
 
