@@ -225,7 +225,9 @@ async fn load_org(
 
 /// Onboard an org with its admins; an enabled subscription provisions its key (R2).
 #[utoipa::path(post, path = "/provider/v1/orgs", tag = "provider", request_body = CreateOrgBody,
-    responses((status = 201, body = OrgView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = OrgView), (status = 400, body = ErrorBody),
+        (status = 404, description = "`partnerId` names no partner the caller may see", body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 async fn create_org(
     State(state): State<AppState>,
     auth: ProviderAuth,

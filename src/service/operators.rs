@@ -268,12 +268,15 @@ impl Services {
         Ok(IssuedToken { record, value })
     }
 
-    /// The tokens the caller may see: all (platform OWNER), its partner's operators'
-    /// (partner OWNER), else its own.
+    /// The tokens the caller may see: all (the platform's OWNERs and AUDITORs), its partner's
+    /// operators' (a partner's OWNERs and AUDITORs: an AUDITOR reads everything in scope), else
+    /// its own.
     pub async fn list_operator_tokens(&self, p: &ProviderPrincipal) -> OpResult<Vec<TokenRecord>> {
         let scope = match (p.role, p.tier, &p.operator) {
-            (OperatorRole::Owner, Tier::Platform, _) => TokenScope::All,
-            (OperatorRole::Owner, Tier::Partner(own), _) => TokenScope::Partner(own),
+            (OperatorRole::Owner | OperatorRole::Auditor, Tier::Platform, _) => TokenScope::All,
+            (OperatorRole::Owner | OperatorRole::Auditor, Tier::Partner(own), _) => {
+                TokenScope::Partner(own)
+            }
             (_, _, Some(op)) => TokenScope::Operator(op.id),
             (_, _, None) => TokenScope::All,
         };

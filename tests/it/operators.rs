@@ -196,6 +196,25 @@ async fn roles_decide_who_manages_operators_and_tokens() {
             .all(|t| t["revokedAt"].is_null())
     );
     assert!(!tokens.to_string().contains(&owner_t) && !tokens.to_string().contains(&op_t));
+    // An AUDITOR reads everything in scope: the same token list as the owner's, no values.
+    let (_, seen) = call(&s, &aud_t, Method::GET, "/provider/v1/tokens", None).await;
+    let ids = |v: &serde_json::Value| -> Vec<i64> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(ids(&seen), ids(&tokens));
+    assert!(ids(&seen).contains(&op_tid) && ids(&seen).contains(&owner_tid));
+    assert!(
+        seen["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t.get("value").is_none())
+    );
 
     // An operator lists only its own tokens, makes and rotates its own.
     let (_, mine) = call(&s, &op_t, Method::GET, "/provider/v1/tokens", None).await;

@@ -661,8 +661,10 @@ impl World {
                     let ok = match (actor.op, actor.role, op) {
                         // The bootstrap token sees all.
                         (None, _, _) => true,
-                        (Some(_), Role::Owner, None) => tier == Party::Platform,
-                        (Some(_), Role::Owner, Some(op)) => {
+                        // OWNERs and AUDITORs (who read everything in scope) see their
+                        // tier's; an OPERATOR its own.
+                        (Some(_), Role::Owner | Role::Auditor, None) => tier == Party::Platform,
+                        (Some(_), Role::Owner | Role::Auditor, Some(op)) => {
                             op_party.get(&op).is_some_and(|p| sees(tier, *p))
                         }
                         (Some(own), _, op) => op == Some(own),
