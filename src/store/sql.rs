@@ -265,6 +265,20 @@ fn disabled_by_from_row(row: &$row) -> StoreResult<DisabledBy> {
     })
 }
 
+const PARTNER_COLUMNS: &str = "id, name, support_url, support_email, created_at";
+
+/// The partner an insert or update returned, or the conflict its name caused.
+fn partner_written(row: Result<$row, sqlx::Error>, input: &PartnerInput) -> StoreResult<PartnerRecord> {
+    match row {
+        Ok(r) => partner_from_row(&r),
+        Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
+            "A partner named {} exists already",
+            input.name.as_str()
+        ))),
+        Err(e) => Err(map_err(e)),
+    }
+}
+
 fn partner_from_row(row: &$row) -> StoreResult<PartnerRecord> {
     let get = |e: sqlx::Error| StoreError::Internal(e.into());
     Ok(PartnerRecord {
@@ -1682,8 +1696,8 @@ impl Store for $store {
         $crate::store::sql::retry_tx!({
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         let row = sqlx::query(
-            "INSERT INTO partners (name, support_url, support_email, created_at) VALUES ($1, $2, $3, $4) \
-             RETURNING id, name, support_url, support_email, created_at",
+            &format!("INSERT INTO partners (name, support_url, support_email, created_at) VALUES ($1, $2, $3, $4) \
+             RETURNING {PARTNER_COLUMNS}"),
         )
         .bind(input.name.as_str())
         .bind(input.support_url.as_ref().map(|u| u.as_str()))
@@ -1691,17 +1705,7 @@ impl Store for $store {
         .bind(ctx.now.0)
         .fetch_one(&mut *tx)
         .await;
-        let row = match row {
-            Ok(r) => r,
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::Conflict(format!(
-                    "A partner named {} exists already",
-                    input.name.as_str()
-                )));
-            }
-            Err(e) => return Err(map_err(e)),
-        };
-        let partner = partner_from_row(&row)?;
+        let partner = partner_written(row, &input)?;
         insert_audit(
             &mut tx,
             None,
@@ -1718,7 +1722,7 @@ impl Store for $store {
     }
 
     async fn get_partner(&self, id: PartnerId) -> StoreResult<Option<PartnerRecord>> {
-        let row = sqlx::query("SELECT id, name, support_url, support_email, created_at FROM partners WHERE id = $1")
+        let row = sqlx::query(&format!("SELECT {PARTNER_COLUMNS} FROM partners WHERE id = $1"))
             .bind(id.0)
             .fetch_optional(&self.reader)
             .await
@@ -1727,7 +1731,7 @@ impl Store for $store {
     }
 
     async fn list_partners(&self) -> StoreResult<Vec<PartnerRecord>> {
-        let rows = sqlx::query("SELECT id, name, support_url, support_email, created_at FROM partners ORDER BY id")
+        let rows = sqlx::query(&format!("SELECT {PARTNER_COLUMNS} FROM partners ORDER BY id"))
             .fetch_all(&self.reader)
             .await
             .map_err(map_err)?;
@@ -1742,7 +1746,7 @@ impl Store for $store {
     ) -> StoreResult<PartnerRecord> {
         $crate::store::sql::retry_tx!({
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        let before = sqlx::query("SELECT id, name, support_url, support_email, created_at FROM partners WHERE id = $1")
+        let before = sqlx::query(&format!("SELECT {PARTNER_COLUMNS} FROM partners WHERE id = $1"))
             .bind(id.0)
             .fetch_optional(&mut *tx)
             .await
@@ -1752,8 +1756,8 @@ impl Store for $store {
             .transpose()?
             .ok_or(StoreError::NotFound("partner"))?;
         let row = sqlx::query(
-            "UPDATE partners SET name = $1, support_url = $2, support_email = $3 WHERE id = $4 \
-             RETURNING id, name, support_url, support_email, created_at",
+            &format!("UPDATE partners SET name = $1, support_url = $2, support_email = $3 WHERE id = $4 \
+             RETURNING {PARTNER_COLUMNS}"),
         )
         .bind(input.name.as_str())
         .bind(input.support_url.as_ref().map(|u| u.as_str()))
@@ -1761,17 +1765,7 @@ impl Store for $store {
         .bind(id.0)
         .fetch_one(&mut *tx)
         .await;
-        let row = match row {
-            Ok(r) => r,
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::Conflict(format!(
-                    "A partner named {} exists already",
-                    input.name.as_str()
-                )));
-            }
-            Err(e) => return Err(map_err(e)),
-        };
-        let partner = partner_from_row(&row)?;
+        let partner = partner_written(row, &input)?;
         // Its orgs' key objects name it: lock (and on PostgreSQL notify) each, so that every
         // node's cache forgets them.
         if let Some(lock) = $lock_org {
