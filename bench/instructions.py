@@ -6,6 +6,9 @@
         # the same on a PostgreSQL node as configured by default (a scratch database is made and dropped)
     python3 bench/instructions.py N --metrics
         # the same with metrics on (`--metrics-token`), and one scrape of /metrics before counting
+    python3 bench/instructions.py N --provider [--bin PATH]
+        # also the provider API: `GET /provider/v1/orgs/{id}` with the bearer token (the
+        # token's principal, the wrong-token throttle, the org scoping); --bin: another build
 
 Counts instructions, not seconds: the figures repeat for the same binary whatever else the
 machine is doing, so they show what a change to the hot path saved while the throughput
@@ -32,6 +35,9 @@ N = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
 PG = sys.argv[sys.argv.index("--postgres") + 1].rstrip("/") if "--postgres" in sys.argv else None
 PORT = 18_000 + os.getpid() % 1000
 METRICS_TOKEN = "instructions-metrics-token" if "--metrics" in sys.argv else None
+PROVIDER = "--provider" in sys.argv
+BINARY = (sys.argv[sys.argv.index("--bin") + 1] if "--bin" in sys.argv
+          else os.path.join(bench.REPO, "target", "release", "keygate"))
 
 
 def wait_for(proc, pattern):
@@ -50,7 +56,7 @@ def start_demo(out):
     """`keygate demo` (embedded store): it prints its org's credentials."""
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-         os.path.join(bench.REPO, "target", "release", "keygate"), "demo", "--listen", f"127.0.0.1:{PORT}",
+         BINARY, "demo", "--listen", f"127.0.0.1:{PORT}",
          *(["--metrics-token", METRICS_TOKEN] if METRICS_TOKEN else [])],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _, text = wait_for(proc, r"provider token:\s+(\S+)")
@@ -61,7 +67,8 @@ def start_demo(out):
     _, orgs = http.json("GET", "/provider/v1/orgs", headers=auth)
     org_id = orgs["items"][0]["id"]
     http.json("PUT", f"/provider/v1/orgs/{org_id}/limits", bench.OPEN_LIMITS, auth)
-    return proc, bench.api_login(base, field("admin login"), field("admin password"), field("API key"))
+    session = bench.api_login(base, field("admin login"), field("admin password"), field("API key"))
+    return proc, session, (f"/provider/v1/orgs/{org_id}", auth)
 
 
 def start_postgres_node(out, url, data_dir):
@@ -73,7 +80,7 @@ def start_postgres_node(out, url, data_dir):
                KEYGATE_PROVIDER_TOKEN=bench.PROVIDER_TOKEN)
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-         os.path.join(bench.REPO, "target", "release", "keygate"), "serve", "--listen", f"127.0.0.1:{PORT}",
+         BINARY, "serve", "--listen", f"127.0.0.1:{PORT}",
          "--data-dir", data_dir],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     wait_for(proc, r"keygate listening on")
@@ -92,7 +99,7 @@ def start_postgres_node(out, url, data_dir):
     key = k["keyValue"] if "keyValue" in k else k["key"]["keyValue"]
     # The node uses its cache once it holds a lease (renewed every quarter lease).
     time.sleep(3)
-    return proc, bench.api_login(base, login, bench.PASSWORD, key)
+    return proc, bench.api_login(base, login, bench.PASSWORD, key), (f"/provider/v1/orgs/{org['id']}", auth)
 
 
 def main():
@@ -101,9 +108,9 @@ def main():
     db = f"kg_instr_{os.getpid()}"
     if PG:
         subprocess.run(["psql", PG + "/postgres", "-qc", f"CREATE DATABASE {db}"], check=True, capture_output=True)
-        proc, session = start_postgres_node(out, f"{PG}/{db}", os.path.join(out_dir, "data"))
+        proc, session, provider = start_postgres_node(out, f"{PG}/{db}", os.path.join(out_dir, "data"))
     else:
-        proc, session = start_demo(out)
+        proc, session, provider = start_demo(out)
     try:
         base = f"http://127.0.0.1:{PORT}"
         http = bench.Http(base)
@@ -114,9 +121,12 @@ def main():
                 raise RuntimeError(f"callgrind_control {args}: {r.stdout} {r.stderr}")
 
         endpoints = ["/healthz", "/authz", "/api/v1/apiKeys"]
+        endpoints += [provider[0]] if PROVIDER else []
+        # The provider API takes the bearer token instead of the session.
+        headers_of = lambda path: provider[1] if path.startswith("/provider/") else headers  # noqa: E731
         for path in endpoints:
             for _ in range(200):
-                status, _, _ = http.req("GET", path, headers=headers)
+                status, _, _ = http.req("GET", path, headers=headers_of(path))
                 assert status < 300, (path, status)
         if METRICS_TOKEN:
             status, _, _ = http.req("GET", "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
@@ -126,7 +136,7 @@ def main():
             control("-z")
             control("-i", "on")
             for _ in range(N):
-                status, _, _ = http.req("GET", path, headers=headers)
+                status, _, _ = http.req("GET", path, headers=headers_of(path))
                 assert status < 300, (path, status)
             control("-i", "off")
             before = set(glob.glob(out + "*"))
@@ -143,6 +153,8 @@ def main():
                   flush=True)
         print(f"/authz - /healthz:  {results['/authz'] - results['/healthz']:>10,.0f}")
         print(f"apiKeys - /healthz: {results['/api/v1/apiKeys'] - results['/healthz']:>10,.0f}")
+        if PROVIDER:
+            print(f"provider - /healthz: {results[provider[0]] - results['/healthz']:>9,.0f}")
         print(f"callgrind files: {out_dir} (callgrind_annotate FILE)")
     finally:
         proc.terminate()
