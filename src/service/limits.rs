@@ -358,6 +358,10 @@ enum ClaimEnd {
     WindowMoved,
 }
 
+/// In an org's first window on a node, a claim asks for this many times the requests seen so
+/// far (at most a fair part of what is left).
+const FIRST_CLAIM_FACTOR: u64 = 4;
+
 /// The most rounds of one check, whatever ended them (each window move costs one).
 const MAX_ROUNDS: usize = 16;
 
@@ -593,7 +597,11 @@ impl GlobalLimits {
         } else {
             match s.prev_demand {
                 Some(d) => u64::from(d) * left / period_ms as u64,
-                None => u64::from(fair),
+                // No history (an org's first window on this node): a few times what has
+                // asked so far, not a fair part of the limit. Taking half the limit on the
+                // first request left a third node nothing for a tenth of the window (a 429
+                // under a limit of 1,000,000 on the 3rd call of a sequential client).
+                None => u64::from(s.demand).saturating_mul(FIRST_CLAIM_FACTOR),
             }
         };
         (expected.saturating_add(1).min(u64::from(fair)) as u32).clamp(1, unclaimed)
