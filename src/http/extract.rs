@@ -260,7 +260,6 @@ pub fn cookie_in<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&
 
 /// A provider operator, by bearer token.
 pub struct ProviderAuth {
-    pub token_id: i64,
     /// Who holds the token: its operator, role and tier (issue 15). Every provider handler
     /// scopes what it reads and changes by this.
     pub principal: ProviderPrincipal,
@@ -305,10 +304,7 @@ impl FromRequestParts<AppState> for ProviderAuth {
             // No token is not a guess: not counted.
             .ok_or(ApiError::AuthenticationFailed)?;
         let principal = state.provider_principal(token).await?.ok_or_else(failed)?;
-        Ok(ProviderAuth {
-            token_id: principal.token_id.0,
-            principal,
-        })
+        Ok(ProviderAuth { principal })
     }
 }
 

@@ -260,11 +260,6 @@ impl Services {
             .await
     }
 
-    /// The id of the provider token presented, if it is one of ours.
-    pub async fn provider_token_id(&self, token: &str) -> StoreResult<Option<i64>> {
-        self.store.find_provider_token(&token_hash(token)).await
-    }
-
     /// Who holds the provider token presented, if it is live: its operator, role and tier
     /// (the bootstrap token: owner of the platform). Read from the database on every request,
     /// so a revocation holds on every node at once.

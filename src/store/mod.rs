@@ -402,7 +402,6 @@ pub trait Store: operators::OperatorStore + Send + Sync + 'static {
         now: Millis,
     ) -> StoreResult<()>;
     async fn count_provider_tokens(&self) -> StoreResult<i64>;
-    async fn find_provider_token(&self, token_hash: &str) -> StoreResult<Option<i64>>;
     /// Who holds the token with this hash: a live token (not revoked, not expired at `now`)
     /// of an active operator, or the bootstrap token (no operator). `None` otherwise.
     async fn find_provider_principal(

@@ -1112,14 +1112,6 @@ impl Store for $store {
             .map_err(map_err)
     }
 
-    async fn find_provider_token(&self, token_hash: &str) -> StoreResult<Option<i64>> {
-        sqlx::query_scalar("SELECT id FROM provider_tokens WHERE token_hash = $1")
-            .bind(token_hash)
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(map_err)
-    }
-
     async fn find_provider_principal(
         &self,
         token_hash: &str,

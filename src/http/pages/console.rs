@@ -102,19 +102,16 @@ pub fn router() -> Router<AppState> {
 pub struct ProviderUser {
     session: ResolvedProviderSession,
     csrf: String,
-    /// Who signed in (issue 15): read with the session on every page, so a revoked token or a
-    /// removed operator ends it at once.
-    pub principal: crate::domain::tier::ProviderPrincipal,
 }
 
 impl ProviderUser {
     fn actor(&self) -> Actor {
-        Actor::Provider(self.principal.clone())
+        Actor::Provider(self.session.principal.clone())
     }
 
     /// Who is signed in, as the page header shows it.
     fn who(&self) -> String {
-        let p = &self.principal;
+        let p = &self.session.principal;
         let tier = match p.tier.partner() {
             Some(id) => format!("partner {id}"),
             None => "platform".into(),
@@ -125,8 +122,10 @@ impl ProviderUser {
         }
     }
 
-    fn principal(&self) -> &ProviderPrincipal {
-        &self.principal
+    /// Who signed in (issue 15): resolved with the session on every page, so a revoked token
+    /// or a removed operator ends it at once.
+    pub(super) fn principal(&self) -> &ProviderPrincipal {
+        &self.session.principal
     }
 }
 
@@ -146,12 +145,7 @@ impl FromRequestParts<AppState> for ProviderUser {
             .filter(|c| Services::provider_csrf_matches(&session, c))
             .ok_or_else(to_login)?
             .to_owned();
-        let principal = session.principal.clone();
-        Ok(ProviderUser {
-            session,
-            csrf,
-            principal,
-        })
+        Ok(ProviderUser { session, csrf })
     }
 }
 

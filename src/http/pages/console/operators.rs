@@ -46,7 +46,7 @@ async fn operators_view(
     notice: Option<&'static str>,
     error: Option<String>,
 ) -> Result<OperatorsPage, ApiError> {
-    let ops = state.list_operators(&user.principal).await?;
+    let ops = state.list_operators(user.principal()).await?;
     Ok(OperatorsPage {
         chrome: Chrome::new(AREA, "Operators", user.csrf.clone()).signed_in(user.who()),
         rows: ops
@@ -62,7 +62,7 @@ async fn operators_view(
                 },
             })
             .collect(),
-        may_manage: user.principal.may_manage_operators(),
+        may_manage: user.principal().may_manage_operators(),
         notice,
         error,
     })
@@ -132,7 +132,7 @@ pub async fn create_operator(
     })();
     let done = match parsed {
         Ok(input) => state
-            .create_operator(&post.user.principal, input, client)
+            .create_operator(post.user.principal(), input, client)
             .await
             .map_err(ApiError::from),
         Err(e) => Err(e.into()),
@@ -151,7 +151,7 @@ pub async fn remove_operator(
 ) -> Response {
     let done = match parse_id("id", &id) {
         Ok(id) => state
-            .remove_operator(&post.user.principal, OperatorId(id), client)
+            .remove_operator(post.user.principal(), OperatorId(id), client)
             .await
             .map_err(ApiError::from),
         Err(e) => Err(e),
@@ -210,7 +210,7 @@ pub async fn edit_operator(
     })();
     let done = match parsed {
         Ok((id, name, role, password)) => state
-            .update_operator(&post.user.principal, id, name, role, password, client)
+            .update_operator(post.user.principal(), id, name, role, password, client)
             .await
             .map(|_| ())
             .map_err(ApiError::from),
@@ -250,7 +250,7 @@ async fn tokens_view(
     notice: Option<&'static str>,
     error: Option<String>,
 ) -> Result<TokensPage, ApiError> {
-    let tokens = state.list_operator_tokens(&user.principal).await?;
+    let tokens = state.list_operator_tokens(user.principal()).await?;
     Ok(TokensPage {
         chrome: Chrome::new(AREA, "Tokens", user.csrf.clone()).signed_in(user.who()),
         rows: tokens
@@ -340,7 +340,7 @@ pub async fn create_token(
     })();
     let done = match parsed {
         Ok((label, expires, operator)) => state
-            .create_operator_token(&post.user.principal, operator, label, expires, client)
+            .create_operator_token(post.user.principal(), operator, label, expires, client)
             .await
             .map_err(ApiError::from),
         Err(e) => Err(e),
@@ -364,7 +364,7 @@ pub async fn revoke_token(
 ) -> Response {
     let done = match parse_id("id", &id) {
         Ok(id) => state
-            .revoke_operator_token(&post.user.principal, TokenId(id), client)
+            .revoke_operator_token(post.user.principal(), TokenId(id), client)
             .await
             .map(|_| ())
             .map_err(ApiError::from),
