@@ -15,13 +15,42 @@ pub fn random_token() -> String {
 
 /// What the database stores in place of a high-entropy token. A fast hash is right here:
 /// the token has 256 bits, so there is nothing to brute-force.
-pub fn token_hash(token: &str) -> String {
-    // Into a stack buffer first: `hex::encode` pushes one char at a time, and this runs on
-    // every API request.
+pub fn token_hash(token: &str) -> TokenHash {
     let mut hex = [0u8; 64];
     match hex::encode_to_slice(Sha256::digest(token.as_bytes()), &mut hex) {
-        Ok(()) => String::from_utf8(hex.to_vec()).unwrap_or_default(),
+        Ok(()) => TokenHash(hex),
         Err(_) => unreachable!("a SHA-256 digest is 32 bytes, 64 hex digits"),
+    }
+}
+
+/// A token's SHA-256 in lower-case hex, on the stack: looking a session up by it (every API
+/// call) allocates nothing. `to_string()` where an owned copy is kept.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TokenHash([u8; 64]);
+
+impl TokenHash {
+    pub fn as_str(&self) -> &str {
+        // Only ever hex digits (ASCII).
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for TokenHash {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for TokenHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<TokenHash> for String {
+    fn from(h: TokenHash) -> String {
+        h.as_str().to_owned()
     }
 }
 

@@ -53,10 +53,14 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The original method: `X-Original-Method` (nginx), `X-Forwarded-Method` (Traefik), else the
 /// sub-request's own method (Envoy forwards the original method as it is).
 fn original_method<'a>(headers: &'a HeaderMap, own: &'a Method) -> &'a str {
-    [ORIGINAL_METHOD, FORWARDED_METHOD]
-        .iter()
-        .find_map(|h| headers.get(h).and_then(|v| v.to_str().ok()))
-        .map(str::trim)
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    text(ORIGINAL_METHOD)
+        .or_else(|| text(FORWARDED_METHOD))
+        .map(str::trim_ascii)
         .filter(|m| !m.is_empty())
         .unwrap_or(own.as_str())
 }
@@ -92,8 +96,14 @@ pub async fn decide(state: &AppState, headers: &HeaderMap, method: &Method) -> R
             // Written straight into the response's own headers (no map to merge).
             let mut response = empty_response(StatusCode::NO_CONTENT);
             let headers = response.headers_mut();
-            headers.insert(ORG_ID_HEADER, HeaderValue::from(principal.org_id.0));
-            if let Ok(v) = HeaderValue::from_str(&principal.admin.login) {
+            // Org ids are positive (SQLite/PostgreSQL identity columns).
+            headers.insert(
+                ORG_ID_HEADER,
+                u64::try_from(principal.org_id.0)
+                    .map(super::number_header)
+                    .unwrap_or_else(|_| HeaderValue::from(principal.org_id.0)),
+            );
+            if let Ok(v) = HeaderValue::from_str(&principal.admin().login) {
                 headers.insert(ADMIN_HEADER, v);
             }
             if let Some(info) = principal.rate {

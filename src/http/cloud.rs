@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{AppState, ClientAddr, JsonBody, cookie_in, parse_id};
-use super::json_bytes_response;
+use super::{json_bytes_response, number_header};
 use crate::domain::key::ApiKeyValue;
 use crate::domain::time::Millis;
 use crate::service::keys::{KeyChangeRequest, KeyObject, Shown};
@@ -52,7 +52,7 @@ pub fn router(state: AppState) -> OpenApiRouter<AppState> {
 pub fn session_token(headers: &HeaderMap) -> Option<&str> {
     cookie_in(headers, SESSION_COOKIE)
         .or_else(|| headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()))
-        .map(str::trim)
+        .map(str::trim_ascii)
         .filter(|t| !t.is_empty())
 }
 
@@ -109,9 +109,9 @@ const RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset")
 
 /// Sets `x-ratelimit-limit`, `x-ratelimit-remaining` and `x-ratelimit-reset`.
 pub fn rate_headers(headers: &mut HeaderMap, info: &RateInfo) {
-    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(info.limit));
-    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(info.remaining));
-    headers.insert(RATELIMIT_RESET, HeaderValue::from(info.reset_secs));
+    headers.insert(RATELIMIT_LIMIT, number_header(info.limit.into()));
+    headers.insert(RATELIMIT_REMAINING, number_header(info.remaining.into()));
+    headers.insert(RATELIMIT_RESET, number_header(info.reset_secs));
 }
 
 /// The decision as an HTTP error, with the rate-limit headers when it is a 429.
@@ -557,7 +557,7 @@ async fn create_report(
         return Err(ApiError::invalid("endTime", "must not be before startTime"));
     }
     state
-        .create_audit_report(p.admin.id, p.org_id, Millis(from), Millis(to))
+        .create_audit_report(p.admin().id, p.org_id, Millis(from), Millis(to))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -568,7 +568,7 @@ async fn report_status(
     State(state): State<AppState>,
     ApiCall(p): ApiCall,
 ) -> ApiResult<Json<ReportStatus>> {
-    let report = state.audit_report(p.admin.id).await?;
+    let report = state.audit_report(p.admin().id).await?;
     Ok(Json(ReportStatus {
         status: report.as_ref().map(|_| "COMPLETE"),
         progress_items_complete: report.as_ref().map_or(0, |r| r.rows),
@@ -584,7 +584,7 @@ async fn cancel_report(
     State(state): State<AppState>,
     ApiCall(p): ApiCall,
 ) -> ApiResult<StatusCode> {
-    state.store.delete_audit_report(p.admin.id).await?;
+    state.store.delete_audit_report(p.admin().id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -596,7 +596,7 @@ async fn download_report(
     ApiCall(p): ApiCall,
 ) -> ApiResult<Response> {
     let report = state
-        .audit_report(p.admin.id)
+        .audit_report(p.admin().id)
         .await?
         .ok_or_else(|| ApiError::NotFound("No audit log report; create one first".into()))?;
     Ok((

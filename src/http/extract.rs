@@ -246,16 +246,21 @@ pub fn client_address(parts: &Parts, state: &AppState) -> Option<String> {
 }
 
 /// A cookie's value from the request's `Cookie` headers; an empty value counts as absent.
+/// The first pair named `name` decides. (Byte-wise rather than with `split_once`/`trim`:
+/// this runs on every API call.)
 pub fn cookie_in<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
-    headers
+    let value = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-        .filter(|v| !v.is_empty())
+        .find_map(|pair| {
+            pair.trim_ascii_start()
+                .strip_prefix(name)?
+                .strip_prefix('=')
+                .map(str::trim_ascii_end)
+        })?;
+    Some(value).filter(|v| !v.is_empty())
 }
 
 /// A provider operator, by bearer token.
@@ -335,5 +340,41 @@ impl FromRequestParts<AppState> for ConsoleAuth {
             }
         }
         Ok(ConsoleAuth(resolved))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cookie_in;
+    use axum::http::{HeaderMap, HeaderValue, header};
+
+    fn with_cookies(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(header::COOKIE, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn finds_the_named_cookie_and_only_it() {
+        let h = with_cookies(&["JSESSIONIDX=wrong; a=b;  JSESSIONID=right ; c=d"]);
+        assert_eq!(cookie_in(&h, "JSESSIONID"), Some("right"));
+        assert_eq!(cookie_in(&h, "a"), Some("b"));
+        assert_eq!(cookie_in(&h, "c"), Some("d"));
+        assert_eq!(cookie_in(&h, "SESSION"), None);
+        // A later `Cookie` header counts too; a value may hold '='.
+        let h = with_cookies(&["x=1", "JSESSIONID=v=w"]);
+        assert_eq!(cookie_in(&h, "JSESSIONID"), Some("v=w"));
+    }
+
+    #[test]
+    fn an_empty_first_value_is_absent() {
+        let h = with_cookies(&["JSESSIONID=; JSESSIONID=later"]);
+        assert_eq!(cookie_in(&h, "JSESSIONID"), None);
+        let h = with_cookies(&["JSESSIONID"]);
+        assert_eq!(cookie_in(&h, "JSESSIONID"), None);
+        let h = with_cookies(&["JSESSIONID =spaced"]);
+        assert_eq!(cookie_in(&h, "JSESSIONID"), None);
     }
 }

@@ -103,6 +103,38 @@ pub fn empty_response(status: StatusCode) -> Response {
     response
 }
 
+/// Numbers below this are header values made once: the rate-limit headers (ZIA's limits and
+/// what is left of them are small), the reset seconds and small org ids.
+const NUMBER_HEADERS: u64 = 4096;
+
+/// `n` as a header value. Below [`NUMBER_HEADERS`] a copy of one made at first use (static
+/// bytes: no allocation, no formatting); above, formatted.
+pub fn number_header(n: u64) -> HeaderValue {
+    static TABLE: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    if n >= NUMBER_HEADERS {
+        return HeaderValue::from(n);
+    }
+    let table = TABLE.get_or_init(|| {
+        // One string with every number, kept for the life of the process.
+        let mut all = String::new();
+        let mut ends = Vec::with_capacity(NUMBER_HEADERS as usize);
+        for i in 0..NUMBER_HEADERS {
+            all.push_str(&i.to_string());
+            ends.push(all.len());
+        }
+        let all: &'static str = all.leak();
+        let mut start = 0;
+        ends.into_iter()
+            .map(|end| {
+                let value = HeaderValue::from_static(&all[start..end]);
+                start = end;
+                value
+            })
+            .collect()
+    });
+    table[n as usize].clone()
+}
+
 /// `value` as a JSON response, like `axum::Json` but written into a buffer large enough for
 /// a small object at once and with a header table sized as [`empty_response`]'s.
 pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
@@ -161,4 +193,16 @@ async fn keep_matched_path(req: axum::extract::Request, next: axum::middleware::
         response.extensions_mut().insert(m);
     }
     response
+}
+
+#[cfg(test)]
+mod number_header_tests {
+    use super::number_header;
+
+    #[test]
+    fn every_number_reads_back_as_itself() {
+        for n in [0u64, 1, 9, 10, 99, 1000, 4095, 4096, 4097, 1_000_000, u64::MAX] {
+            assert_eq!(number_header(n).to_str().unwrap(), n.to_string(), "{n}");
+        }
+    }
 }

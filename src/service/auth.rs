@@ -144,7 +144,7 @@ impl Services {
                 Ok(Some(ResolvedSession {
                     admin,
                     session,
-                    id_hash,
+                    id_hash: id_hash.to_string(),
                 }))
             }
             _ => {
@@ -225,7 +225,7 @@ impl Services {
         Ok(Some(ResolvedProviderSession {
             token_id: session.token_id,
             csrf_hash: session.csrf_hash,
-            id_hash,
+            id_hash: id_hash.to_string(),
             principal,
         }))
     }

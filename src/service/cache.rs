@@ -18,7 +18,7 @@ use crate::telemetry::CacheMap;
 use std::borrow::Borrow;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -112,7 +112,8 @@ impl Lease {
 pub struct ViewCache {
     mode: CacheMode,
     lease: Lease,
-    sessions: Mutex<FastMap<String, ApiSessionView>>,
+    /// Shared with the requests that use them: a hit costs a reference count, not a copy.
+    sessions: Mutex<FastMap<String, Arc<ApiSessionView>>>,
     orgs: Mutex<FastMap<OrgId, OrgRecord>>,
     /// Each org's `GET /api/v1/apiKeys` body as last rendered, forgotten with the org.
     key_lists: Mutex<FastMap<OrgId, RenderedKeyList>>,
@@ -228,7 +229,7 @@ impl ViewCache {
         }
     }
 
-    pub fn session(&self, hash: &str) -> Option<ApiSessionView> {
+    pub fn session(&self, hash: &str) -> Option<Arc<ApiSessionView>> {
         self.look_up((&self.sessions, CacheMap::Session), hash, |v| {
             Some(v.clone())
         })
@@ -243,7 +244,7 @@ impl ViewCache {
     }
 
     /// Keeps `view`, read from the database by a read begun when [`Self::changes`] was `since`.
-    pub fn put_session(&self, hash: &str, view: &ApiSessionView, since: u64) {
+    pub fn put_session(&self, hash: &str, view: &Arc<ApiSessionView>, since: u64) {
         self.fill(&self.sessions, since, hash.to_owned(), view.clone());
     }
 
@@ -269,7 +270,8 @@ impl ViewCache {
         match locked(&self.sessions).get_mut(hash) {
             Some(v) if now.0 - v.last_seen_at.0 < every_ms => false,
             Some(v) => {
-                v.last_seen_at = now;
+                // Copies the view only if a request still holds it (once per interval).
+                Arc::make_mut(v).last_seen_at = now;
                 true
             }
             None => true,

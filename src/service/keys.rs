@@ -179,7 +179,7 @@ impl Services {
         request: KeyChangeRequest,
         client_addr: Option<String>,
     ) -> StoreResult<(OrgRecord, Option<KeyObject>)> {
-        self.apply_key_change(&p.admin, request, Some(p.generation), client_addr)
+        self.apply_key_change(p.admin(), request, Some(p.generation), client_addr)
             .await
     }
 

@@ -258,7 +258,7 @@ impl Services {
         }
         let value = random_token();
         let t = NewToken {
-            hash: token_hash(&value),
+            hash: token_hash(&value).to_string(),
             label,
             operator: Some(target),
             expires_at,
@@ -406,7 +406,7 @@ impl Services {
         };
         let now = self.clock.now();
         let t = NewToken {
-            hash: token_hash(&random_token()),
+            hash: token_hash(&random_token()).to_string(),
             label: "console sign-in".into(),
             operator: Some(op.id),
             expires_at: Some(Millis(

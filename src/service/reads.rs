@@ -37,12 +37,13 @@ pub struct SessionRows;
 
 impl BatchRead for SessionRows {
     type Key = String;
-    type Value = ApiSessionView;
+    type Value = Arc<ApiSessionView>;
     async fn fetch(
         store: Arc<dyn Store>,
         keys: Vec<String>,
-    ) -> StoreResult<Vec<(String, ApiSessionView)>> {
-        store.get_api_sessions(&keys).await
+    ) -> StoreResult<Vec<(String, Arc<ApiSessionView>)>> {
+        let rows = store.get_api_sessions(&keys).await?;
+        Ok(rows.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
     }
 }
 

@@ -1,6 +1,8 @@
 //! Cloud service API sessions (§3.1): login with the obfuscated key, login name and password;
 //! the session check every API request (and `/authz`) goes through.
 
+use std::sync::Arc;
+
 use super::Services;
 use super::gate::RequestPass;
 use super::limits::{RateDenied, RateInfo};
@@ -61,19 +63,26 @@ pub enum Denial {
 /// An authorized API caller. Holding it holds the org's gate open for reading, so a key
 /// change waits until this request is done (R7).
 pub struct ApiPrincipal {
-    pub admin: AdminRecord,
+    /// The session as the cache holds it (shared, not copied, on every call).
+    session: Arc<ApiSessionView>,
     pub org_id: OrgId,
     pub subscription: SubscriptionState,
     /// The org's key generation the session was opened under.
     pub generation: i64,
     /// The rate-limit state after this call was admitted (for the `x-ratelimit-*` headers).
     pub rate: Option<RateInfo>,
-    call_threshold: Option<CallThreshold>,
-    rate_limits: Option<String>,
     pass: Option<RequestPass>,
 }
 
 impl ApiPrincipal {
+    pub fn admin(&self) -> &AdminRecord {
+        &self.session.admin
+    }
+
+    fn call_threshold(&self) -> Option<CallThreshold> {
+        self.session.call_threshold
+    }
+
     pub fn holds_gate(&self) -> bool {
         self.pass.is_some()
     }
@@ -275,16 +284,20 @@ impl Services {
         };
         match self
             .rate_limits
-            .check(principal.org_id, principal.rate_limits.as_deref(), method)
+            .check(
+                principal.org_id,
+                principal.session.rate_limits.as_deref(),
+                method,
+            )
             .await
         {
             Ok(info) => principal.rate = info,
             Err(denied) => return Ok(Err(Denial::RateLimited(denied))),
         }
         let calls = self
-            .count_call(principal.org_id, principal.call_threshold)
+            .count_call(principal.org_id, principal.call_threshold())
             .await?;
-        if let Some(t) = principal.call_threshold.filter(|t| calls > t.calls) {
+        if let Some(t) = principal.call_threshold().filter(|t| calls > t.calls) {
             principal.release();
             let disablement = Disablement {
                 reason: DisableReason::CallThresholdExceeded,
@@ -325,7 +338,11 @@ impl Services {
         let changes_before = self.cache.changes();
         let (org_id, read) = match self.cache.session_org(&hash) {
             Some(org_id) => (org_id, None),
-            None => match self.session_reads.read(&self.store, hash.clone()).await? {
+            None => match self
+                .session_reads
+                .read(&self.store, hash.to_string())
+                .await?
+            {
                 Some(v) => (v.org_id, Some(v)),
                 None => return Ok(Err(Denial::SessionNotValid)),
             },
@@ -390,7 +407,6 @@ impl Services {
         {
             if self.cache.enabled() {
                 let store = self.store.clone();
-                let hash = hash.clone();
                 tokio::spawn(async move {
                     if let Err(e) = store.touch_api_session(&hash, now).await {
                         tracing::warn!(error = %e, "could not record a session's last use");
@@ -401,20 +417,18 @@ impl Services {
             }
         }
         Ok(Ok(ApiPrincipal {
-            admin: view.admin,
             org_id: view.org_id,
             subscription,
             generation: view.generation,
             rate: None,
-            call_threshold: view.call_threshold,
-            rate_limits: view.rate_limits,
+            session: view,
             pass: Some(pass),
         }))
     }
 
     /// The session behind `hash`, read now; kept in the cache if no change was counted since
     /// the read began.
-    async fn read_session_to_cache(&self, hash: &str) -> StoreResult<Option<ApiSessionView>> {
+    async fn read_session_to_cache(&self, hash: &str) -> StoreResult<Option<Arc<ApiSessionView>>> {
         let since = self.cache.changes();
         let view = self
             .session_reads

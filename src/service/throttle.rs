@@ -68,9 +68,9 @@ pub fn scopes(login: &str, addr: Option<&str>) -> Scopes {
     let addr = counted_address(addr);
     let login = login.to_lowercase();
     Scopes([
-        token_hash(&format!("addr\n{addr}")),
-        token_hash(&format!("login-addr\n{login}\n{addr}")),
-        token_hash(&format!("login\n{login}")),
+        token_hash(&format!("addr\n{addr}")).to_string(),
+        token_hash(&format!("login-addr\n{login}\n{addr}")).to_string(),
+        token_hash(&format!("login\n{login}")).to_string(),
     ])
 }
 

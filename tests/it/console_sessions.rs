@@ -403,7 +403,13 @@ async fn provider_console_session_survives_a_restart_and_is_stored_hashed() {
             .unwrap()
     };
     use keygate::crypto::token::token_hash;
-    assert_eq!(stored, vec![(token_hash(&cookie), token_hash(&csrf))]);
+    assert_eq!(
+        stored,
+        vec![(
+            token_hash(&cookie).to_string(),
+            token_hash(&csrf).to_string()
+        )]
+    );
 
     let server = TestServer::start_in(dir, |c| c.database_url = None).await;
     let (status, _, html) = b.get(&server.base, "/console/orgs").await;

@@ -781,7 +781,7 @@ async fn a_0007_database_upgrades_in_place_and_its_token_works_until_retired() {
         sqlx::query(
             "INSERT INTO provider_tokens (token_hash, label, created_at) VALUES ($1, 'generated at first start', 0)",
         )
-        .bind(keygate::crypto::token::token_hash(&old_token))
+        .bind(keygate::crypto::token::token_hash(&old_token).to_string())
         .execute(&mut conn)
         .await
         .unwrap();
