@@ -68,6 +68,33 @@ pub struct SharedDb {
     pub admin_url: String,
     pub name: String,
     pub url: String,
+    /// Held for the test's life: see [`connection_slots`].
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Connections one test may open: up to three nodes of up to 25 each (pool, node cache,
+/// rate-limit claims) and its own.
+const CONNECTIONS_PER_TEST: i64 = 80;
+
+/// How many tests with a database of their own run at once: as many as the server's
+/// `max_connections` has room for. Debian's default of 100 (a fresh machine: `cargo test`
+/// before `.ci/run` raised it) runs them one at a time instead of failing with "too many
+/// clients"; `.ci/run`'s 400 runs four.
+async fn connection_slots(conn: &mut sqlx::PgConnection) -> Arc<tokio::sync::Semaphore> {
+    static SLOTS: tokio::sync::OnceCell<Arc<tokio::sync::Semaphore>> =
+        tokio::sync::OnceCell::const_new();
+    SLOTS
+        .get_or_init(|| async {
+            let max: String = sqlx::query_scalar("SHOW max_connections")
+                .fetch_one(&mut *conn)
+                .await
+                .expect("read max_connections");
+            let max: i64 = max.parse().expect("max_connections is a number");
+            let slots = ((max - 20) / CONNECTIONS_PER_TEST).max(1);
+            Arc::new(tokio::sync::Semaphore::new(slots as usize))
+        })
+        .await
+        .clone()
 }
 
 impl SharedDb {
@@ -83,6 +110,11 @@ impl SharedDb {
         .await
         {
             Ok(Ok(mut conn)) => {
+                let slot = connection_slots(&mut conn)
+                    .await
+                    .acquire_owned()
+                    .await
+                    .expect("the slots are never closed");
                 let name = format!("kg_test_mn_{}", random_lower(16));
                 sqlx::query(&format!("CREATE DATABASE {name}"))
                     .execute(&mut conn)
@@ -96,6 +128,7 @@ impl SharedDb {
                     admin_url,
                     name,
                     url,
+                    _slot: slot,
                 });
             }
             Ok(Err(e)) => e.to_string(),
