@@ -147,9 +147,9 @@ impl LocalLimits {
         let limiters = self.limiters(org, stored_rules);
         let class = RateRule::class_of(method);
         let _one_at_a_time = limiters.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let now = governor::clock::Clock::now(&self.clock);
         let mut tightest: Option<RateInfo> = None;
-        let mut taken: Vec<(&RuleState, u64)> = Vec::new();
+        // On the stack for the usual few rules: this runs on every API call.
+        let mut taken: smallvec::SmallVec<[(&RuleState, u64); 4]> = smallvec::SmallVec::new();
         for (rule, limiter, state) in limiters.rules.iter().filter(|(r, ..)| r.applies_to(class)) {
             let before = state.0.load(Ordering::Acquire);
             match limiter.check() {
@@ -171,7 +171,7 @@ impl LocalLimits {
                     for (state, before) in taken {
                         state.0.store(before, Ordering::Release);
                     }
-                    let wait = not_until.wait_time_from(now);
+                    let wait = not_until.wait_time_from(governor::clock::Clock::now(&self.clock));
                     let retry = ceil_secs(wait).max(1);
                     let info = RateInfo {
                         limit: rule.limit,

@@ -164,8 +164,9 @@ impl Services {
         &self,
         org: OrgId,
         threshold: Option<CallThreshold>,
+        now: Millis,
     ) -> StoreResult<i64> {
-        let period = period_of(threshold, self.clock.now());
+        let period = period_of(threshold, now);
         let n = match self.meter.try_count(org, period) {
             Some(n) => n,
             None => {

@@ -13,6 +13,7 @@ use crate::domain::audit::{Actor, AuditAction};
 use crate::domain::ids::OrgId;
 use crate::domain::login_guard;
 use crate::domain::org::{CallThreshold, DisableReason, Disablement, SubscriptionState};
+use crate::domain::time::Millis;
 use crate::store::{
     AdminRecord, ApiSessionView, GuessCheck, LoginFailure, ProviderKeyAction, StoreError,
     StoreResult,
@@ -71,6 +72,8 @@ pub struct ApiPrincipal {
     pub generation: i64,
     /// The rate-limit state after this call was admitted (for the `x-ratelimit-*` headers).
     pub rate: Option<RateInfo>,
+    /// When the session was checked: the call is metered at this time too (one clock read).
+    at: Millis,
     pass: Option<RequestPass>,
 }
 
@@ -295,7 +298,7 @@ impl Services {
             Err(denied) => return Ok(Err(Denial::RateLimited(denied))),
         }
         let calls = self
-            .count_call(principal.org_id, principal.call_threshold())
+            .count_call(principal.org_id, principal.call_threshold(), principal.at)
             .await?;
         if let Some(t) = principal.call_threshold().filter(|t| calls > t.calls) {
             principal.release();
@@ -334,9 +337,10 @@ impl Services {
         token: &str,
         method: &str,
     ) -> StoreResult<Result<ApiPrincipal, Denial>> {
-        let hash = token_hash(token);
+        let hashed = token_hash(token);
+        let hash = hashed.as_str();
         let changes_before = self.cache.changes();
-        let (org_id, read) = match self.cache.session_org(&hash) {
+        let (org_id, read) = match self.cache.session_org(hash) {
             Some(org_id) => (org_id, None),
             None => match self
                 .session_reads
@@ -362,19 +366,19 @@ impl Services {
                 && now.0 - v.last_seen_at.0 < s.api_idle_timeout_secs * 1000
                 && now.0 - v.created_at.0 < s.api_max_lifetime_secs * 1000
         };
-        let view = match self.cache.session(&hash) {
+        let view = match self.cache.session(hash) {
             // With other nodes, a session they kept in use is idle only in this node's copy.
             Some(v) if !live(&v) && self.cache.leased() => {
-                self.cache.forget_session(&hash);
-                self.read_session_to_cache(&hash).await?
+                self.cache.forget_session(hash);
+                self.read_session_to_cache(hash).await?
             }
             Some(v) => Some(v),
             None => match read {
                 Some(v) => {
-                    self.cache.put_session(&hash, &v, changes_before);
+                    self.cache.put_session(hash, &v, changes_before);
                     Some(v)
                 }
-                None => self.read_session_to_cache(&hash).await?,
+                None => self.read_session_to_cache(hash).await?,
             },
         };
         let Some(view) = view else {
@@ -382,8 +386,8 @@ impl Services {
         };
         if !live(&view) {
             drop(pass);
-            self.cache.forget_session(&hash);
-            self.store.delete_api_session(&hash).await?;
+            self.cache.forget_session(hash);
+            self.store.delete_api_session(hash).await?;
             return Ok(Err(Denial::SessionNotValid));
         }
         let subscription = view.subscription.state_at(now);
@@ -403,17 +407,17 @@ impl Services {
         // durable write). On the embedded store the cache is what idle time is judged by, and
         // the stored value only outlives it across a restart, so the write is not waited for.
         if now.0 - view.last_seen_at.0 >= TOUCH_EVERY_MS
-            && self.cache.claim_touch(&hash, now, TOUCH_EVERY_MS)
+            && self.cache.claim_touch(hash, now, TOUCH_EVERY_MS)
         {
             if self.cache.enabled() {
                 let store = self.store.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = store.touch_api_session(&hash, now).await {
+                    if let Err(e) = store.touch_api_session(&hashed, now).await {
                         tracing::warn!(error = %e, "could not record a session's last use");
                     }
                 });
             } else {
-                self.store.touch_api_session(&hash, now).await?;
+                self.store.touch_api_session(hash, now).await?;
             }
         }
         Ok(Ok(ApiPrincipal {
@@ -421,6 +425,7 @@ impl Services {
             subscription,
             generation: view.generation,
             rate: None,
+            at: now,
             session: view,
             pass: Some(pass),
         }))
