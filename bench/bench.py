@@ -17,6 +17,8 @@ only the Python standard library. Settings come from the environment (see BENCHM
   BENCH_OUT          where to write the results as JSON (default target/bench/results.json)
   BENCH_METRICS      1: every keygate runs with metrics on (KEYGATE_METRICS_TOKEN set; /metrics
                      scraped once after start), as issue 13's target asks; 0 (default): off
+  BENCH_BIN          the keygate binary to measure (default target/release/keygate), e.g. an
+                     older build for a before/after comparison
   BENCH_ONLY         comma-separated scenario numbers to run (default all)
   BENCH_ROUNDS       rounds of the side-by-side comparisons of scenarios 1 and 2 (default 2)
   BENCH_KEY_CHANGES  key changes timed in scenario 4 (400); BENCH_STORM_CLIENTS: scenario 6 (32)
@@ -42,7 +44,7 @@ import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(REPO, "target", "release", "keygate")
+BIN = os.environ.get("BENCH_BIN") or os.path.join(REPO, "target", "release", "keygate")
 SEED = os.path.join(REPO, "target", "release", "keygate-bench-seed")
 WRK_LUA = os.path.join(REPO, "bench", "wrk.lua")
 NGINX_CONF = os.path.join(REPO, "bench", "nginx.conf.in")
