@@ -201,7 +201,19 @@ mod number_header_tests {
 
     #[test]
     fn every_number_reads_back_as_itself() {
-        for n in [0u64, 1, 9, 10, 99, 1000, 4095, 4096, 4097, 1_000_000, u64::MAX] {
+        for n in [
+            0u64,
+            1,
+            9,
+            10,
+            99,
+            1000,
+            4095,
+            4096,
+            4097,
+            1_000_000,
+            u64::MAX,
+        ] {
             assert_eq!(number_header(n).to_str().unwrap(), n.to_string(), "{n}");
         }
     }
