@@ -48,12 +48,6 @@ impl std::fmt::Display for TokenHash {
     }
 }
 
-impl From<TokenHash> for String {
-    fn from(h: TokenHash) -> String {
-        h.as_str().to_owned()
-    }
-}
-
 pub fn ct_str_eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }

@@ -99,9 +99,9 @@ pub async fn decide(state: &AppState, headers: &HeaderMap, method: &Method) -> R
             // Org ids are positive (SQLite/PostgreSQL identity columns).
             headers.insert(
                 ORG_ID_HEADER,
-                u64::try_from(principal.org_id.0)
+                u64::try_from(principal.org_id().0)
                     .map(super::number_header)
-                    .unwrap_or_else(|_| HeaderValue::from(principal.org_id.0)),
+                    .unwrap_or_else(|_| HeaderValue::from(principal.org_id().0)),
             );
             if let Ok(v) = HeaderValue::from_str(&principal.admin().login) {
                 headers.insert(ADMIN_HEADER, v);

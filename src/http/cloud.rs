@@ -557,7 +557,7 @@ async fn create_report(
         return Err(ApiError::invalid("endTime", "must not be before startTime"));
     }
     state
-        .create_audit_report(p.admin().id, p.org_id, Millis(from), Millis(to))
+        .create_audit_report(p.admin().id, p.org_id(), Millis(from), Millis(to))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -102,7 +102,7 @@ impl Services {
         p: &crate::service::sessions::ApiPrincipal,
     ) -> StoreResult<Bytes> {
         let now = self.clock.now();
-        if let Some(body) = self.cache.key_list(p.org_id, p.generation, now) {
+        if let Some(body) = self.cache.key_list(p.org_id(), p.generation(), now) {
             return Ok(body);
         }
         let since = self.cache.changes();
@@ -139,13 +139,13 @@ impl Services {
         &self,
         p: &crate::service::sessions::ApiPrincipal,
     ) -> StoreResult<OrgRecord> {
-        let org = match self.cache.org(p.org_id) {
+        let org = match self.cache.org(p.org_id()) {
             Some(org) => org,
             None => {
                 let since = self.cache.changes();
                 let org = self
                     .org_reads
-                    .read(&self.store, p.org_id)
+                    .read(&self.store, p.org_id())
                     .await?
                     .ok_or(StoreError::NotFound("org"))?;
                 if p.holds_gate() {
@@ -154,7 +154,7 @@ impl Services {
                 org
             }
         };
-        if org.key_generation != p.generation {
+        if org.key_generation != p.generation() {
             return Err(StoreError::SessionEnded);
         }
         Ok(org)
@@ -179,7 +179,7 @@ impl Services {
         request: KeyChangeRequest,
         client_addr: Option<String>,
     ) -> StoreResult<(OrgRecord, Option<KeyObject>)> {
-        self.apply_key_change(p.admin(), request, Some(p.generation), client_addr)
+        self.apply_key_change(p.admin(), request, Some(p.generation()), client_addr)
             .await
     }
 

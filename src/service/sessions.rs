@@ -66,10 +66,7 @@ pub enum Denial {
 pub struct ApiPrincipal {
     /// The session as the cache holds it (shared, not copied, on every call).
     session: Arc<ApiSessionView>,
-    pub org_id: OrgId,
     pub subscription: SubscriptionState,
-    /// The org's key generation the session was opened under.
-    pub generation: i64,
     /// The rate-limit state after this call was admitted (for the `x-ratelimit-*` headers).
     pub rate: Option<RateInfo>,
     /// When the session was checked: the call is metered at this time too (one clock read).
@@ -80,6 +77,15 @@ pub struct ApiPrincipal {
 impl ApiPrincipal {
     pub fn admin(&self) -> &AdminRecord {
         &self.session.admin
+    }
+
+    pub fn org_id(&self) -> OrgId {
+        self.session.org_id
+    }
+
+    /// The org's key generation the session was opened under.
+    pub fn generation(&self) -> i64 {
+        self.session.generation
     }
 
     fn call_threshold(&self) -> Option<CallThreshold> {
@@ -288,7 +294,7 @@ impl Services {
         match self
             .rate_limits
             .check(
-                principal.org_id,
+                principal.org_id(),
                 principal.session.rate_limits.as_deref(),
                 method,
             )
@@ -298,7 +304,7 @@ impl Services {
             Err(denied) => return Ok(Err(Denial::RateLimited(denied))),
         }
         let calls = self
-            .count_call(principal.org_id, principal.call_threshold(), principal.at)
+            .count_call(principal.org_id(), principal.call_threshold(), principal.at)
             .await?;
         if let Some(t) = principal.call_threshold().filter(|t| calls > t.calls) {
             principal.release();
@@ -309,7 +315,7 @@ impl Services {
                     t.calls, t.period_seconds
                 )),
             };
-            self.auto_disable(principal.org_id, disablement.clone())
+            self.auto_disable(principal.org_id(), disablement.clone())
                 .await?;
             crate::telemetry::threshold_trip();
             crate::telemetry::key_change(crate::telemetry::KeyChangeKind::Disable, &Actor::System);
@@ -421,9 +427,7 @@ impl Services {
             }
         }
         Ok(Ok(ApiPrincipal {
-            org_id: view.org_id,
             subscription,
-            generation: view.generation,
             rate: None,
             at: now,
             session: view,
