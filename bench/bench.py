@@ -83,15 +83,22 @@ RESULTS = {"scenarios": {}}
 SERVER_PIDS = {}
 
 
-def cpu_ticks(pid):
-    """utime + stime of `pid` in clock ticks (0 once it is gone)."""
+def proc_stat(pid):
+    """(ppid, utime + stime in clock ticks, comm) of `pid`, or None once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             raw = f.read()
     except OSError:
-        return 0
+        return None
+    comm = raw[raw.index("(") + 1:raw.rindex(")")]
     rest = raw[raw.rindex(")") + 2:].split()
-    return int(rest[11]) + int(rest[12])
+    return int(rest[1]), int(rest[11]) + int(rest[12]), comm
+
+
+def cpu_ticks(pid):
+    """utime + stime of `pid` in clock ticks (0 once it is gone)."""
+    st = proc_stat(pid)
+    return st[1] if st else 0
 
 
 def want(n):
@@ -302,16 +309,9 @@ def _procs():
     """pid -> (ppid, utime + stime in ticks, comm) of every process."""
     out = {}
     for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                raw = f.read()
-        except OSError:
-            continue
-        comm = raw[raw.index("(") + 1:raw.rindex(")")]
-        rest = raw[raw.rindex(")") + 2:].split()
-        out[int(d)] = (int(rest[1]), int(rest[11]) + int(rest[12]), comm)
+        st = proc_stat(d) if d.isdigit() else None
+        if st:
+            out[int(d)] = st
     return out
 
 
@@ -560,25 +560,37 @@ def round_ratios(runs, base="/healthz"):
     return out
 
 
-def s1_vs_healthz(base, hdrs):
-    log(f"\n## 1. Hot path vs the same server's /healthz (wrk, closed loop, {ROUNDS} rounds, metrics {'on' if METRICS else 'off'})")
-    runs = {"/healthz": [], "/api/v1/apiKeys": [], "/authz": []}
-    paths = list(runs)
+def alternating_rounds(paths, measure):
+    """`measure(path)` for every path in each of ROUNDS rounds, each round starting with another
+    path (none is always measured first); path -> list of results."""
+    runs = {p: [] for p in paths}
     for i in range(ROUNDS):
-        # Each round starts with another endpoint, so none is always measured first.
         for path in paths[i % len(paths):] + paths[:i % len(paths)]:
-            runs[path].append(wrk(base, path, hdrs))
+            runs[path].append(measure(path))
+    return runs
+
+
+def report_ratios(runs, note=""):
+    """Logs each endpoint's ratio to /healthz (median of rounds, of means, per server
+    CPU-second); returns (means, ratios of means, per-round ratios)."""
     m = {p: merge(r) for p, r in runs.items()}
-    hz = m["/healthz"]["rps"]
-    ratios = {p: m[p]["rps"] / hz for p in ("/api/v1/apiKeys", "/authz")}
+    ratios = {p: m[p]["rps"] / m["/healthz"]["rps"] for p in runs if p != "/healthz"}
     paired = round_ratios(runs)
-    for p, label in (("/api/v1/apiKeys", "GET /api/v1/apiKeys"), ("/authz", "/authz")):
+    spread = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+    for p in paired:
         med = paired[p]["median"]
-        spread = ", ".join(f"{x:.2f}" for x in paired[p]["rounds"])
-        log(f"ratio {label:<19} / healthz: median of rounds {med:.3f} (rounds: {spread}); of means {ratios[p]:.3f} (target >= 0.9: {verdict(med >= 0.9)})")
+        log(f"ratio {p:<19} / healthz: median of {len(paired[p]['rounds'])} rounds {med:.3f} (rounds: {spread(paired[p]['rounds'])}); "
+            f"of means {ratios[p]:.3f} (target >= 0.9: {verdict(med >= 0.9)}){note}")
         if "per_cpu_median" in paired[p]:
             pc = paired[p]["per_cpu_median"]
-            log(f"      per server CPU-second: median {pc:.3f} (rounds: {', '.join(f'{x:.2f}' for x in paired[p]['per_cpu_rounds'])}) (target >= 0.9: {verdict(pc >= 0.9)})")
+            log(f"      per server CPU-second: median {pc:.3f} (rounds: {spread(paired[p]['per_cpu_rounds'])}) (target >= 0.9: {verdict(pc >= 0.9)})")
+    return m, ratios, paired
+
+
+def s1_vs_healthz(base, hdrs):
+    log(f"\n## 1. Hot path vs the same server's /healthz (wrk, closed loop, {ROUNDS} rounds, metrics {'on' if METRICS else 'off'})")
+    runs = alternating_rounds(["/healthz", "/api/v1/apiKeys", "/authz"], lambda path: wrk(base, path, hdrs))
+    m, ratios, paired = report_ratios(runs)
     log(HEAD)
     for p in runs:
         log(row(p, m[p]))
@@ -894,24 +906,11 @@ def s7_postgres(workdir, node_cache):
             return measured(what, run)
 
         conns = max(CONNS // len(nodes), 1)
-        paths = ["/healthz", "/api/v1/apiKeys", "/authz"]
-        runs = {p: [] for p in paths}
-        for r in range(ROUNDS):
-            for p in paths[r % 3:] + paths[:r % 3]:
-                runs[p].append(on_every_node(f"wrk {p} on every node",
-                                             lambda i, base, p=p: wrk(base, p, hdrs, conns=conns, quiet_checked=True)))
-        m = {p: merge(rs) for p, rs in runs.items()}
-        ratios = {p: m[p]["rps"] / m["/healthz"]["rps"] for p in ("/api/v1/apiKeys", "/authz")}
-        paired = round_ratios(runs)
-        med = {p: paired[p]["median"] for p in paired}
-        log(f"ratio GET /api/v1/apiKeys / healthz = median of {ROUNDS} rounds {med['/api/v1/apiKeys']:.3f} ({', '.join(f'{x:.2f}' for x in paired['/api/v1/apiKeys']['rounds'])}), "
-            f"/authz / healthz = {med['/authz']:.3f} ({', '.join(f'{x:.2f}' for x in paired['/authz']['rounds'])}); of means {ratios['/api/v1/apiKeys']:.3f} and {ratios['/authz']:.3f} "
-            f"(target >= 0.9: {verdict(min(med.values()) >= 0.9)}; metrics {'on' if METRICS else 'off'})")
-        if all("per_cpu_median" in paired[p] for p in paired):
-            log(f"      per server CPU-second (both nodes' CPU time): apiKeys median {paired['/api/v1/apiKeys']['per_cpu_median']:.3f} "
-                f"({', '.join(f'{x:.2f}' for x in paired['/api/v1/apiKeys']['per_cpu_rounds'])}), /authz {paired['/authz']['per_cpu_median']:.3f} "
-                f"({', '.join(f'{x:.2f}' for x in paired['/authz']['per_cpu_rounds'])}) "
-                f"(target >= 0.9: {verdict(min(paired[p]['per_cpu_median'] for p in paired) >= 0.9)})")
+        runs = alternating_rounds(
+            ["/healthz", "/api/v1/apiKeys", "/authz"],
+            lambda p: on_every_node(f"wrk {p} on every node",
+                                    lambda i, base, p=p: wrk(base, p, hdrs, conns=conns, quiet_checked=True)))
+        m, ratios, paired = report_ratios(runs, note=f"; metrics {'on' if METRICS else 'off'}, both nodes' CPU time")
         log(f"({len(nodes)} wrk process(es), one per node, CONNS/{len(nodes)} connections each; req/s summed, latency = the worst node)")
         log(HEAD)
         for p in m:
