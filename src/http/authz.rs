@@ -2,14 +2,14 @@
 //! ext_authz HTTP) decided exactly as an API call: the same `authorize_api_request`.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 
-use super::cloud::{denial_response, rate_headers, session_token};
-use super::empty_response;
+use super::cloud::{denial_response, session_token};
 use super::error::{ApiError, ErrorBody};
 use super::extract::AppState;
+use super::templates;
 use crate::service::sessions::Denial;
 use crate::telemetry::{self, DecisionSurface};
 
@@ -18,8 +18,6 @@ use crate::telemetry::{self, DecisionSurface};
 /// put this header into the answer it makes itself.
 pub const CODE_HEADER: &str = "x-keygate-code";
 
-const ORG_ID_HEADER: HeaderName = HeaderName::from_static("x-keygate-org-id");
-const ADMIN_HEADER: HeaderName = HeaderName::from_static("x-keygate-admin");
 const ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
 const FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 
@@ -93,23 +91,12 @@ pub async fn decide(state: &AppState, headers: &HeaderMap, method: &Method) -> R
     }
     match decision {
         Ok(Ok(principal)) => {
-            // Written straight into the response's own headers (no map to merge).
-            let mut response = empty_response(StatusCode::NO_CONTENT);
-            let headers = response.headers_mut();
             // Org ids are positive (SQLite/PostgreSQL identity columns).
-            headers.insert(
-                ORG_ID_HEADER,
-                u64::try_from(principal.org_id().0)
-                    .map(super::number_header)
-                    .unwrap_or_else(|_| HeaderValue::from(principal.org_id().0)),
-            );
-            if let Ok(v) = HeaderValue::from_str(&principal.admin().login) {
-                headers.insert(ADMIN_HEADER, v);
-            }
-            if let Some(info) = principal.rate {
-                rate_headers(headers, &info);
-            }
-            response
+            let org_id = u64::try_from(principal.org_id().0)
+                .map(super::number_header)
+                .unwrap_or_else(|_| HeaderValue::from(principal.org_id().0));
+            let admin = HeaderValue::from_str(&principal.admin().login).ok();
+            templates::allowed(org_id, admin, principal.rate.as_ref())
         }
         Ok(Err(denial)) => refused(denial),
         Err(e) => ApiError::from(e).into_response(),

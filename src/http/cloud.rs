@@ -17,7 +17,8 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{AppState, ClientAddr, JsonBody, cookie_in, parse_id};
-use super::{json_bytes_response, number_header};
+use super::templates::{RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET};
+use super::{json_bytes_response, number_header, templates};
 use crate::domain::key::ApiKeyValue;
 use crate::domain::time::Millis;
 use crate::service::keys::{KeyChangeRequest, KeyObject, Shown};
@@ -102,11 +103,6 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiCall {
     }
 }
 
-// Built once: a `&str` header name is parsed again on every insert.
-const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-const RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-
 /// Sets `x-ratelimit-limit`, `x-ratelimit-remaining` and `x-ratelimit-reset`.
 pub fn rate_headers(headers: &mut HeaderMap, info: &RateInfo) {
     headers.insert(RATELIMIT_LIMIT, number_header(info.limit.into()));
@@ -169,23 +165,27 @@ async fn api_guard(State(state): State<AppState>, mut req: Request, next: Next) 
 }
 
 /// `GET /api/v1/apiKeys`, the API's most frequent call, as `http::dispatch` answers it
-/// without the router: the same [`admit`] and [`key_list`] as [`api_guard`] and [`list_keys`].
+/// without the router: the same [`admit`] and key list as [`api_guard`] and [`list_keys`],
+/// its headers from a template (`http::templates`).
 pub async fn list_keys_direct(state: &AppState, headers: &HeaderMap, method: &Method) -> Response {
     let principal = match admit(state, headers, method).await {
         Ok(p) => p,
         Err(refused) => return refused,
     };
-    let rate = principal.rate;
-    let mut response = match key_list(state, &principal).await {
-        Ok(list) => list,
-        Err(e) => e.into_response(),
-    };
+    let list = state.key_list_json(&principal).await;
     // The org's gate opens before the answer is written, as with the router.
+    let rate = principal.rate;
     drop(principal);
-    if let Some(info) = rate {
-        rate_headers(response.headers_mut(), &info);
+    match list {
+        Ok(body) => templates::rated_json(StatusCode::OK, body, rate.as_ref()),
+        Err(e) => {
+            let mut response = ApiError::from(e).into_response();
+            if let Some(info) = rate {
+                rate_headers(response.headers_mut(), &info);
+            }
+            response
+        }
     }
-    response
 }
 
 impl FromRequestParts<AppState> for ApiSession {

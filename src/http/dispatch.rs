@@ -90,17 +90,14 @@ impl Dispatch {
         let path = req.uri().path();
         if path == "/authz" || path.starts_with("/authz/") {
             let response = authz::decide(&self.state, req.headers(), req.method()).await;
-            return (security_headers(response), Some(FastRoute::Authz));
+            return (unless_templated(response), Some(FastRoute::Authz));
         }
         if path == "/healthz" && req.method() == Method::GET {
-            return (
-                security_headers(health::healthz_response()),
-                Some(FastRoute::Healthz),
-            );
+            return (health::healthz_response(), Some(FastRoute::Healthz));
         }
         if path == "/api/v1/apiKeys" && req.method() == Method::GET {
             let response = cloud::list_keys_direct(&self.state, req.headers(), req.method()).await;
-            return (security_headers(response), Some(FastRoute::ListKeys));
+            return (unless_templated(response), Some(FastRoute::ListKeys));
         }
         let declared = req
             .headers()
@@ -132,6 +129,17 @@ impl Dispatch {
             );
         }
         (response, None)
+    }
+}
+
+/// The security headers on a direct route's answer, unless it is a success: those are built
+/// from `http::templates`, which hold them already (checking each one again would hash every
+/// name once more).
+fn unless_templated(response: Response) -> Response {
+    if response.status().is_success() {
+        response
+    } else {
+        security_headers(response)
     }
 }
 

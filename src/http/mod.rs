@@ -13,14 +13,15 @@ pub mod openapi;
 pub mod operators;
 pub mod pages;
 pub mod provider;
+pub mod templates;
 pub mod views;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
@@ -62,7 +63,7 @@ pub fn routes(state: AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
 }
 
 // Responses may carry a key value: never cached.
-const SECURITY_HEADERS: [(HeaderName, &str); 6] = [
+pub(crate) const SECURITY_HEADERS: [(HeaderName, &str); 6] = [
     (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
     (header::X_FRAME_OPTIONS, "DENY"),
     (header::REFERRER_POLICY, "no-referrer"),
@@ -88,18 +89,6 @@ pub fn security_headers(mut response: Response) -> Response {
             slot.insert(HeaderValue::from_static(value));
         }
     }
-    response
-}
-
-/// Room for the security headers and a handler's own few, so that adding them later does
-/// not grow (and rehash) the header table.
-const RESPONSE_HEADER_ROOM: usize = 12;
-
-/// A response without a body, its header table sized for what is added to it.
-pub fn empty_response(status: StatusCode) -> Response {
-    let mut response = Response::new(Body::empty());
-    *response.status_mut() = status;
-    *response.headers_mut() = HeaderMap::with_capacity(RESPONSE_HEADER_ROOM);
     response
 }
 
@@ -136,7 +125,7 @@ pub fn number_header(n: u64) -> HeaderValue {
 }
 
 /// `value` as a JSON response, like `axum::Json` but written into a buffer large enough for
-/// a small object at once and with a header table sized as [`empty_response`]'s.
+/// a small object at once and with its headers from a template.
 pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
     let mut body = Vec::with_capacity(256);
     match serde_json::to_writer(&mut body, value) {
@@ -145,15 +134,9 @@ pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
     }
 }
 
-/// A JSON body already written, as a response sized as [`empty_response`]'s.
+/// A JSON body already written, with the security headers (from a template).
 pub fn json_bytes_response(status: StatusCode, body: Bytes) -> Response {
-    let mut response = empty_response(status);
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    *response.body_mut() = Body::from(body);
-    response
+    templates::json(status, body)
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {

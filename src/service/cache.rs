@@ -235,14 +235,6 @@ impl ViewCache {
         })
     }
 
-    /// The org of a cached session, without copying the session (the first look-up of every
-    /// API call, before it enters the org's gate).
-    pub fn session_org(&self, hash: &str) -> Option<OrgId> {
-        self.look_up((&self.sessions, CacheMap::Session), hash, |v| {
-            Some(v.org_id)
-        })
-    }
-
     /// Keeps `view`, read from the database by a read begun when [`Self::changes`] was `since`.
     pub fn put_session(&self, hash: &str, view: &Arc<ApiSessionView>, since: u64) {
         self.fill(&self.sessions, since, hash.to_owned(), view.clone());

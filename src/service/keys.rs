@@ -101,7 +101,8 @@ impl Services {
         &self,
         p: &crate::service::sessions::ApiPrincipal,
     ) -> StoreResult<Bytes> {
-        let now = self.clock.now();
+        // The time the call was admitted at: what its session and subscription were judged by.
+        let now = p.at;
         if let Some(body) = self.cache.key_list(p.org_id(), p.generation(), now) {
             return Ok(body);
         }

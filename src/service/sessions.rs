@@ -69,8 +69,9 @@ pub struct ApiPrincipal {
     pub subscription: SubscriptionState,
     /// The rate-limit state after this call was admitted (for the `x-ratelimit-*` headers).
     pub rate: Option<RateInfo>,
-    /// When the session was checked: the call is metered at this time too (one clock read).
-    at: Millis,
+    /// When the session was checked: the call is metered, and its key list judged, at this
+    /// time too (one clock read).
+    pub at: Millis,
     pass: Option<RequestPass>,
 }
 
@@ -346,23 +347,28 @@ impl Services {
         let hashed = token_hash(token);
         let hash = hashed.as_str();
         let changes_before = self.cache.changes();
-        let (org_id, read) = match self.cache.session_org(hash) {
-            Some(org_id) => (org_id, None),
+        // The session found before the gate: in the cache, or else read from the database.
+        let (org_id, cached, read) = match self.cache.session(hash) {
+            Some(v) => (v.org_id, Some(v), None),
             None => match self
                 .session_reads
                 .read(&self.store, hash.to_string())
                 .await?
             {
-                Some(v) => (v.org_id, Some(v)),
+                Some(v) => (v.org_id, None, Some(v)),
                 None => return Ok(Err(Denial::SessionNotValid)),
             },
         };
         let pass = self.gate.enter(org_id).await;
-        // Read again under the gate if a change may have been counted since the read above
+        // Look again under the gate if a change may have been counted since the look above
         // (a change of this node under way then has finished now: it holds the gate until
-        // after it counts itself and forgets the org's cached sessions). Otherwise that read is
-        // as current as a second one, which spares a database read per request on PostgreSQL.
-        let read = read.filter(|_| self.cache.changes() == changes_before);
+        // after it counts itself and forgets the org's cached sessions). Otherwise what was
+        // found is as current as a second look: that spares a database read per request on
+        // PostgreSQL, and a second cache look-up everywhere. A cached entry also needs the
+        // cache still usable (a lease can run out while waiting for the gate).
+        let unchanged = self.cache.changes() == changes_before;
+        let read = read.filter(|_| unchanged);
+        let cached = cached.filter(|_| unchanged && self.cache.enabled());
         let now = self.clock.now();
         let s = &self.settings;
         let live = |v: &ApiSessionView| {
@@ -372,7 +378,7 @@ impl Services {
                 && now.0 - v.last_seen_at.0 < s.api_idle_timeout_secs * 1000
                 && now.0 - v.created_at.0 < s.api_max_lifetime_secs * 1000
         };
-        let view = match self.cache.session(hash) {
+        let view = match cached.or_else(|| self.cache.session(hash)) {
             // With other nodes, a session they kept in use is idle only in this node's copy.
             Some(v) if !live(&v) && self.cache.leased() => {
                 self.cache.forget_session(hash);

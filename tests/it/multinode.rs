@@ -917,7 +917,7 @@ async fn node_cache_is_used_emptied_by_changes_elsewhere_and_off_without_notific
     assert_eq!(status, StatusCode::OK, "{keys}");
     assert_eq!(keys[0]["keyValue"], key.as_str());
     assert_eq!(
-        sb.cache.session_org(&hash).map(|o| o.0),
+        sb.cache.session(&hash).map(|v| v.org_id.0),
         Some(org_id),
         "B keeps the session it served"
     );
