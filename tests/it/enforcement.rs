@@ -1209,6 +1209,30 @@ async fn authz_204_names_the_org_and_admin() {
     assert_eq!(r.header("x-keygate-admin"), Some("full@authzok"), "{r}");
     assert!(r.header("x-keygate-code").is_none(), "{r}");
     rate(&r, "204");
+    // The allowance goes to the proxy, never to a browser: no store, and no browser headers
+    // (a 204 has nothing to sniff or frame). A refusal, which a proxy may hand to the
+    // client, keeps them.
+    assert_eq!(r.header("cache-control"), Some("no-store"), "{r}");
+    for h in [
+        "x-frame-options",
+        "content-security-policy",
+        "x-content-type-options",
+    ] {
+        assert!(r.header(h).is_none(), "204 with {h}: {r}");
+    }
+    let refused = authz_with(&server.http, &server.base, Method::GET, &[]).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{refused}");
+    assert_eq!(
+        refused.header("cache-control"),
+        Some("no-store"),
+        "{refused}"
+    );
+    assert_eq!(refused.header("x-frame-options"), Some("DENY"), "{refused}");
+    assert_eq!(
+        refused.header("x-content-type-options"),
+        Some("nosniff"),
+        "{refused}"
+    );
 
     let among = format!("a=1; JSESSIONID={}; b=2", s.token);
     let via = [
