@@ -17,12 +17,11 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{AppState, ClientAddr, JsonBody, cookie_in, parse_id};
-use super::templates::{RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET};
-use super::{json_bytes_response, number_header, templates};
+use super::json_bytes_response;
+use super::templates::{self, rate_headers};
 use crate::domain::key::ApiKeyValue;
 use crate::domain::time::Millis;
 use crate::service::keys::{KeyChangeRequest, KeyObject, Shown};
-use crate::service::limits::RateInfo;
 use crate::service::sessions::{ApiLoginOutcome, ApiLoginRequest, ApiPrincipal, Denial};
 use crate::telemetry::{self, DecisionSurface, LoginOutcome, LoginSurface};
 
@@ -101,13 +100,6 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiCall {
             .ok_or(ApiError::SessionNotValid)?;
         Ok(ApiCall(principal))
     }
-}
-
-/// Sets `x-ratelimit-limit`, `x-ratelimit-remaining` and `x-ratelimit-reset`.
-pub fn rate_headers(headers: &mut HeaderMap, info: &RateInfo) {
-    headers.insert(RATELIMIT_LIMIT, number_header(info.limit.into()));
-    headers.insert(RATELIMIT_REMAINING, number_header(info.remaining.into()));
-    headers.insert(RATELIMIT_RESET, number_header(info.reset_secs));
 }
 
 /// The decision as an HTTP error, with the rate-limit headers when it is a 429.

@@ -16,11 +16,11 @@ use axum::response::Response;
 use super::{SECURITY_HEADERS, number_header};
 use crate::service::limits::RateInfo;
 
-pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-pub const ORG_ID_HEADER: HeaderName = HeaderName::from_static("x-keygate-org-id");
-pub const ADMIN_HEADER: HeaderName = HeaderName::from_static("x-keygate-admin");
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+const ORG_ID_HEADER: HeaderName = HeaderName::from_static("x-keygate-org-id");
+const ADMIN_HEADER: HeaderName = HeaderName::from_static("x-keygate-admin");
 
 const RATE_NAMES: [HeaderName; 3] = [RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET];
 
@@ -84,6 +84,14 @@ fn rate_values(info: &RateInfo) -> [HeaderValue; 3] {
         number_header(info.remaining.into()),
         number_header(info.reset_secs),
     ]
+}
+
+/// Sets `x-ratelimit-limit`, `x-ratelimit-remaining` and `x-ratelimit-reset` on an answer that
+/// does not come from a template (refusals, the router's handlers).
+pub fn rate_headers(headers: &mut HeaderMap, info: &RateInfo) {
+    for (name, value) in RATE_NAMES.into_iter().zip(rate_values(info)) {
+        headers.insert(name, value);
+    }
 }
 
 fn response(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
