@@ -17,7 +17,6 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{AppState, ClientAddr, JsonBody, cookie_in, parse_id};
-use super::json_bytes_response;
 use super::templates::{self, rate_headers};
 use crate::domain::key::ApiKeyValue;
 use crate::domain::time::Millis;
@@ -430,7 +429,7 @@ async fn list_keys(State(state): State<AppState>, ApiCall(p): ApiCall) -> ApiRes
 
 /// The org's key as an array of zero or one key objects, the body of `GET /api/v1/apiKeys`.
 async fn key_list(state: &AppState, p: &ApiPrincipal) -> ApiResult<Response> {
-    Ok(json_bytes_response(
+    Ok(templates::json(
         StatusCode::OK,
         state.key_list_json(p).await?,
     ))

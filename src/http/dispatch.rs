@@ -93,7 +93,10 @@ impl Dispatch {
             return (unless_templated(response), Some(FastRoute::Authz));
         }
         if path == "/healthz" && req.method() == Method::GET {
-            return (health::healthz_response(), Some(FastRoute::Healthz));
+            return (
+                unless_templated(health::healthz_response()),
+                Some(FastRoute::Healthz),
+            );
         }
         if path == "/api/v1/apiKeys" && req.method() == Method::GET {
             let response = cloud::list_keys_direct(&self.state, req.headers(), req.method()).await;

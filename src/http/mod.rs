@@ -19,7 +19,6 @@ pub mod views;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -129,14 +128,9 @@ pub fn number_header(n: u64) -> HeaderValue {
 pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
     let mut body = Vec::with_capacity(256);
     match serde_json::to_writer(&mut body, value) {
-        Ok(()) => json_bytes_response(status, body.into()),
+        Ok(()) => templates::json(status, body.into()),
         Err(e) => ApiError::Internal(e.into()).into_response(),
     }
-}
-
-/// A JSON body already written, with the security headers (from a template).
-pub fn json_bytes_response(status: StatusCode, body: Bytes) -> Response {
-    templates::json(status, body)
 }
 
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
