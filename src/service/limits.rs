@@ -46,7 +46,8 @@ impl StateStore for RuleState {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        // An org's rules are only checked under its lock (`OrgLimiters::lock`): no other writer.
+        // An org's rules are only checked under its map's lock (`LocalLimits::check`): no other
+        // writer.
         let prev = self.0.load(Ordering::Acquire);
         let (out, next) = f(NonZeroU64::new(prev).map(|n| Nanos::from(n.get())))?;
         self.0.store(next.into(), Ordering::Release);
@@ -75,13 +76,16 @@ struct OrgLimiters {
     /// The rules as stored (JSON, or empty for the defaults), to notice a change.
     source: String,
     rules: Vec<(RateRule, Limiter, RuleState)>,
-    /// Held while a request is checked against the rules, so it can be undone as a whole.
-    lock: Mutex<()>,
 }
+
+/// Orgs' limiters are kept in this many maps, by org id. A request is checked against its
+/// org's rules under its map's lock, so it can be undone as a whole: one lock per API call
+/// (rather than the map's and then the org's own), and orgs in other maps never wait for it.
+const LIMIT_SHARDS: usize = 64;
 
 pub struct LocalLimits {
     clock: GovernorClock,
-    orgs: Mutex<FastMap<OrgId, Arc<OrgLimiters>>>,
+    shards: Box<[Mutex<FastMap<OrgId, OrgLimiters>>]>,
 }
 
 fn quota(rule: &RateRule) -> Quota {
@@ -109,20 +113,16 @@ impl LocalLimits {
     pub fn new(clock: SharedClock) -> Self {
         Self {
             clock: GovernorClock(clock),
-            orgs: Mutex::new(FastMap::default()),
+            shards: (0..LIMIT_SHARDS)
+                .map(|_| Mutex::new(FastMap::default()))
+                .collect(),
         }
     }
 
-    fn limiters(&self, org: OrgId, stored: Option<&str>) -> Arc<OrgLimiters> {
-        let source = stored.unwrap_or("");
-        let mut orgs = self.orgs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(l) = orgs.get(&org).filter(|l| l.source == source) {
-            return l.clone();
-        }
-        let rules = rules_of(stored);
-        let built = Arc::new(OrgLimiters {
-            source: source.to_owned(),
-            rules: rules
+    fn build(&self, stored: Option<&str>) -> OrgLimiters {
+        OrgLimiters {
+            source: stored.unwrap_or("").to_owned(),
+            rules: rules_of(stored)
                 .into_iter()
                 .map(|r| {
                     let state = RuleState::default();
@@ -130,10 +130,7 @@ impl LocalLimits {
                     (r, l, state)
                 })
                 .collect(),
-            lock: Mutex::new(()),
-        });
-        orgs.insert(org, built.clone());
-        built
+        }
     }
 
     /// Takes one request of `method` from each rule that applies to it, or from none of them
@@ -144,9 +141,15 @@ impl LocalLimits {
         stored_rules: Option<&str>,
         method: &str,
     ) -> Result<Option<RateInfo>, RateDenied> {
-        let limiters = self.limiters(org, stored_rules);
+        let shard = &self.shards[(org.0 as u64 % LIMIT_SHARDS as u64) as usize];
+        let mut orgs = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let limiters = orgs.entry(org).or_insert_with(|| self.build(stored_rules));
+        if limiters.source != stored_rules.unwrap_or("") {
+            // The provider changed the org's rules: they start afresh.
+            *limiters = self.build(stored_rules);
+        }
+        let limiters = &*limiters;
         let class = RateRule::class_of(method);
-        let _one_at_a_time = limiters.lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut tightest: Option<RateInfo> = None;
         // On the stack for the usual few rules: this runs on every API call.
         let mut taken: smallvec::SmallVec<[(&RuleState, u64); 4]> = smallvec::SmallVec::new();
