@@ -268,7 +268,7 @@ fn token_id(raw: &str) -> ApiResult<TokenId> {
     Ok(TokenId(parse_id("id", raw)?))
 }
 
-/// One token's metadata.
+/// One token's metadata, to whoever lists it: an OPERATOR only its own (404 otherwise).
 #[utoipa::path(get, path = "/provider/v1/tokens/{id}", tag = "provider", params(("id" = i64, Path)),
     responses((status = 200, body = TokenRecord), (status = 404, body = ErrorBody)))]
 async fn get_token(

@@ -308,6 +308,8 @@ impl Services {
         Ok(token)
     }
 
+    /// A token's metadata, to whoever lists it (see [`Self::list_operator_tokens`]): an OWNER or
+    /// AUDITOR any in its scope, an OPERATOR only its own. One it does not list is `NotFound`.
     pub async fn get_operator_token(
         &self,
         p: &ProviderPrincipal,
@@ -315,11 +317,12 @@ impl Services {
     ) -> OpResult<TokenRecord> {
         match self.token_in_scope(p, id).await {
             // Reading a token's metadata is not managing it: an AUDITOR may.
-            Err(OpError::Denied(_)) => Ok(self
+            Err(OpError::Denied(_)) if p.role == OperatorRole::Auditor => Ok(self
                 .store
                 .get_token(id)
                 .await?
                 .ok_or(StoreError::NotFound("token"))?),
+            Err(OpError::Denied(_)) => Err(OpError::Store(StoreError::NotFound("token"))),
             other => other,
         }
     }

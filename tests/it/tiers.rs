@@ -177,7 +177,8 @@ enum Rule {
     TokenList,
     /// Creates a token (one's own, or the named operator's: who may know it, OWNERs).
     TokenCreate,
-    /// Reads a token's metadata: who may know it, any role.
+    /// Reads a token's metadata: who may know it, OWNERs and AUDITORs; an OPERATOR only its
+    /// own (as its list).
     TokenRead,
     /// Revokes a token (a disposable one): who may know it, OWNERs; the bootstrap token the
     /// platform's OWNERs.
@@ -254,6 +255,9 @@ fn expect(rule: Rule, actor: &Actor, target: Target) -> Expect {
         Rule::OpList | Rule::TokenList => Expect::Ok,
         Rule::Retire => gate(platform_owner),
         Rule::OpRead | Rule::TokenRead if !visible(target) => Expect::NotFound,
+        // An OPERATOR reads only its own tokens, as it lists only those (the targets are
+        // other operators' tokens and the bootstrap token).
+        Rule::TokenRead if actor.role == Role::Operator => Expect::NotFound,
         Rule::OpRead | Rule::TokenRead => Expect::Ok,
         Rule::OpCreate
         | Rule::OpChange
