@@ -19,7 +19,8 @@ only the Python standard library. Settings come from the environment (see BENCHM
                      scraped once after start), as issue 13's target asks; 0 (default): off
   BENCH_BIN          the keygate binary to measure (default target/release/keygate), e.g. an
                      older build for a before/after comparison
-  BENCH_ONLY         comma-separated scenario numbers to run (default all)
+  BENCH_ONLY         comma-separated scenario numbers to run (default all); 8 is metrics on vs off
+                     (the same server restarted with and without them in each round)
   BENCH_ROUNDS       rounds of the side-by-side comparisons of scenarios 1 and 2 (default 2)
   BENCH_KEY_CHANGES  key changes timed in scenario 4 (400); BENCH_STORM_CLIENTS: scenario 6 (32)
   BENCH_QUIET_WAIT, BENCH_QUIET_BUSY   wait up to this many seconds (180) for the machine to be
@@ -194,12 +195,16 @@ class Server:
         self.env.pop("KEYGATE_DATABASE_URL", None)
         self.env.pop("KEYGATE_NODE_CACHE", None)
         self.env["KEYGATE_PROVIDER_TOKEN"] = PROVIDER_TOKEN
-        self.env.pop("KEYGATE_METRICS_TOKEN", None)
-        if METRICS:
-            self.env["KEYGATE_METRICS_TOKEN"] = METRICS_TOKEN
+        self.set_metrics(METRICS)
         self.env.update(env or {})
         self.proc = None
         self.base = None
+
+    def set_metrics(self, on):
+        """Metrics on (`KEYGATE_METRICS_TOKEN`) or off from the next start."""
+        self.env.pop("KEYGATE_METRICS_TOKEN", None)
+        if on:
+            self.env["KEYGATE_METRICS_TOKEN"] = METRICS_TOKEN
 
     def start(self):
         out = open(os.path.join(self.data_dir, f"{self.name}.stdout"), "w")
@@ -214,7 +219,7 @@ class Server:
                     if line.startswith("keygate listening on "):
                         self.base = line.split()[-1].strip()
                         SERVER_PIDS[self.base] = self.proc.pid
-                        if METRICS:
+                        if "KEYGATE_METRICS_TOKEN" in self.env:
                             # One scrape, so that every series exists before the load.
                             Http(self.base).req("GET", "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
                         return self
@@ -596,6 +601,38 @@ def s1_vs_healthz(base, hdrs):
         log(row(p, m[p]))
     RESULTS["scenarios"]["1"] = {"ratios": ratios, "round_ratios": paired, "metrics": METRICS, "endpoints": m}
     return m
+
+
+def s8_metrics_on_off(server, hdrs):
+    """Issue 13: each endpoint with metrics on over the same build and data with metrics off.
+    Each round measures both halves, the server restarted between them (which half goes first
+    alternates); after each start a short unmeasured run fills the node cache again."""
+    log(f"\n## 8. Metrics on vs off (same build and data, {ROUNDS} rounds, the server restarted for each half)")
+    paths = ["/healthz", "/api/v1/apiKeys", "/authz"]
+    runs = {(p, on): [] for p in paths for on in (True, False)}
+    for i in range(ROUNDS):
+        for on in ((True, False) if i % 2 == 0 else (False, True)):
+            server.stop()
+            server.set_metrics(on)
+            server.start()
+            for p in paths:
+                wrk(server.base, p, hdrs, duration=1, quiet_checked=True)
+            for p in paths[i % len(paths):] + paths[:i % len(paths)]:
+                runs[(p, on)].append(wrk(server.base, p, hdrs))
+    server.stop()
+    server.set_metrics(METRICS)
+    server.start()
+    spread = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+    out = {}
+    for p in paths:
+        per_round = [a["rps"] / b["rps"] for a, b in zip(runs[(p, True)], runs[(p, False)])]
+        per_cpu = [a["rps_per_cpu"] / b["rps_per_cpu"] for a, b in zip(runs[(p, True)], runs[(p, False)])]
+        med, med_cpu = statistics.median(per_round), statistics.median(per_cpu)
+        log(f"on / off {p:<19}: median of {ROUNDS} rounds {med:.3f} (rounds: {spread(per_round)}); "
+            f"per server CPU-second {med_cpu:.3f} (target >= 0.97: {verdict(med >= 0.97)})")
+        out[p] = {"median": med, "rounds": per_round, "per_cpu_median": med_cpu, "per_cpu_rounds": per_cpu,
+                  "on": merge(runs[(p, True)]), "off": merge(runs[(p, False)])}
+    RESULTS["scenarios"]["8"] = out
 
 
 def s2_vs_nginx(workdir, base, hdrs, keys):
@@ -1002,6 +1039,8 @@ def main():
             s4_key_changes(base, dep.accounts[1])
         if want(6):
             s6_login_storm(dep.server, one, peaks["/authz"] / 2, [dep.accounts[i] for i in range(2, 6)])
+        if want(8):
+            s8_metrics_on_off(dep.server, hdrs)
 
         dep.server.stop()
         if want(5):
