@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::extract::{AppState, ClientAddr, JsonBody, cookie_in, parse_id};
-use super::templates::{self, rate_headers};
+use super::templates::{self, with_rate_headers};
 use crate::domain::key::ApiKeyValue;
 use crate::domain::time::Millis;
 use crate::service::keys::{KeyChangeRequest, KeyObject, Shown};
@@ -107,11 +107,7 @@ pub fn denial_response(d: Denial) -> Response {
         Denial::RateLimited(r) => Some(r.info),
         _ => None,
     };
-    let mut response = ApiError::from(d).into_response();
-    if let Some(info) = info {
-        rate_headers(response.headers_mut(), &info);
-    }
-    response
+    with_rate_headers(ApiError::from(d).into_response(), info.as_ref())
 }
 
 /// The decision on a metered API call (`Services::authorize_api_request`): the admitted
@@ -148,11 +144,7 @@ async fn api_guard(State(state): State<AppState>, mut req: Request, next: Next) 
     let rate = principal.rate;
     req.extensions_mut()
         .insert(AdmittedSlot(Arc::new(Mutex::new(Some(principal)))));
-    let mut response = next.run(req).await;
-    if let Some(info) = rate {
-        rate_headers(response.headers_mut(), &info);
-    }
-    response
+    with_rate_headers(next.run(req).await, rate.as_ref())
 }
 
 /// `GET /api/v1/apiKeys`, the API's most frequent call, as `http::dispatch` answers it
@@ -169,13 +161,7 @@ pub async fn list_keys_direct(state: &AppState, headers: &HeaderMap, method: &Me
     drop(principal);
     match list {
         Ok(body) => templates::rated_json(StatusCode::OK, body, rate.as_ref()),
-        Err(e) => {
-            let mut response = ApiError::from(e).into_response();
-            if let Some(info) = rate {
-                rate_headers(response.headers_mut(), &info);
-            }
-            response
-        }
+        Err(e) => with_rate_headers(ApiError::from(e).into_response(), rate.as_ref()),
     }
 }
 

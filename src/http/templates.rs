@@ -86,12 +86,17 @@ fn rate_values(info: &RateInfo) -> [HeaderValue; 3] {
     ]
 }
 
-/// Sets `x-ratelimit-limit`, `x-ratelimit-remaining` and `x-ratelimit-reset` on an answer that
-/// does not come from a template (refusals, the router's handlers).
-pub fn rate_headers(headers: &mut HeaderMap, info: &RateInfo) {
-    for (name, value) in RATE_NAMES.into_iter().zip(rate_values(info)) {
-        headers.insert(name, value);
+/// `response` with `x-ratelimit-limit`, `x-ratelimit-remaining` and `x-ratelimit-reset` when
+/// there is rate information: for the answers that do not come from a template (refusals,
+/// errors, the router's handlers).
+pub fn with_rate_headers(mut response: Response, rate: Option<&RateInfo>) -> Response {
+    if let Some(info) = rate {
+        let headers = response.headers_mut();
+        for (name, value) in RATE_NAMES.into_iter().zip(rate_values(info)) {
+            headers.insert(name, value);
+        }
     }
+    response
 }
 
 fn response(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
