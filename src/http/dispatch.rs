@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -63,7 +63,7 @@ impl Dispatch {
         let Some(hot) = telemetry::hot().filter(|_| self.state.metrics.is_some()) else {
             return Ok(self.route(req, peer).await.0);
         };
-        let started = Instant::now();
+        let started = telemetry::RequestStart::now();
         let method = telemetry::method_index(req.method());
         let (response, fast) = self.route(req, peer).await;
         match fast {

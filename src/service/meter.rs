@@ -207,8 +207,10 @@ impl Services {
             self.meter.restore(deltas);
             return Err(e);
         }
-        for (org, period) in self.meter.current_periods(self.clock.now()) {
-            let total = self.store.usage_calls(org, period.0, period.1).await?;
+        let periods = self.meter.current_periods(self.clock.now());
+        let asked: Vec<_> = periods.iter().map(|(org, (p, s))| (*org, *p, *s)).collect();
+        let totals = self.store.usage_calls_of(&asked).await?;
+        for ((org, period), total) in periods.into_iter().zip(totals) {
             self.meter.sync(org, period, total);
         }
         Ok(())

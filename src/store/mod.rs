@@ -461,6 +461,9 @@ pub trait Store: operators::OperatorStore + Send + Sync + 'static {
         period_seconds: i64,
         period_start: i64,
     ) -> StoreResult<i64>;
+    /// The stored calls of each `(org, period_seconds, period_start)`, in the order asked
+    /// (0 where none are stored): one round trip for all the orgs a flush reads back.
+    async fn usage_calls_of(&self, periods: &[(OrgId, i64, i64)]) -> StoreResult<Vec<i64>>;
     /// The org's most recent periods, newest first.
     async fn list_usage(&self, org: OrgId, limit: u32) -> StoreResult<Vec<UsageRow>>;
 

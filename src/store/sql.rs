@@ -40,6 +40,10 @@ pub enum RetryReason {
 /// or 40P01; after that the error stands (503 `DATABASE_UNAVAILABLE`).
 pub const TX_ATTEMPTS: u32 = 5;
 
+/// Rows of usage counters one statement writes or reads at most (4 parameters a row stays
+/// far below SQLite's 32,766 and PostgreSQL's 65,535).
+pub const USAGE_ROWS_PER_STATEMENT: usize = 500;
+
 /// The reason to run the transaction again, when `e` is one PostgreSQL aborted as a whole
 /// (serialization failure or deadlock: it rolled back, nothing of it applied).
 pub fn retry_reason(e: &StoreError) -> Option<RetryReason> {
@@ -1591,26 +1595,32 @@ impl Store for $store {
     }
 
     async fn add_usage(&self, deltas: &[(OrgId, i64, i64, i64)]) -> StoreResult<()> {
+        // One row per period (a failed flush's counts may come back beside newer ones: one
+        // statement may not update a row twice), in one global order, so flushes of several
+        // nodes lock rows alike and cannot deadlock.
+        let mut summed: std::collections::BTreeMap<(i64, i64, i64), i64> = Default::default();
+        for (org, period, start, calls) in deltas {
+            *summed.entry((org.0, *period, *start)).or_default() += calls;
+        }
+        let rows: Vec<_> = summed.into_iter().collect();
         $crate::store::sql::retry_tx!({
-        if deltas.is_empty() {
+        if rows.is_empty() {
             return Ok(());
         }
-        // Rows are locked in one global order, so flushes of several nodes cannot deadlock.
-        let mut ordered = deltas.to_vec();
-        ordered.sort_unstable_by_key(|(org, period, start, _)| (org.0, *period, *start));
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        for (org, period, start, calls) in &ordered {
-            sqlx::query(
-                "INSERT INTO usage_counters (org_id, period_seconds, period_start, calls) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (org_id, period_seconds, period_start) DO UPDATE SET calls = usage_counters.calls + excluded.calls",
-            )
-            .bind(org.0)
-            .bind(period)
-            .bind(start)
-            .bind(calls)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        // One statement per chunk instead of one round trip per org.
+        for chunk in rows.chunks($crate::store::sql::USAGE_ROWS_PER_STATEMENT) {
+            let mut insert = sqlx::QueryBuilder::<<$row as sqlx::Row>::Database>::new(
+                "INSERT INTO usage_counters (org_id, period_seconds, period_start, calls) ",
+            );
+            insert.push_values(chunk, |mut b, ((org, period, start), calls)| {
+                b.push_bind(*org).push_bind(*period).push_bind(*start).push_bind(*calls);
+            });
+            insert.push(
+                " ON CONFLICT (org_id, period_seconds, period_start) \
+                 DO UPDATE SET calls = usage_counters.calls + excluded.calls",
+            );
+            insert.build().execute(&mut *tx).await.map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)
     })
@@ -1627,6 +1637,35 @@ impl Store for $store {
         .await
         .map_err(map_err)?;
         Ok(calls.unwrap_or(0))
+    }
+
+    async fn usage_calls_of(&self, periods: &[(OrgId, i64, i64)]) -> StoreResult<Vec<i64>> {
+        let mut found: std::collections::HashMap<(i64, i64, i64), i64> = Default::default();
+        for chunk in periods.chunks($crate::store::sql::USAGE_ROWS_PER_STATEMENT) {
+            let mut select = sqlx::QueryBuilder::<<$row as sqlx::Row>::Database>::new(
+                "SELECT org_id, period_seconds, period_start, calls FROM usage_counters \
+                 WHERE (org_id, period_seconds, period_start) IN (",
+            );
+            select.push_values(chunk, |mut b, (org, period, start)| {
+                b.push_bind(org.0).push_bind(*period).push_bind(*start);
+            });
+            select.push(")");
+            for r in select.build().fetch_all(&self.reader).await.map_err(map_err)? {
+                let get = |e: sqlx::Error| StoreError::Internal(e.into());
+                found.insert(
+                    (
+                        r.try_get(0).map_err(get)?,
+                        r.try_get(1).map_err(get)?,
+                        r.try_get(2).map_err(get)?,
+                    ),
+                    r.try_get(3).map_err(get)?,
+                );
+            }
+        }
+        Ok(periods
+            .iter()
+            .map(|(org, period, start)| found.get(&(org.0, *period, *start)).copied().unwrap_or(0))
+            .collect())
     }
 
     async fn list_usage(&self, org: OrgId, limit: u32) -> StoreResult<Vec<UsageRow>> {

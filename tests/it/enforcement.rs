@@ -577,6 +577,93 @@ async fn r9_lowering_the_threshold_below_the_count_trips_on_the_next_call() {
     );
 }
 
+/// The meter's flush writes every org's counts in one statement per 500 rows and reads the
+/// totals back in one query: a count given twice in one flush (a failed flush's counts put
+/// back beside newer ones) is summed, counts add up across flushes and across the chunk
+/// boundary, and the totals come back in the order asked, 0 where nothing is stored. On the
+/// suite's store (SQLite, or PostgreSQL with `KEYGATE_TEST_DATABASE_URL`).
+#[tokio::test]
+async fn usage_counts_are_written_and_read_back_in_batches() {
+    use keygate::domain::ids::OrgId;
+    let scratch = tempfile::tempdir().unwrap();
+    let url = test_database_url(scratch.path()).await;
+    let (node, services) = TestServer::start_node(Flush::Manual, |c| {
+        if let Some(url) = url {
+            c.database_url = Some(secrecy::SecretString::from(url));
+        }
+    })
+    .await;
+    let a = OrgId(node.create_org("batch-a").await["id"].as_i64().unwrap());
+    let b = OrgId(node.create_org("batch-b").await["id"].as_i64().unwrap());
+    // 700 periods: more than one statement's 500 rows.
+    let periods: Vec<(OrgId, i64, i64)> = (0..350)
+        .flat_map(|i| [(a, 60, 1_000 + i * 60), (b, 3600, 7_200 + i * 3600)])
+        .collect();
+    let mut deltas: Vec<(OrgId, i64, i64, i64)> = periods
+        .iter()
+        .enumerate()
+        .map(|(i, (org, p, s))| (*org, *p, *s, i as i64 + 1))
+        .collect();
+    // The same periods again, as a failed flush would put them back.
+    deltas.extend(
+        periods
+            .iter()
+            .step_by(3)
+            .map(|(org, p, s)| (*org, *p, *s, 1000)),
+    );
+    let expected = |round: i64| -> Vec<i64> {
+        (0..periods.len())
+            .map(|i| round * (i as i64 + 1 + if i % 3 == 0 { 1000 } else { 0 }))
+            .collect()
+    };
+    services
+        .store
+        .add_usage(&deltas)
+        .await
+        .expect("first flush");
+    services
+        .store
+        .add_usage(&deltas)
+        .await
+        .expect("second flush");
+
+    let mut asked = periods.clone();
+    asked.reverse();
+    asked.insert(17, (a, 60, 999_999_960));
+    asked.push((b, 86_400, 0));
+    let got = services
+        .store
+        .usage_calls_of(&asked)
+        .await
+        .expect("read back");
+    let mut want = expected(2);
+    want.reverse();
+    want.insert(17, 0);
+    want.push(0);
+    assert_eq!(
+        got, want,
+        "totals in the order asked, 0 where none are stored"
+    );
+    for (i, (org, p, s)) in periods.iter().enumerate().step_by(97) {
+        let one = services.store.usage_calls(*org, *p, *s).await.unwrap();
+        assert_eq!(
+            one,
+            expected(2)[i],
+            "the single read agrees for {org:?} {p} {s}"
+        );
+    }
+    assert_eq!(
+        services.store.usage_calls_of(&[]).await.unwrap(),
+        Vec::<i64>::new()
+    );
+    services
+        .store
+        .add_usage(&[])
+        .await
+        .expect("nothing to write");
+    node.stop().await;
+}
+
 // ---------------------------------------------------------------- rate limits (§3.4)
 
 /// GET: 2 per second by default. Every admitted answer (200 from the API, 204 from `/authz`,

@@ -334,7 +334,7 @@ pub fn on_postgres() -> bool {
     std::env::var(PG_ENV).is_ok_and(|u| !u.is_empty())
 }
 
-async fn test_database_url(data_dir: &Path) -> Option<String> {
+pub async fn test_database_url(data_dir: &Path) -> Option<String> {
     use sqlx::Connection;
     let admin_url = std::env::var(PG_ENV).ok().filter(|u| !u.is_empty())?;
     let marker = data_dir.join("test-database-name");

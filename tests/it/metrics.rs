@@ -618,6 +618,21 @@ async fn the_metrics_listener_serves_clean_text_and_the_main_listener_does_not()
     ] {
         assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
     }
+    // The fast paths' latencies are timed (quanta's clock): more than nothing, and seconds,
+    // not clock ticks.
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    let series = r#"keygate_http_request_duration_seconds_{}{route="/authz",method="GET"}"#;
+    let sum = value(&series.replace("{}", "sum"));
+    let count = value(&series.replace("{}", "count"));
+    assert!(count >= 3.0, "{count} /authz requests timed");
+    assert!(
+        sum > 0.0 && sum / count < 1.0,
+        "/authz latency: {sum} s over {count} requests"
+    );
     for secret in &driven.secrets {
         assert!(
             !text.contains(secret.as_str()),
