@@ -119,13 +119,13 @@ impl Meter {
 
     /// The counters of periods still running at `now`; ended, fully written ones are dropped
     /// so the map holds only active orgs.
-    fn current_periods(&self, now: Millis) -> Vec<(OrgId, (i64, i64))> {
+    fn current_periods(&self, now: Millis) -> Vec<(OrgId, i64, i64)> {
         let mut counters = self.lock();
         counters
             .retain(|_, c| c.unflushed > 0 || now.as_secs() < c.period_start + c.period_seconds);
         counters
             .iter()
-            .map(|(o, c)| (*o, (c.period_seconds, c.period_start)))
+            .map(|(o, c)| (*o, c.period_seconds, c.period_start))
             .collect()
     }
 
@@ -208,10 +208,9 @@ impl Services {
             return Err(e);
         }
         let periods = self.meter.current_periods(self.clock.now());
-        let asked: Vec<_> = periods.iter().map(|(org, (p, s))| (*org, *p, *s)).collect();
-        let totals = self.store.usage_calls_of(&asked).await?;
-        for ((org, period), total) in periods.into_iter().zip(totals) {
-            self.meter.sync(org, period, total);
+        let totals = self.store.usage_calls_of(&periods).await?;
+        for ((org, period_seconds, period_start), total) in periods.into_iter().zip(totals) {
+            self.meter.sync(org, (period_seconds, period_start), total);
         }
         Ok(())
     }

@@ -1620,7 +1620,9 @@ impl Store for $store {
                 " ON CONFLICT (org_id, period_seconds, period_start) \
                  DO UPDATE SET calls = usage_counters.calls + excluded.calls",
             );
-            insert.build().execute(&mut *tx).await.map_err(map_err)?;
+            // Not kept prepared: one text per batch size would crowd the hot statements out
+            // of each connection's statement cache, for a write made once a second.
+            insert.build().persistent(false).execute(&mut *tx).await.map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)
     })
@@ -1646,7 +1648,13 @@ impl Store for $store {
                 "SELECT org_id, period_seconds, period_start, calls FROM usage_counters \
                  WHERE (org_id, period_seconds, period_start) IN (",
             );
-            select.push_values(chunk, |mut b, (org, period, start)| {
+            // Padded to a power of two as `padded` does, so a handful of statement texts stay
+            // prepared instead of one per batch size.
+            let Some(last) = chunk.last() else { continue };
+            let rows = chunk
+                .iter()
+                .chain(std::iter::repeat_n(last, chunk.len().next_power_of_two() - chunk.len()));
+            select.push_values(rows, |mut b, (org, period, start)| {
                 b.push_bind(org.0).push_bind(*period).push_bind(*start);
             });
             select.push(")");
