@@ -20,7 +20,7 @@ only the Python standard library. Settings come from the environment (see BENCHM
   BENCH_BIN          the keygate binary to measure (default target/release/keygate), e.g. an
                      older build for a before/after comparison
   BENCH_ONLY         comma-separated scenario numbers to run (default all); 8 is metrics on vs off
-                     (the same server restarted with and without them in each round)
+                     (two servers side by side on copies of one data directory)
   BENCH_ROUNDS       rounds of the side-by-side comparisons of scenarios 1 and 2 (default 2)
   BENCH_KEY_CHANGES  key changes timed in scenario 4 (400); BENCH_STORM_CLIENTS: scenario 6 (32)
   BENCH_QUIET_WAIT, BENCH_QUIET_BUSY   wait up to this many seconds (180) for the machine to be
@@ -641,6 +641,7 @@ def s8_metrics_on_off(server, hdrs):
     finally:
         twin.stop()
         server.stop()
+        shutil.rmtree(twin.data_dir, ignore_errors=True)
     server.set_metrics(METRICS)
     server.start()
     spread = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
