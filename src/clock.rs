@@ -48,3 +48,80 @@ impl Clock for ManualClock {
         Millis(self.0.load(Ordering::SeqCst))
     }
 }
+
+/// The monotonic clock read directly (`CLOCK_MONOTONIC`, the clock behind
+/// `std::time::Instant`), and its coarse reading for checks that run on every request.
+///
+/// A lease check runs several times per API call; on a virtual machine a precise read costs
+/// about 20 ns there, the coarse one a few. The coarse reading is the same clock as of the
+/// last tick: never ahead of the precise one and behind it by at most its resolution, which
+/// [`monotonic::coarse_slack_ns`] gives so that a check can allow for it. These are the only
+/// raw clock reads of the process besides [`SystemClock`]: std offers no coarse clock.
+pub mod monotonic {
+    use std::sync::OnceLock;
+
+    fn read(clock: libc::clockid_t) -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime only writes the struct passed; both clocks exist on every
+        // Linux since 2.6.32, and a failure leaves 0 (read as "long ago", never as later).
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        (ts.tv_sec as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(ts.tv_nsec as u64)
+    }
+
+    /// Nanoseconds on the monotonic clock, exact.
+    pub fn now_ns() -> u64 {
+        read(libc::CLOCK_MONOTONIC)
+    }
+
+    /// Nanoseconds on the monotonic clock as of its last tick: at most
+    /// [`coarse_slack_ns`] behind [`now_ns`].
+    pub fn coarse_ns() -> u64 {
+        read(libc::CLOCK_MONOTONIC_COARSE)
+    }
+
+    /// How far [`coarse_ns`] may lag [`now_ns`]: twice the coarse clock's resolution (one
+    /// tick, 1–10 ms), so a late tick is allowed for too.
+    pub fn coarse_slack_ns() -> u64 {
+        static SLACK: OnceLock<u64> = OnceLock::new();
+        *SLACK.get_or_init(|| {
+            let mut res = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_getres only writes the struct passed.
+            let ok = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } == 0;
+            let res_ns = (res.tv_sec as u64) * 1_000_000_000 + res.tv_nsec as u64;
+            // Unknown resolution: assume the coarsest tick Linux has (HZ=100).
+            2 * if ok && res_ns > 0 { res_ns } else { 10_000_000 }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::monotonic;
+
+    #[test]
+    fn the_coarse_monotonic_clock_lags_the_exact_one_by_at_most_its_slack() {
+        let slack = monotonic::coarse_slack_ns();
+        assert!(slack > 0 && slack <= 20_000_000, "slack {slack} ns");
+        for _ in 0..10_000 {
+            let exact_before = monotonic::now_ns();
+            let coarse = monotonic::coarse_ns();
+            let exact_after = monotonic::now_ns();
+            assert!(
+                coarse <= exact_after,
+                "coarse {coarse} ahead of {exact_after}"
+            );
+            assert!(
+                coarse + slack >= exact_before,
+                "coarse {coarse} more than {slack} ns behind {exact_before}"
+            );
+        }
+    }
+}

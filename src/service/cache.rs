@@ -19,10 +19,11 @@ use std::borrow::Borrow;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Bytes;
 
+use crate::clock::monotonic;
 use crate::domain::ids::OrgId;
 use crate::domain::org::{Subscription, SubscriptionState};
 use crate::domain::time::Millis;
@@ -92,20 +93,21 @@ pub enum CacheMode {
     Leased,
 }
 
-/// The end of the lease on a monotonic clock: the lease is measured on this node's own clock
-/// from before each renewal was sent, so it ends here before the database sees it end.
+/// The end of the lease on this node's monotonic clock (nanoseconds, `clock::monotonic`;
+/// 0 = no lease): the lease is measured on this node's own clock from before each renewal was
+/// sent, so it ends here before the database sees it end.
 struct Lease {
-    origin: Instant,
-    /// Nanoseconds after `origin`; 0 = no lease.
     until: AtomicU64,
 }
 
 impl Lease {
-    fn nanos_since_origin(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.origin).as_nanos() as u64
+    /// Whether the lease runs at the monotonic time `coarse_now` read coarsely: only if it
+    /// would still run at the latest time the coarse reading can stand for.
+    fn running_at(&self, coarse_now: u64) -> bool {
+        coarse_now.saturating_add(monotonic::coarse_slack_ns()) < self.until.load(Ordering::Acquire)
     }
     fn running(&self) -> bool {
-        self.nanos_since_origin(Instant::now()) < self.until.load(Ordering::Acquire)
+        self.running_at(monotonic::coarse_ns())
     }
 }
 
@@ -129,7 +131,6 @@ impl ViewCache {
         Self {
             mode,
             lease: Lease {
-                origin: Instant::now(),
                 until: AtomicU64::new(0),
             },
             sessions: Mutex::new(FastMap::default()),
@@ -151,14 +152,14 @@ impl ViewCache {
         self.lease.running()
     }
 
-    /// Lets the cache be used until `lease` after `renewed_at` (taken before the renewal was
-    /// sent). After a lapse the entries are dropped first: changes may have been answered
-    /// without this node while it held no lease.
-    pub fn extend_lease(&self, renewed_at: Instant, lease: Duration) {
+    /// Lets the cache be used until `lease` after `renewed_at_ns` (`clock::monotonic::now_ns`,
+    /// taken before the renewal was sent). After a lapse the entries are dropped first:
+    /// changes may have been answered without this node while it held no lease.
+    pub fn extend_lease(&self, renewed_at_ns: u64, lease: Duration) {
         if !self.lease.running() {
             self.clear();
         }
-        let until = self.lease.nanos_since_origin(renewed_at) + lease.as_nanos() as u64;
+        let until = renewed_at_ns.saturating_add(lease.as_nanos() as u64);
         self.lease.until.fetch_max(until, Ordering::AcqRel);
     }
 
@@ -328,4 +329,29 @@ impl ViewCache {
 /// operation), so a poisoned lock is taken as it is rather than disabling the cache.
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_read_on_the_coarse_clock_ends_early_by_the_slack_never_late() {
+        let cache = ViewCache::new(CacheMode::Leased);
+        assert!(!cache.enabled(), "no lease yet");
+        let now = monotonic::now_ns();
+        cache.extend_lease(now, Duration::from_secs(1));
+        assert!(cache.enabled() && cache.lease_held());
+        let until = now + 1_000_000_000;
+        let slack = monotonic::coarse_slack_ns();
+        // A coarse reading stands for any time up to `slack` after it.
+        assert!(cache.lease.running_at(until - slack - 1));
+        assert!(!cache.lease.running_at(until - slack));
+        assert!(!cache.lease.running_at(until));
+        // A renewal never shortens it; ending it stops the cache at once.
+        cache.extend_lease(now - 500_000_000, Duration::from_secs(1));
+        assert!(cache.lease.running_at(until - slack - 1));
+        cache.end_lease();
+        assert!(!cache.enabled() && !cache.lease_held());
+    }
 }

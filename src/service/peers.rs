@@ -22,7 +22,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -195,7 +195,7 @@ impl Peers {
         loop {
             let (generation, listening) = *self.listening();
             if listening {
-                let began = Instant::now();
+                let began = crate::clock::monotonic::now_ns();
                 let renewed = tokio::time::timeout(self.lease / 2, self.renew_and_ping()).await;
                 match renewed {
                     Ok(Ok(())) => {
