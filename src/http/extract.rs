@@ -290,13 +290,6 @@ impl FromRequestParts<AppState> for ProviderAuth {
             crate::telemetry::bearer_failure(crate::telemetry::BearerFailure::Throttled);
             return Err(ApiError::RateLimited { retry_after_secs });
         }
-        let failed = || {
-            crate::telemetry::bearer_failure(crate::telemetry::BearerFailure::Rejected);
-            state
-                .bearer_throttle
-                .failed(client_address(parts, state).as_deref(), now);
-            ApiError::AuthenticationFailed
-        };
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -308,7 +301,21 @@ impl FromRequestParts<AppState> for ProviderAuth {
             .filter(|t| !t.is_empty())
             // No token is not a guess: not counted.
             .ok_or(ApiError::AuthenticationFailed)?;
-        let principal = state.provider_principal(token).await?.ok_or_else(failed)?;
+        let Some(principal) = state.provider_principal(token).await? else {
+            // Counted across nodes; an attempt beyond the bound (its failures seen first on
+            // other nodes) is answered as a throttled one.
+            let addr = client_address(parts, state);
+            return Err(match state.bearer_failed(addr.as_deref()).await {
+                Ok(()) => {
+                    crate::telemetry::bearer_failure(crate::telemetry::BearerFailure::Rejected);
+                    ApiError::AuthenticationFailed
+                }
+                Err(retry_after_secs) => {
+                    crate::telemetry::bearer_failure(crate::telemetry::BearerFailure::Throttled);
+                    ApiError::RateLimited { retry_after_secs }
+                }
+            });
+        };
         Ok(ProviderAuth { principal })
     }
 }

@@ -17,10 +17,10 @@ use crate::domain::audit::Actor;
 use crate::domain::ids::{OperatorId, PartnerId, TokenId};
 use crate::domain::tier::{OperatorRole, ProviderPrincipal, Tier};
 use crate::domain::time::Millis;
-use crate::store::StoreError;
 use crate::store::operators::{
     NewOperator, NewToken, OperatorChange, OperatorRecord, TokenRecord, TokenScope,
 };
+use crate::store::{FailureCount, StoreError};
 
 /// Why an operator or token operation did not happen.
 #[derive(Debug)]
@@ -424,10 +424,57 @@ impl Services {
     }
 }
 
-/// Failed bearer authentications per client address, on this node (issue 15): after
-/// `max_failures` (default `MAX_FAILURES`) in a window of `WINDOW_MS` the address is answered 429 until the window
-/// ends, whatever it presents. A request pays one atomic load while no address has failed
-/// recently; otherwise a lock and a lookup.
+impl Services {
+    /// A wrong bearer token from `addr`: counted on this node and in the database (the
+    /// `login_failures` counters, a scope of its own), and the count over all nodes taken as
+    /// this node's. `Err(seconds)` when this attempt was beyond the bound. Across K nodes at
+    /// most K - 1 attempts beyond it are looked at (each other node's first) before every node
+    /// answers the address 429 unseen. When the database does not answer, the node's own
+    /// count stands (the bound per node, as without other nodes).
+    pub async fn bearer_failed(&self, addr: Option<&str>) -> Result<(), u64> {
+        let now = self.clock.now();
+        self.bearer_throttle.failed(addr, now);
+        self.sweep_login_failures();
+        let scope = [bearer_scope(addr)];
+        let counted = async {
+            self.store
+                .count_login_failure(&scope, BearerThrottle::WINDOW_MS, now)
+                .await?;
+            self.store
+                .login_failure_counts(&scope, BearerThrottle::WINDOW_MS, now)
+                .await
+        }
+        .await;
+        match counted {
+            Ok(counts) => {
+                if let Some(Some(c)) = counts.first() {
+                    self.bearer_throttle.learn(addr, *c);
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "a wrong bearer token is counted on this node only: the database did not answer"
+            ),
+        }
+        self.bearer_throttle.beyond(addr, now)
+    }
+}
+
+/// The stored digest under which an address's wrong bearer tokens are counted.
+fn bearer_scope(addr: Option<&str>) -> String {
+    token_hash(&format!(
+        "bearer-addr\n{}",
+        super::throttle::counted_address(addr)
+    ))
+    .to_string()
+}
+
+/// Failed bearer authentications per client address (issue 15): after `max_failures`
+/// (default `MAX_FAILURES`) in a window of `WINDOW_MS` the address is answered 429 until the
+/// window ends, whatever it presents. This is each node's view; every failure is also
+/// counted in the database, and the count over all nodes becomes the view of the node that
+/// counted it ([`Services::bearer_failed`]), so the bound holds across nodes. A request pays
+/// one atomic load while no address has failed recently; otherwise a lock and a lookup.
 pub struct BearerThrottle {
     max_failures: u32,
     any: AtomicBool,
@@ -485,6 +532,32 @@ impl BearerThrottle {
             None => {}
         }
         Ok(())
+    }
+
+    /// Takes `across_nodes`, the failures of `addr` counted in the database by every node, as
+    /// this node's count when it is higher: this node then throttles the address as well.
+    pub fn learn(&self, addr: Option<&str>, across_nodes: FailureCount) {
+        let key = super::throttle::counted_address(addr);
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map.entry(key).or_insert((across_nodes.window_start.0, 0));
+        let failures = u32::try_from(across_nodes.failures).unwrap_or(u32::MAX);
+        if failures >= entry.1 {
+            *entry = (across_nodes.window_start.0, failures);
+        }
+        self.any.store(true, Ordering::Relaxed);
+    }
+
+    /// `Err(seconds)` when `addr` has more failures in its window than the bound: the attempt
+    /// just counted was beyond it (a node learns of the others' failures only with its own).
+    pub fn beyond(&self, addr: Option<&str>, now: Millis) -> Result<(), u64> {
+        let key = super::throttle::counted_address(addr);
+        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(&key) {
+            Some(&(start, n)) if now.0 - start < Self::WINDOW_MS && n > self.max_failures => {
+                Err(((start + Self::WINDOW_MS - now.0 + 999) / 1000).max(1) as u64)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Counts a failure of `addr` at `now`.

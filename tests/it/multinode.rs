@@ -2538,3 +2538,60 @@ async fn a_partner_edit_on_one_node_reaches_the_key_objects_of_another_at_once()
     assert_eq!(keys[0]["partner"]["name"], "After", "{keys}");
     assert_eq!(keys[0]["partnerUrl"], "https://after.example");
 }
+
+/// Issue 15's bound on wrong bearer tokens holds across nodes: an attacker who spreads guesses
+/// over three nodes behind a balancer gets the 20 of one address, not 20 per node, and then
+/// every node answers the address 429 whatever it presents, until the window ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_bearer_tokens_are_throttled_across_nodes() {
+    let Some(d) = Deployment::start("bearer_throttle_nodes", 3, Flush::Periodic).await else {
+        return;
+    };
+    let http = Client::new();
+    let attempt = |base: String, token: String| {
+        let http = http.clone();
+        async move {
+            let resp = http
+                .get(format!("{base}/provider/v1/orgs"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status();
+            let retry = resp
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            (status, retry, body)
+        }
+    };
+    let bases = d.bases();
+    let (mut unauthorized, mut throttled) = (0, 0);
+    for i in 0..90 {
+        let (status, retry, body) = attempt(bases[i % 3].clone(), format!("wrong-token-{i}")).await;
+        match status {
+            StatusCode::UNAUTHORIZED => unauthorized += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                throttled += 1;
+                assert!(retry.is_some_and(|s| (1..=60).contains(&s)), "{retry:?}");
+                assert_eq!(body["code"], "RATE_LIMIT_EXCEEDED", "{body}");
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    // Per node it would be 20 on each (60 in all).
+    assert_eq!((unauthorized, throttled), (20, 70));
+    // Every node now refuses the address even the right token, until the window ends.
+    for base in &bases {
+        let (status, ..) = attempt(base.clone(), PROVIDER_TOKEN.to_owned()).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{base}");
+    }
+    for node in &d.nodes {
+        node.clock.advance_secs(60);
+    }
+    for base in &bases {
+        let (status, _, body) = attempt(base.clone(), PROVIDER_TOKEN.to_owned()).await;
+        assert_eq!(status, StatusCode::OK, "{base}: {body}");
+    }
+}
