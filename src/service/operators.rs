@@ -433,9 +433,9 @@ impl Services {
     /// count stands (the bound per node, as without other nodes).
     pub async fn bearer_failed(&self, addr: Option<&str>) -> Result<(), u64> {
         let now = self.clock.now();
-        self.bearer_throttle.failed(addr, now);
         self.sweep_login_failures();
-        let scope = [bearer_scope(addr)];
+        let key = super::throttle::counted_address(addr);
+        let scope = [bearer_scope(&key)];
         let counted = async {
             self.store
                 .count_login_failure(&scope, BearerThrottle::WINDOW_MS, now)
@@ -445,28 +445,23 @@ impl Services {
                 .await
         }
         .await;
-        match counted {
-            Ok(counts) => {
-                if let Some(Some(c)) = counts.first() {
-                    self.bearer_throttle.learn(addr, *c);
-                }
+        let across_nodes = match counted {
+            Ok(counts) => counts.into_iter().next().flatten(),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "a wrong bearer token is counted on this node only: the database did not answer"
+                );
+                None
             }
-            Err(e) => tracing::warn!(
-                error = %e,
-                "a wrong bearer token is counted on this node only: the database did not answer"
-            ),
-        }
-        self.bearer_throttle.beyond(addr, now)
+        };
+        self.bearer_throttle.after_failure(key, across_nodes, now)
     }
 }
 
-/// The stored digest under which an address's wrong bearer tokens are counted.
-fn bearer_scope(addr: Option<&str>) -> String {
-    token_hash(&format!(
-        "bearer-addr\n{}",
-        super::throttle::counted_address(addr)
-    ))
-    .to_string()
+/// The stored digest under which an address (as counted) has its wrong bearer tokens counted.
+fn bearer_scope(counted_address: &str) -> String {
+    token_hash(&format!("bearer-addr\n{counted_address}")).to_string()
 }
 
 /// Failed bearer authentications per client address (issue 15): after `max_failures`
@@ -534,35 +529,18 @@ impl BearerThrottle {
         Ok(())
     }
 
-    /// Takes `across_nodes`, the failures of `addr` counted in the database by every node, as
-    /// this node's count when it is higher: this node then throttles the address as well.
-    pub fn learn(&self, addr: Option<&str>, across_nodes: FailureCount) {
-        let key = super::throttle::counted_address(addr);
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = map.entry(key).or_insert((across_nodes.window_start.0, 0));
-        let failures = u32::try_from(across_nodes.failures).unwrap_or(u32::MAX);
-        if failures >= entry.1 {
-            *entry = (across_nodes.window_start.0, failures);
-        }
-        self.any.store(true, Ordering::Relaxed);
-    }
-
-    /// `Err(seconds)` when `addr` has more failures in its window than the bound: the attempt
-    /// just counted was beyond it (a node learns of the others' failures only with its own).
-    pub fn beyond(&self, addr: Option<&str>, now: Millis) -> Result<(), u64> {
-        let key = super::throttle::counted_address(addr);
-        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(&key) {
-            Some(&(start, n)) if now.0 - start < Self::WINDOW_MS && n > self.max_failures => {
-                Err(((start + Self::WINDOW_MS - now.0 + 999) / 1000).max(1) as u64)
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Counts a failure of `addr` at `now`.
-    pub fn failed(&self, addr: Option<&str>, now: Millis) {
-        let key = super::throttle::counted_address(addr);
+    /// A failure of the address counted as `key` at `now`. With `across_nodes`, the failures
+    /// counted in the database by every node (this one included), that count becomes this
+    /// node's view unless this node saw more in the same window; without it (the database did
+    /// not answer), the failure counts here. `Err(seconds)` when the address now has more
+    /// failures in its window than the bound: this attempt was beyond it (a node learns of
+    /// the others' failures only with its own).
+    pub fn after_failure(
+        &self,
+        key: String,
+        across_nodes: Option<FailureCount>,
+        now: Millis,
+    ) -> Result<(), u64> {
         let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= Self::MAX_ADDRESSES {
             map.retain(|_, (start, _)| now.0 - *start < Self::WINDOW_MS);
@@ -571,11 +549,26 @@ impl BearerThrottle {
             }
         }
         let entry = map.entry(key).or_insert((now.0, 0));
-        if now.0 - entry.0 >= Self::WINDOW_MS {
-            *entry = (now.0, 0);
+        match across_nodes {
+            Some(c) => {
+                let failures = u32::try_from(c.failures).unwrap_or(u32::MAX);
+                if c.window_start.0 > entry.0 || failures >= entry.1 {
+                    *entry = (c.window_start.0, failures);
+                }
+            }
+            None => {
+                if now.0 - entry.0 >= Self::WINDOW_MS {
+                    *entry = (now.0, 0);
+                }
+                entry.1 = entry.1.saturating_add(1);
+            }
         }
-        entry.1 = entry.1.saturating_add(1);
         self.any.store(true, Ordering::Relaxed);
+        let (start, n) = *entry;
+        if now.0 - start < Self::WINDOW_MS && n > self.max_failures {
+            return Err(((start + Self::WINDOW_MS - now.0 + 999) / 1000).max(1) as u64);
+        }
+        Ok(())
     }
 }
 
@@ -590,7 +583,7 @@ mod tests {
         let now = Millis(1_000_000);
         for _ in 0..BearerThrottle::MAX_FAILURES {
             assert!(t.check(a, now).is_ok());
-            t.failed(a, now);
+            let _ = t.after_failure(crate::service::throttle::counted_address(a), None, now);
         }
         assert_eq!(t.check(a, now), Err(60));
         // Another address is not.
