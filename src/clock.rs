@@ -60,17 +60,23 @@ impl Clock for ManualClock {
 pub mod monotonic {
     use std::sync::OnceLock;
 
-    fn read(clock: libc::clockid_t) -> u64 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime only writes the struct passed; both clocks exist on every
-        // Linux since 2.6.32, and a failure leaves 0 (read as "long ago", never as later).
-        unsafe { libc::clock_gettime(clock, &mut ts) };
+    const ZERO: libc::timespec = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+
+    fn nanos(ts: libc::timespec) -> u64 {
         (ts.tv_sec as u64)
             .saturating_mul(1_000_000_000)
             .saturating_add(ts.tv_nsec as u64)
+    }
+
+    fn read(clock: libc::clockid_t) -> u64 {
+        let mut ts = ZERO;
+        // SAFETY: clock_gettime only writes the struct passed; both clocks exist on every
+        // Linux since 2.6.32, and a failure leaves 0 (read as "long ago", never as later).
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        nanos(ts)
     }
 
     /// Nanoseconds on the monotonic clock, exact.
@@ -89,13 +95,10 @@ pub mod monotonic {
     pub fn coarse_slack_ns() -> u64 {
         static SLACK: OnceLock<u64> = OnceLock::new();
         *SLACK.get_or_init(|| {
-            let mut res = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
+            let mut res = ZERO;
             // SAFETY: clock_getres only writes the struct passed.
             let ok = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } == 0;
-            let res_ns = (res.tv_sec as u64) * 1_000_000_000 + res.tv_nsec as u64;
+            let res_ns = nanos(res);
             // Unknown resolution: assume the coarsest tick Linux has (HZ=100).
             2 * if ok && res_ns > 0 { res_ns } else { 10_000_000 }
         })
