@@ -184,6 +184,7 @@ impl App {
             cache: crate::service::cache::ViewCache::new(cache_mode),
             session_reads: Default::default(),
             org_reads: Default::default(),
+            background: tokio_util::task::TaskTracker::new(),
             node_cache,
             peers,
             metrics: match config.metrics_enabled() {
@@ -333,6 +334,8 @@ pub async fn serve(
     if let Some(peers) = &services.peers {
         peers.leave(&services).await;
     }
+    services.background.close();
+    services.background.wait().await;
     // Graceful shutdown loses no count.
     services
         .flush_usage()

@@ -68,6 +68,10 @@ pub struct Services {
     pub metrics: Option<Arc<crate::telemetry::Exposition>>,
     /// Failed provider bearer tokens per client address (issue 15).
     pub bearer_throttle: operators::BearerThrottle,
+    /// Writes not waited for by the request that started them (a session's last use, the
+    /// sweep of old login failure counters). `serve` waits for them before it returns, so a
+    /// graceful shutdown leaves none half done and the store is closed when it returns.
+    pub background: tokio_util::task::TaskTracker,
 }
 
 impl Services {

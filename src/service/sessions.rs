@@ -423,7 +423,7 @@ impl Services {
         {
             if self.cache.enabled() {
                 let store = self.store.clone();
-                tokio::spawn(async move {
+                self.background.spawn(async move {
                     if let Err(e) = store.touch_api_session(&hashed, now).await {
                         tracing::warn!(error = %e, "could not record a session's last use");
                     }

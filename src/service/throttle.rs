@@ -149,7 +149,7 @@ impl Services {
         }
         let store = self.store.clone();
         let before = Millis(now.0 - self.throttle.window_ms());
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             if let Err(e) = store.sweep_login_failures(before).await {
                 tracing::warn!(error = %e, "could not sweep expired login failure counters");
             }

@@ -923,6 +923,37 @@ async fn sigterm_exits_zero_and_keeps_every_change() {
     assert_eq!(status.code(), Some(0), "second SIGTERM: {status}");
 }
 
+/// Writes the request path does not wait for (a session's last use, the sweep of old login
+/// failure counters) run on `Services::background`; `serve` returns only after them, so the
+/// store is closed and the data directory free when it does. Before, a restart in the same
+/// process right after a stop could find the directory still locked by such a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_waits_for_background_writes_and_frees_the_data_directory() {
+    let (server, services) =
+        TestServer::start_node(Flush::Periodic, |c| c.database_url = None).await;
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let store = services.store.clone();
+    services.background.spawn(async move {
+        let _ = released.await;
+        drop(store);
+    });
+    drop(services);
+    let mut stopping = tokio::spawn(server.stop());
+    // With the fix the stop cannot end before the release, however slow the machine.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut stopping)
+            .await
+            .is_err(),
+        "serve returned while a background write still held the store"
+    );
+    release.send(()).unwrap();
+    let dir = stopping.await.expect("stop");
+    let again = TestServer::start_in(dir, |c| c.database_url = None).await;
+    let (status, _) = again.provider(Method::GET, "/provider/v1/orgs", None).await;
+    assert_eq!(status, StatusCode::OK);
+    again.stop().await;
+}
+
 // ---------------------------------------------------------------- 6. the master key file
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
