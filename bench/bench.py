@@ -20,8 +20,12 @@ only the Python standard library. Settings come from the environment (see BENCHM
   BENCH_BIN          the keygate binary to measure (default target/release/keygate), e.g. an
                      older build for a before/after comparison
   BENCH_ONLY         comma-separated scenario numbers to run (default all); 8 is metrics on vs off
-                     (two servers side by side on copies of one data directory)
-  BENCH_ROUNDS       rounds of the side-by-side comparisons of scenarios 1 and 2 (default 2)
+                     and 9 the hot path vs /healthz, each with two servers side by side on copies
+                     of one data directory
+  BENCH_ROUNDS       rounds of the side-by-side comparisons of scenarios 1, 2, 8 and 9 (default 2)
+  BENCH_S8_CONCURRENT  1 (default): scenario 8 loads its two servers at once (sharing the
+                     servers' CPU); 0: in turn, as before §17. Scenario 9 measures scenario 1's
+                     ratios the same way (two servers, /healthz on one, the endpoint on the other)
   BENCH_KEY_CHANGES  key changes timed in scenario 4 (400); BENCH_STORM_CLIENTS: scenario 6 (32)
   BENCH_QUIET_WAIT, BENCH_QUIET_BUSY   wait up to this many seconds (180) for the machine to be
                      at most this busy (0.15) before each measurement
@@ -67,6 +71,8 @@ STORM_CLIENTS = int(os.environ.get("BENCH_STORM_CLIENTS", "32"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 # Scenario 8: rounds between fresh starts of its two servers (roles swapped at each).
 S8_BLOCK = int(os.environ.get("BENCH_S8_BLOCK", "8"))
+# Scenario 8: load both servers at once (1, default) rather than in turn (0).
+S8_CONCURRENT = os.environ.get("BENCH_S8_CONCURRENT", "1") == "1"
 SCALE_ROUNDS = int(os.environ.get("BENCH_SCALE_ROUNDS", "3"))
 RETRIES = int(os.environ.get("BENCH_RETRIES", "4"))
 FOREIGN_MAX = float(os.environ.get("BENCH_FOREIGN_MAX", "0.03"))
@@ -423,6 +429,40 @@ def wrk(base, path, headers_file, duration=None, conns=None, quiet_checked=False
     return run() if quiet_checked else measured(f"wrk {path}", run)
 
 
+def wrk_pair(base_a, base_b, path, headers_file, path_b=None):
+    """Two closed loops at once, half the connections each, one per server (`path` on the
+    first, `path_b`, default the same, on the second), over the same seconds: both servers
+    share the servers' CPU, so a slow stretch of a shared VM (steal, a neighbour's cache
+    traffic) slows both alike and cancels out of their ratio. Each server's figure is its
+    requests per second of its own CPU time, as in `wrk`."""
+    targets = [(base_a, path), (base_b, path_b or path)]
+
+    def run():
+        half = max((CONNS) // 2, 1)
+        pids = [SERVER_PIDS[b] for b, _ in targets]
+        ticks = [cpu_ticks(pid) for pid in pids]
+        procs = [subprocess.Popen(pinned(["wrk", "-t1", f"-c{half}", f"-d{DURATION}s", "--timeout", "5s",
+                                          "-s", WRK_LUA, b + p], LOADGEN_CPUS),
+                                  env=dict(os.environ, BENCH_PATH=p, BENCH_HEADERS=headers_file),
+                                  stdout=subprocess.PIPE, text=True) for b, p in targets]
+        outs = [p.communicate()[0] for p in procs]
+        cpu_s = [(cpu_ticks(pid) - t) / HZ for pid, t in zip(pids, ticks)]
+        results = []
+        for out, proc, cs in zip(outs, procs, cpu_s):
+            if proc.returncode != 0:
+                raise RuntimeError(f"wrk exited {proc.returncode}")
+            line = next(line for line in out.splitlines() if line.startswith("BENCHJSON "))
+            r = json.loads(line[len("BENCHJSON "):])
+            r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+            r["server_cpu_s"] = cs
+            r["rps_per_cpu"] = r["requests"] / cs if cs > 0 else 0.0
+            r["errors"] = sum(r[k] for k in r if k.startswith("errors_"))
+            results.append(r)
+        return {"pair": results}
+    what = " and ".join(dict.fromkeys(p for _, p in targets))
+    return tuple(measured(f"wrk {what} on two servers at once", run)["pair"])
+
+
 def oha(base, path, headers, rate, duration=None, conns=16, quiet_checked=False):
     """Fixed request rate (open loop, latency counted from when each request was due)."""
     def run():
@@ -609,12 +649,15 @@ def s8_metrics_on_off(server, hdrs):
     """Issue 13: each endpoint with metrics on over the same build and data with metrics off.
     Two servers run side by side on copies of one data directory (the same orgs, keys and
     sessions), one with metrics and one without, both on the servers' CPU; each round
-    measures an endpoint on one and then the other, back to back (which goes first
-    alternates), so a slow minute of the VM lands in both halves of a pair. Every
+    loads both with an endpoint at once (`wrk_pair`), or with BENCH_S8_CONCURRENT=0 one and
+    then the other, back to back (which goes first alternates), so a slow minute of the VM
+    lands in both halves of a pair. Every
     S8_BLOCK rounds both are started afresh with the roles swapped, so neither copy nor
     process layout stays on one side."""
+    how = ("both loaded at once, sharing the servers' CPU" if S8_CONCURRENT
+           else "each loaded in turn")
     log(f"\n## 8. Metrics on vs off (same build and data, {ROUNDS} rounds, two servers side by side, "
-        f"restarted with roles swapped every {S8_BLOCK} rounds)")
+        f"{how}, restarted with roles swapped every {S8_BLOCK} rounds)")
     paths = ["/healthz", "/api/v1/apiKeys", "/authz"]
     runs = {(p, on): [] for p in paths for on in (True, False)}
     server.stop()
@@ -636,6 +679,11 @@ def s8_metrics_on_off(server, hdrs):
                     for p in paths:
                         wrk(srv.base, p, hdrs, duration=1, quiet_checked=True)
             for p in paths[i % len(paths):] + paths[:i % len(paths)]:
+                if S8_CONCURRENT:
+                    on_r, off_r = wrk_pair(by_role[True].base, by_role[False].base, p, hdrs)
+                    runs[(p, True)].append(on_r)
+                    runs[(p, False)].append(off_r)
+                    continue
                 for on in ((True, False) if i % 2 == 0 else (False, True)):
                     runs[(p, on)].append(wrk(by_role[on].base, p, hdrs))
     finally:
@@ -655,6 +703,46 @@ def s8_metrics_on_off(server, hdrs):
         out[p] = {"median": med, "rounds": per_round, "per_cpu_median": med_cpu, "per_cpu_rounds": per_cpu,
                   "on": merge(runs[(p, True)]), "off": merge(runs[(p, False)])}
     RESULTS["scenarios"]["8"] = out
+
+
+def s9_vs_healthz_at_once(server, hdrs):
+    """Scenario 1's ratios measured like scenario 8's: two servers side by side on copies of
+    one data directory (both with metrics as BENCH_METRICS says), one loaded with /healthz and
+    the other with the endpoint at the same time; which copy gets which alternates by round.
+    The figure is each endpoint's requests per server CPU-second over /healthz's in the same
+    seconds."""
+    log(f"\n## 9. Hot path vs /healthz, two servers loaded at once ({ROUNDS} rounds, metrics {'on' if METRICS else 'off'})")
+    paths = ["/api/v1/apiKeys", "/authz"]
+    server.stop()
+    twin = Server(server.name + "-twin", server.data_dir + "-twin")
+    shutil.rmtree(twin.data_dir, ignore_errors=True)
+    shutil.copytree(server.data_dir, twin.data_dir)
+    runs = {p: [] for p in paths}
+    try:
+        server.start()
+        twin.start()
+        for srv in (server, twin):
+            for p in ["/healthz"] + paths:
+                wrk(srv.base, p, hdrs, duration=1, quiet_checked=True)
+        for i in range(ROUNDS):
+            a, b = (server, twin) if i % 2 == 0 else (twin, server)
+            for p in paths[i % len(paths):] + paths[:i % len(paths)]:
+                runs[p].append(wrk_pair(a.base, b.base, "/healthz", hdrs, path_b=p))
+    finally:
+        twin.stop()
+        server.stop()
+        shutil.rmtree(twin.data_dir, ignore_errors=True)
+    server.start()
+    spread = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+    out = {}
+    for p in paths:
+        per_cpu = [e["rps_per_cpu"] / h["rps_per_cpu"] for h, e in runs[p]]
+        med = statistics.median(per_cpu)
+        log(f"ratio {p:<19} / healthz at once: per server CPU-second, median of {ROUNDS} rounds {med:.3f} "
+            f"(rounds: {spread(per_cpu)}) (target >= 0.9: {verdict(med >= 0.9)})")
+        out[p] = {"per_cpu_median": med, "per_cpu_rounds": per_cpu,
+                  "healthz": merge([h for h, _ in runs[p]]), "endpoint": merge([e for _, e in runs[p]])}
+    RESULTS["scenarios"]["9"] = out
 
 
 def s2_vs_nginx(workdir, base, hdrs, keys):
@@ -1063,6 +1151,8 @@ def main():
             s6_login_storm(dep.server, one, peaks["/authz"] / 2, [dep.accounts[i] for i in range(2, 6)])
         if want(8):
             s8_metrics_on_off(dep.server, hdrs)
+        if want(9):
+            s9_vs_healthz_at_once(dep.server, hdrs)
 
         dep.server.stop()
         if want(5):

@@ -26,9 +26,12 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
-/// Histogram samples wait in lock-free buckets until rendered; this drains them when nobody
-/// scrapes, so memory stays flat.
-const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Histogram samples wait in the exporter's lock-free buffers (16 bytes each, in fresh memory)
+/// until drained into bucket counts. Draining often keeps that buffer small enough to stay in
+/// the CPU's cache (about 100 KB at 70,000 requests a second, against megabytes when drained
+/// every 5 s); measured side by side, about a point of throughput (BENCHMARKS §17). A drain
+/// of every histogram takes tens of microseconds.
+const UPKEEP_INTERVAL: Duration = Duration::from_millis(100);
 
 static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 static HOT: OnceLock<Hot> = OnceLock::new();
