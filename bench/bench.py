@@ -34,6 +34,7 @@ only the Python standard library. Settings come from the environment (see BENCHM
 """
 
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -404,28 +405,37 @@ def wait_quiet(what):
         log(f"  (machine busy {busy:.0%} before {what}: figure may be low)")
 
 
+def wrk_command(base, path, headers_file, conns, duration):
+    """(argv, environment) of one `wrk` closed loop through bench/wrk.lua."""
+    cmd = pinned(["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--timeout", "5s",
+                  "-s", WRK_LUA, base + path], LOADGEN_CPUS)
+    return cmd, dict(os.environ, BENCH_PATH=path, BENCH_HEADERS=headers_file)
+
+
+def wrk_result(out, cpu_s=None):
+    """The BENCHJSON line of a `wrk` run, with req/s, errors and, given the server's CPU
+    seconds, requests per second of the server's own CPU time (user + system): what one
+    dedicated core would serve. Time the hypervisor gave to other guests (steal) and time the
+    process waited for the CPU are not in it, so it varies far less between rounds on a
+    shared VM than req/s does."""
+    line = next(line for line in out.splitlines() if line.startswith("BENCHJSON "))
+    r = json.loads(line[len("BENCHJSON "):])
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    if cpu_s is not None:
+        r["server_cpu_s"] = cpu_s
+        r["rps_per_cpu"] = r["requests"] / cpu_s if cpu_s > 0 else 0.0
+    r["errors"] = sum(r[k] for k in r if k.startswith("errors_"))
+    return r
+
+
 def wrk(base, path, headers_file, duration=None, conns=None, quiet_checked=False):
     """Closed loop: `conns` connections each sending the next request when the last is answered."""
     def run():
-        env = dict(os.environ, BENCH_PATH=path, BENCH_HEADERS=headers_file)
-        cmd = pinned(["wrk", "-t1", f"-c{conns or CONNS}", f"-d{duration or DURATION}s", "--timeout", "5s",
-                      "-s", WRK_LUA, base + path], LOADGEN_CPUS)
+        cmd, env = wrk_command(base, path, headers_file, conns or CONNS, duration or DURATION)
         pid = SERVER_PIDS.get(base)
         ticks = cpu_ticks(pid) if pid else 0
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-        line = next(line for line in out.splitlines() if line.startswith("BENCHJSON "))
-        r = json.loads(line[len("BENCHJSON "):])
-        r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
-        if pid:
-            # Requests per second of the server's own CPU time (user + system): what one
-            # dedicated core would serve. Time the hypervisor gave to other guests (steal)
-            # and time the process waited for the CPU are not in it, so it varies far less
-            # between rounds on a shared VM than req/s does.
-            cpu_s = (cpu_ticks(pid) - ticks) / HZ
-            r["server_cpu_s"] = cpu_s
-            r["rps_per_cpu"] = r["requests"] / cpu_s if cpu_s > 0 else 0.0
-        r["errors"] = sum(r[k] for k in r if k.startswith("errors_"))
-        return r
+        return wrk_result(out, (cpu_ticks(pid) - ticks) / HZ if pid else None)
     return run() if quiet_checked else measured(f"wrk {path}", run)
 
 
@@ -438,27 +448,18 @@ def wrk_pair(base_a, base_b, path, headers_file, path_b=None):
     targets = [(base_a, path), (base_b, path_b or path)]
 
     def run():
-        half = max((CONNS) // 2, 1)
+        half = max(CONNS // 2, 1)
         pids = [SERVER_PIDS[b] for b, _ in targets]
         ticks = [cpu_ticks(pid) for pid in pids]
-        procs = [subprocess.Popen(pinned(["wrk", "-t1", f"-c{half}", f"-d{DURATION}s", "--timeout", "5s",
-                                          "-s", WRK_LUA, b + p], LOADGEN_CPUS),
-                                  env=dict(os.environ, BENCH_PATH=p, BENCH_HEADERS=headers_file),
-                                  stdout=subprocess.PIPE, text=True) for b, p in targets]
+        procs = []
+        for b, p in targets:
+            cmd, env = wrk_command(b, p, headers_file, half, DURATION)
+            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True))
         outs = [p.communicate()[0] for p in procs]
         cpu_s = [(cpu_ticks(pid) - t) / HZ for pid, t in zip(pids, ticks)]
-        results = []
-        for out, proc, cs in zip(outs, procs, cpu_s):
-            if proc.returncode != 0:
-                raise RuntimeError(f"wrk exited {proc.returncode}")
-            line = next(line for line in out.splitlines() if line.startswith("BENCHJSON "))
-            r = json.loads(line[len("BENCHJSON "):])
-            r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
-            r["server_cpu_s"] = cs
-            r["rps_per_cpu"] = r["requests"] / cs if cs > 0 else 0.0
-            r["errors"] = sum(r[k] for k in r if k.startswith("errors_"))
-            results.append(r)
-        return {"pair": results}
+        if any(p.returncode != 0 for p in procs):
+            raise RuntimeError(f"wrk exited {[p.returncode for p in procs]}")
+        return {"pair": [wrk_result(out, cs) for out, cs in zip(outs, cpu_s)]}
     what = " and ".join(dict.fromkeys(p for _, p in targets))
     return tuple(measured(f"wrk {what} on two servers at once", run)["pair"])
 
@@ -506,6 +507,11 @@ def merge(runs):
         out["rps_per_cpu"] = statistics.mean(r["rps_per_cpu"] for r in runs)
     out["runs"] = runs
     return out
+
+
+def spread(xs):
+    """Per-round ratios for a log line."""
+    return ", ".join(f"{x:.2f}" for x in xs)
 
 
 def verdict(ok):
@@ -623,7 +629,6 @@ def report_ratios(runs, note=""):
     m = {p: merge(r) for p, r in runs.items()}
     ratios = {p: m[p]["rps"] / m["/healthz"]["rps"] for p in runs if p != "/healthz"}
     paired = round_ratios(runs)
-    spread = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
     for p in paired:
         med = paired[p]["median"]
         log(f"ratio {p:<19} / healthz: median of {len(paired[p]['rounds'])} rounds {med:.3f} (rounds: {spread(paired[p]['rounds'])}); "
@@ -645,6 +650,25 @@ def s1_vs_healthz(base, hdrs):
     return m
 
 
+@contextlib.contextmanager
+def twin_of(server):
+    """`server` stopped and a second `Server` on a copy of its data directory (the same orgs,
+    keys and sessions); afterwards both stopped, the copy deleted and `server` started again
+    (with metrics as BENCH_METRICS says)."""
+    server.stop()
+    twin = Server(server.name + "-twin", server.data_dir + "-twin")
+    shutil.rmtree(twin.data_dir, ignore_errors=True)
+    shutil.copytree(server.data_dir, twin.data_dir)
+    try:
+        yield twin
+    finally:
+        twin.stop()
+        server.stop()
+        shutil.rmtree(twin.data_dir, ignore_errors=True)
+    server.set_metrics(METRICS)
+    server.start()
+
+
 def s8_metrics_on_off(server, hdrs):
     """Issue 13: each endpoint with metrics on over the same build and data with metrics off.
     Two servers run side by side on copies of one data directory (the same orgs, keys and
@@ -660,12 +684,8 @@ def s8_metrics_on_off(server, hdrs):
         f"{how}, restarted with roles swapped every {S8_BLOCK} rounds)")
     paths = ["/healthz", "/api/v1/apiKeys", "/authz"]
     runs = {(p, on): [] for p in paths for on in (True, False)}
-    server.stop()
-    twin = Server(server.name + "-twin", server.data_dir + "-twin")
-    shutil.rmtree(twin.data_dir, ignore_errors=True)
-    shutil.copytree(server.data_dir, twin.data_dir)
-    pair = [server, twin]
-    try:
+    with twin_of(server) as twin:
+        pair = [server, twin]
         for i in range(ROUNDS):
             if i % S8_BLOCK == 0:
                 swap = (i // S8_BLOCK) % 2 == 1
@@ -686,13 +706,6 @@ def s8_metrics_on_off(server, hdrs):
                     continue
                 for on in ((True, False) if i % 2 == 0 else (False, True)):
                     runs[(p, on)].append(wrk(by_role[on].base, p, hdrs))
-    finally:
-        twin.stop()
-        server.stop()
-        shutil.rmtree(twin.data_dir, ignore_errors=True)
-    server.set_metrics(METRICS)
-    server.start()
-    spread = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
     out = {}
     for p in paths:
         per_round = [a["rps"] / b["rps"] for a, b in zip(runs[(p, True)], runs[(p, False)])]
@@ -713,12 +726,8 @@ def s9_vs_healthz_at_once(server, hdrs):
     seconds."""
     log(f"\n## 9. Hot path vs /healthz, two servers loaded at once ({ROUNDS} rounds, metrics {'on' if METRICS else 'off'})")
     paths = ["/api/v1/apiKeys", "/authz"]
-    server.stop()
-    twin = Server(server.name + "-twin", server.data_dir + "-twin")
-    shutil.rmtree(twin.data_dir, ignore_errors=True)
-    shutil.copytree(server.data_dir, twin.data_dir)
     runs = {p: [] for p in paths}
-    try:
+    with twin_of(server) as twin:
         server.start()
         twin.start()
         for srv in (server, twin):
@@ -728,12 +737,6 @@ def s9_vs_healthz_at_once(server, hdrs):
             a, b = (server, twin) if i % 2 == 0 else (twin, server)
             for p in paths[i % len(paths):] + paths[:i % len(paths)]:
                 runs[p].append(wrk_pair(a.base, b.base, "/healthz", hdrs, path_b=p))
-    finally:
-        twin.stop()
-        server.stop()
-        shutil.rmtree(twin.data_dir, ignore_errors=True)
-    server.start()
-    spread = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
     out = {}
     for p in paths:
         per_cpu = [e["rps_per_cpu"] / h["rps_per_cpu"] for h, e in runs[p]]
