@@ -435,7 +435,7 @@ impl Services {
         let now = self.clock.now();
         self.sweep_login_failures();
         let key = super::throttle::counted_address(addr);
-        let scope = [bearer_scope(&key)];
+        let scope = [super::throttle::bearer_scope(&key)];
         let counted = async {
             self.store
                 .count_login_failure(&scope, BearerThrottle::WINDOW_MS, now)
@@ -457,11 +457,6 @@ impl Services {
         };
         self.bearer_throttle.after_failure(key, across_nodes, now)
     }
-}
-
-/// The stored digest under which an address (as counted) has its wrong bearer tokens counted.
-fn bearer_scope(counted_address: &str) -> String {
-    token_hash(&format!("bearer-addr\n{counted_address}")).to_string()
 }
 
 /// Failed bearer authentications per client address (issue 15): after `max_failures`

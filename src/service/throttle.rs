@@ -74,6 +74,12 @@ pub fn scopes(login: &str, addr: Option<&str>) -> Scopes {
     ])
 }
 
+/// The stored digest under which an address (as counted) has its wrong provider bearer
+/// tokens counted: a namespace of its own beside the login scopes of [`scopes`].
+pub(crate) fn bearer_scope(counted_address: &str) -> String {
+    token_hash(&format!("bearer-addr\n{counted_address}")).to_string()
+}
+
 impl ThrottlePolicy {
     pub fn window_ms(&self) -> i64 {
         self.window_secs * 1000
