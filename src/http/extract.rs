@@ -246,21 +246,33 @@ pub fn client_address(parts: &Parts, state: &AppState) -> Option<String> {
 }
 
 /// A cookie's value from the request's `Cookie` headers; an empty value counts as absent.
-/// The first pair named `name` decides. (Byte-wise rather than with `split_once`/`trim`:
-/// this runs on every API call.)
+/// The first pair named `name` decides, and only its value must be text (UTF-8): other
+/// cookies' values need not be, a browser's `Cookie` header holds other sites' cookies too.
+/// Byte-wise, the pairs found with `memchr`: this runs on every API call (BENCHMARKS.md §18).
 pub fn cookie_in<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
-    let value = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            pair.trim_ascii_start()
-                .strip_prefix(name)?
-                .strip_prefix('=')
-                .map(str::trim_ascii_end)
-        })?;
-    Some(value).filter(|v| !v.is_empty())
+    let name = name.as_bytes();
+    for header in headers.get_all(header::COOKIE) {
+        let mut rest = header.as_bytes();
+        loop {
+            let (pair, next) = match memchr::memchr(b';', rest) {
+                Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+                None => (rest, None),
+            };
+            let value = pair
+                .trim_ascii_start()
+                .strip_prefix(name)
+                .and_then(|r| r.strip_prefix(b"="));
+            if let Some(value) = value {
+                let value = value.trim_ascii_end();
+                return std::str::from_utf8(value).ok().filter(|v| !v.is_empty());
+            }
+            match next {
+                Some(next) => rest = next,
+                None => break,
+            }
+        }
+    }
+    None
 }
 
 /// A provider operator, by bearer token.
@@ -382,6 +394,21 @@ mod tests {
         let h = with_cookies(&["JSESSIONID"]);
         assert_eq!(cookie_in(&h, "JSESSIONID"), None);
         let h = with_cookies(&["JSESSIONID =spaced"]);
+        assert_eq!(cookie_in(&h, "JSESSIONID"), None);
+    }
+
+    #[test]
+    fn only_the_value_found_must_be_text() {
+        // Another cookie's bytes that are not UTF-8 (obs-text, which a header may carry) do not
+        // hide the session cookie beside it.
+        let mut h = HeaderMap::new();
+        let raw = HeaderValue::from_bytes(b"theme=caf\xe9; JSESSIONID=ok").unwrap();
+        h.append(header::COOKIE, raw);
+        assert_eq!(cookie_in(&h, "JSESSIONID"), Some("ok"));
+        assert_eq!(cookie_in(&h, "theme"), None);
+        let raw = HeaderValue::from_bytes(b"JSESSIONID=t\xffken; JSESSIONID=later").unwrap();
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, raw);
         assert_eq!(cookie_in(&h, "JSESSIONID"), None);
     }
 }
