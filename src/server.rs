@@ -135,7 +135,7 @@ impl App {
                         "rate_limit_redis_url is used with PostgreSQL only; the embedded store keeps its limits in memory"
                     );
                 }
-                crate::service::limits::RateLimits::new(clock.clone())
+                crate::service::limits::RateLimits::local()
             }
             (Some(url), redis) => {
                 let store: Arc<dyn crate::store::rate_windows::WindowStore> = match redis {

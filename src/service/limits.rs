@@ -1,4 +1,5 @@
-//! Per-org rate limits, driven by the injectable clock.
+//! Per-org rate limits, decided at the instant the caller gives (the request's own time, read
+//! once per decision from the injectable clock).
 //!
 //! On the embedded store one process serves every request: GCRA (`governor`) in memory
 //! ([`LocalLimits`]). On PostgreSQL every node admits against counts shared through a
@@ -20,16 +21,25 @@ use governor::{Quota, RateLimiter};
 use crate::clock::SharedClock;
 use crate::domain::ids::OrgId;
 use crate::domain::limits::RateRule;
+use crate::domain::time::Millis;
 use crate::store::rate_windows::{WindowRef, WindowStore};
 
-/// governor reads time through this adapter, so tests drive it with the manual clock.
-#[derive(Clone)]
-pub struct GovernorClock(pub SharedClock);
+/// What governor reads as "now": the instant of the check under way in its shard, which
+/// [`LocalLimits::check`] sets under the shard's lock. So the limit is decided at the same
+/// instant as the session it admits, and one API call reads the clock once.
+#[derive(Clone, Default)]
+struct CheckInstant(Arc<AtomicU64>);
 
-impl governor::clock::Clock for GovernorClock {
+impl CheckInstant {
+    fn set(&self, at: Millis) {
+        self.0.store(at.0.max(0) as u64, Ordering::Relaxed);
+    }
+}
+
+impl governor::clock::Clock for CheckInstant {
     type Instant = Duration;
     fn now(&self) -> Duration {
-        Duration::from_millis(self.0.now().0.max(0) as u64)
+        Duration::from_millis(self.0.load(Ordering::Relaxed))
     }
 }
 
@@ -55,7 +65,7 @@ impl StateStore for RuleState {
     }
 }
 
-type Limiter = RateLimiter<NotKeyed, RuleState, GovernorClock, StateInformationMiddleware>;
+type Limiter = RateLimiter<NotKeyed, RuleState, CheckInstant, StateInformationMiddleware>;
 
 /// What the `x-ratelimit-*` headers say: the rule closest to refusing this request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,8 +94,14 @@ struct OrgLimiters {
 const LIMIT_SHARDS: usize = 64;
 
 pub struct LocalLimits {
-    clock: GovernorClock,
-    shards: Box<[Mutex<FastMap<OrgId, OrgLimiters>>]>,
+    shards: Box<[LimitShard]>,
+}
+
+/// Some orgs' limiters, and the instant they are checked at (set under `orgs`' lock).
+#[derive(Default)]
+struct LimitShard {
+    orgs: Mutex<FastMap<OrgId, OrgLimiters>>,
+    instant: CheckInstant,
 }
 
 fn quota(rule: &RateRule) -> Quota {
@@ -110,43 +126,52 @@ fn ceil_secs(d: Duration) -> u64 {
 }
 
 impl LocalLimits {
-    pub fn new(clock: SharedClock) -> Self {
+    pub fn new() -> Self {
         Self {
-            clock: GovernorClock(clock),
-            shards: (0..LIMIT_SHARDS)
-                .map(|_| Mutex::new(FastMap::default()))
-                .collect(),
+            shards: (0..LIMIT_SHARDS).map(|_| LimitShard::default()).collect(),
         }
     }
+}
 
-    fn build(&self, stored: Option<&str>) -> OrgLimiters {
+impl Default for LocalLimits {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LocalLimits {
+    fn build(instant: &CheckInstant, stored: Option<&str>) -> OrgLimiters {
         OrgLimiters {
             source: stored.unwrap_or("").to_owned(),
             rules: rules_of(stored)
                 .into_iter()
                 .map(|r| {
                     let state = RuleState::default();
-                    let l = Limiter::new(quota(&r), state.clone(), &self.clock);
+                    let l = Limiter::new(quota(&r), state.clone(), instant);
                     (r, l, state)
                 })
                 .collect(),
         }
     }
 
-    /// Takes one request of `method` from each rule that applies to it, or from none of them
-    /// when one refuses it.
+    /// Takes one request of `method` at `at` from each rule that applies to it, or from none
+    /// of them when one refuses it.
     pub fn check(
         &self,
         org: OrgId,
         stored_rules: Option<&str>,
         method: &str,
+        at: Millis,
     ) -> Result<Option<RateInfo>, RateDenied> {
         let shard = &self.shards[(org.0 as u64 % LIMIT_SHARDS as u64) as usize];
-        let mut orgs = shard.lock().unwrap_or_else(|e| e.into_inner());
-        let limiters = orgs.entry(org).or_insert_with(|| self.build(stored_rules));
+        let mut orgs = shard.orgs.lock().unwrap_or_else(|e| e.into_inner());
+        shard.instant.set(at);
+        let limiters = orgs
+            .entry(org)
+            .or_insert_with(|| Self::build(&shard.instant, stored_rules));
         if limiters.source != stored_rules.unwrap_or("") {
             // The provider changed the org's rules: they start afresh.
-            *limiters = self.build(stored_rules);
+            *limiters = Self::build(&shard.instant, stored_rules);
         }
         let limiters = &*limiters;
         let class = RateRule::class_of(method);
@@ -174,7 +199,8 @@ impl LocalLimits {
                     for (state, before) in taken {
                         state.0.store(before, Ordering::Release);
                     }
-                    let wait = not_until.wait_time_from(governor::clock::Clock::now(&self.clock));
+                    let wait =
+                        not_until.wait_time_from(governor::clock::Clock::now(&shard.instant));
                     let retry = ceil_secs(wait).max(1);
                     let info = RateInfo {
                         limit: rule.limit,
@@ -203,8 +229,8 @@ pub enum RateLimits {
 
 impl RateLimits {
     /// One process owns the database: its own GCRA buckets are the whole truth.
-    pub fn new(clock: SharedClock) -> Self {
-        Self::Local(LocalLimits::new(clock))
+    pub fn local() -> Self {
+        Self::Local(LocalLimits::new())
     }
 
     /// Counts shared by every node through `store`; `fallback_nodes` is the N of the local
@@ -220,17 +246,19 @@ impl RateLimits {
         }
     }
 
-    /// Takes one request of `method` from each rule that applies to it, or from none of them
-    /// when one refuses it. Awaits only when a node must claim more from the shared store.
+    /// Takes one request of `method` at `at` (the request's time, as its session was judged)
+    /// from each rule that applies to it, or from none of them when one refuses it. Awaits
+    /// only when a node must claim more from the shared store.
     pub async fn check(
         &self,
         org: OrgId,
         stored_rules: Option<&str>,
         method: &str,
+        at: Millis,
     ) -> Result<Option<RateInfo>, RateDenied> {
         match self {
-            Self::Local(l) => l.check(org, stored_rules, method),
-            Self::Global(g) => g.check(org, stored_rules, method).await,
+            Self::Local(l) => l.check(org, stored_rules, method, at),
+            Self::Global(g) => g.check(org, stored_rules, method, at).await,
         }
     }
 }
@@ -465,11 +493,14 @@ impl GlobalLimits {
         built
     }
 
+    /// [`RateLimits::check`]: decided at `at` while this node's shares last; after a claim
+    /// (which awaits the store) at the clock's time then.
     pub async fn check(
         &self,
         org: OrgId,
         stored_rules: Option<&str>,
         method: &str,
+        at: Millis,
     ) -> Result<Option<RateInfo>, RateDenied> {
         let org = self.org(org, stored_rules);
         let class = RateRule::class_of(method);
@@ -480,7 +511,11 @@ impl GlobalLimits {
         // limit and does not count, up to a hard bound.
         let (mut contended, mut rounds) = (0, 0);
         while contended < org.rules.len() + 4 && rounds < MAX_ROUNDS {
-            let now = self.clock.now().0;
+            let now = if rounds == 0 {
+                at.0
+            } else {
+                self.clock.now().0
+            };
             match self.decide(&org, class, now, rounds == 0) {
                 Step::Admit(info) => return Ok(info),
                 Step::Refuse(denied) => return Err(denied),

@@ -298,6 +298,7 @@ impl Services {
                 principal.org_id(),
                 principal.session.rate_limits.as_deref(),
                 method,
+                principal.at,
             )
             .await
         {

@@ -19,10 +19,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keygate::clock::{ManualClock, SharedClock};
+use keygate::clock::{Clock, ManualClock, SharedClock};
 use keygate::domain::ids::OrgId;
 use keygate::domain::time::Millis;
-use keygate::service::limits::RateLimits;
+use keygate::service::limits::{RateDenied, RateInfo, RateLimits};
 use keygate::store::rate_windows::PgWindows;
 use reqwest::header::{COOKIE, SET_COOKIE};
 use reqwest::{Client, StatusCode};
@@ -45,29 +45,51 @@ async fn migrated(test: &str) -> Option<SharedDb> {
     Some(db)
 }
 
+/// A simulated node: its limiter, and the clock every node reads (a request's time is read
+/// once, before its check, as the service does).
+struct SimNode {
+    limits: RateLimits,
+    clock: Arc<ManualClock>,
+}
+
+impl SimNode {
+    /// One GET of org 7 under `rules`, now.
+    async fn check(&self, rules: &str) -> Result<Option<RateInfo>, RateDenied> {
+        let at = self.clock.now();
+        self.limits.check(OrgId(7), Some(rules), "GET", at).await
+    }
+
+    fn global_limits(&self) -> Option<&Arc<keygate::service::limits::GlobalLimits>> {
+        self.limits.global_limits()
+    }
+}
+
 /// `n` nodes' limiters on the same table, each with its own pool, on one manual clock.
 async fn sim_nodes(
     db: &SharedDb,
     clock: &Arc<ManualClock>,
     n: usize,
     fallback: u32,
-) -> Vec<Arc<RateLimits>> {
+) -> Vec<Arc<SimNode>> {
     let mut nodes = Vec::new();
     for _ in 0..n {
         let store = Arc::new(PgWindows::connect(&db.url, false).await.expect("pool"));
-        let clock: SharedClock = clock.clone();
-        nodes.push(Arc::new(RateLimits::global(clock, store, fallback)));
+        let shared: SharedClock = clock.clone();
+        nodes.push(Arc::new(SimNode {
+            limits: RateLimits::global(shared, store, fallback),
+            clock: clock.clone(),
+        }));
     }
     nodes
 }
 
 /// `per_node` checks sent at once to every node; how many were admitted.
-async fn burst(nodes: &[Arc<RateLimits>], rules: &str, per_node: usize) -> usize {
+async fn burst(nodes: &[Arc<SimNode>], rules: &str, per_node: usize) -> usize {
     let mut tasks = tokio::task::JoinSet::new();
     for node in nodes {
         for _ in 0..per_node {
             let (node, rules) = (node.clone(), rules.to_owned());
-            tasks.spawn(async move { node.check(OrgId(7), Some(&rules), "GET").await.is_ok() });
+            tasks.spawn(async move { node.check(&rules).await.is_ok() });
         }
     }
     let mut admitted = 0;
@@ -77,7 +99,7 @@ async fn burst(nodes: &[Arc<RateLimits>], rules: &str, per_node: usize) -> usize
     admitted
 }
 
-async fn upkeep(nodes: &[Arc<RateLimits>]) {
+async fn upkeep(nodes: &[Arc<SimNode>]) {
     for n in nodes {
         n.global_limits().expect("global").upkeep().await;
     }
@@ -139,7 +161,7 @@ async fn concurrent_claims_from_three_nodes_admit_exactly_the_limit() {
         // Concurrent checks that found no unit within their attempts were refused while units
         // were still unclaimed or held; one request at a time per node takes what is left.
         for node in &nodes {
-            while node.check(OrgId(7), Some(&rules), "GET").await.is_ok() {
+            while node.check(&rules).await.is_ok() {
                 admitted += 1;
             }
         }
@@ -181,7 +203,7 @@ async fn a_refused_request_spends_nothing_of_the_other_rules_across_nodes() {
             let mut this_second = 0;
             for round in 0..3 {
                 for (i, node) in nodes.iter().enumerate() {
-                    if node.check(OrgId(7), Some(&rules), "GET").await.is_ok() {
+                    if node.check(&rules).await.is_ok() {
                         this_second += 1;
                     }
                     assert!(this_second <= 1, "second {second}, round {round}, node {i}");
@@ -212,16 +234,13 @@ async fn remaining_is_exact_at_each_claim() {
     let rules = json!([{"methods": ["GET"], "limit": 5, "periodSeconds": 1}]).to_string();
     for want in (0..5).rev() {
         let info = nodes[0]
-            .check(OrgId(7), Some(&rules), "GET")
+            .check(&rules)
             .await
             .expect("admitted")
             .expect("headers");
         assert_eq!((info.limit, info.remaining, info.reset_secs), (5, want, 1));
     }
-    let refused = nodes[1]
-        .check(OrgId(7), Some(&rules), "GET")
-        .await
-        .unwrap_err();
+    let refused = nodes[1].check(&rules).await.unwrap_err();
     assert_eq!((refused.info.remaining, refused.info.reset_secs), (0, 1));
     assert_eq!(refused.retry_after_secs, 1);
     // The next window, two nodes in turn: together at most the limit; each node's value only
@@ -230,7 +249,7 @@ async fn remaining_is_exact_at_each_claim() {
     clock.set(Millis(t0().0 + 1000));
     let (mut admitted, mut own, mut last) = (0u32, [0u32; 2], [u32::MAX; 2]);
     for i in 0..10 {
-        match nodes[i % 2].check(OrgId(7), Some(&rules), "GET").await {
+        match nodes[i % 2].check(&rules).await {
             Ok(info) => {
                 admitted += 1;
                 own[i % 2] += 1;
@@ -275,7 +294,7 @@ async fn an_unreachable_store_falls_back_to_a_bounded_local_share_and_recovers()
         for (i, node) in nodes.iter().enumerate() {
             let mut admitted = 0;
             for _ in 0..10 {
-                admitted += usize::from(node.check(OrgId(7), Some(&rules), "GET").await.is_ok());
+                admitted += usize::from(node.check(&rules).await.is_ok());
             }
             assert_eq!(
                 admitted, 4,
