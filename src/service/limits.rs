@@ -131,15 +131,7 @@ impl LocalLimits {
             shards: (0..LIMIT_SHARDS).map(|_| LimitShard::default()).collect(),
         }
     }
-}
 
-impl Default for LocalLimits {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl LocalLimits {
     fn build(instant: &CheckInstant, stored: Option<&str>) -> OrgLimiters {
         OrgLimiters {
             source: stored.unwrap_or("").to_owned(),
@@ -199,6 +191,7 @@ impl LocalLimits {
                     for (state, before) in taken {
                         state.0.store(before, Ordering::Release);
                     }
+                    // The instant governor judged by (this check's `at`).
                     let wait =
                         not_until.wait_time_from(governor::clock::Clock::now(&shard.instant));
                     let retry = ceil_secs(wait).max(1);
@@ -215,6 +208,12 @@ impl LocalLimits {
             }
         }
         Ok(tightest)
+    }
+}
+
+impl Default for LocalLimits {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use keygate::clock::{Clock, ManualClock, SharedClock};
 use keygate::domain::ids::OrgId;
 use keygate::domain::time::Millis;
-use keygate::service::limits::{RateDenied, RateInfo, RateLimits};
+use keygate::service::limits::{GlobalLimits, RateDenied, RateInfo, RateLimits};
 use keygate::store::rate_windows::PgWindows;
 use reqwest::header::{COOKIE, SET_COOKIE};
 use reqwest::{Client, StatusCode};
@@ -59,7 +59,7 @@ impl SimNode {
         self.limits.check(OrgId(7), Some(rules), "GET", at).await
     }
 
-    fn global_limits(&self) -> Option<&Arc<keygate::service::limits::GlobalLimits>> {
+    fn global_limits(&self) -> Option<&Arc<GlobalLimits>> {
         self.limits.global_limits()
     }
 }
