@@ -622,12 +622,17 @@ def round_ratios(runs, base="/healthz"):
     return out
 
 
+def rotated(paths, i):
+    """`paths` starting at the i-th (round i starts with another path, so none is always first)."""
+    return paths[i % len(paths):] + paths[:i % len(paths)]
+
+
 def alternating_rounds(paths, measure):
     """`measure(path)` for every path in each of ROUNDS rounds, each round starting with another
     path (none is always measured first); path -> list of results."""
     runs = {p: [] for p in paths}
     for i in range(ROUNDS):
-        for path in paths[i % len(paths):] + paths[:i % len(paths)]:
+        for path in rotated(paths, i):
             runs[path].append(measure(path))
     return runs
 
@@ -707,7 +712,7 @@ def s8_metrics_on_off(server, hdrs):
                     by_role[on] = srv
                     for p in paths:
                         wrk(srv.base, p, hdrs, duration=1, quiet_checked=True)
-            for p in paths[i % len(paths):] + paths[:i % len(paths)]:
+            for p in rotated(paths, i):
                 if S8_CONCURRENT:
                     on_r, off_r = wrk_pair(by_role[True].base, by_role[False].base, p, hdrs)
                     runs[(p, True)].append(on_r)
@@ -734,27 +739,42 @@ def s9_vs_healthz_at_once(server, hdrs):
     The figure is each endpoint's requests per server CPU-second over /healthz's in the same
     seconds."""
     log(f"\n## 9. Hot path vs /healthz, two servers loaded at once ({ROUNDS} rounds, metrics {'on' if METRICS else 'off'})")
-    paths = ["/api/v1/apiKeys", "/authz"]
-    runs = {p: [] for p in paths}
     with twin_of(server) as twin:
         server.start()
         twin.start()
-        for srv in (server, twin):
+        RESULTS["scenarios"]["9"] = healthz_vs_endpoints_at_once([[(server.base, hdrs)], [(twin.base, hdrs)]])
+
+
+def healthz_vs_endpoints_at_once(sides, note=""):
+    """Scenario 9's method. `sides` are two lists of `(base, headers_file)`: two servers, or
+    two deployments' nodes. In each round every server of one side is loaded with /healthz and
+    every server of the other with the endpoint, in the same seconds (`wrk_group`); the sides
+    swap roles every round. The figure is the endpoint's requests per server CPU-second (its
+    side's CPU time summed) over /healthz's."""
+    paths = ["/api/v1/apiKeys", "/authz"]
+    for side in sides:
+        for base, hdrs in side:
             for p in ["/healthz"] + paths:
-                wrk(srv.base, p, hdrs, duration=1, quiet_checked=True)
-        for i in range(ROUNDS):
-            a, b = (server, twin) if i % 2 == 0 else (twin, server)
-            for p in paths[i % len(paths):] + paths[:i % len(paths)]:
-                runs[p].append(wrk_pair(a.base, b.base, "/healthz", hdrs, path_b=p))
+                wrk(base, p, hdrs, duration=1, quiet_checked=True)
+    runs = {p: [] for p in paths}
+    for i in range(ROUNDS):
+        h, e = sides if i % 2 == 0 else sides[::-1]
+        for p in rotated(paths, i):
+            res = wrk_group([(b, "/healthz", hd) for b, hd in h] + [(b, p, hd) for b, hd in e])
+            runs[p].append((res[:len(h)], res[len(h):]))
+
+    def per_cpu(group):
+        return sum(r["requests"] for r in group) / max(sum(r["server_cpu_s"] for r in group), 1e-9)
     out = {}
     for p in paths:
-        per_cpu = [e["rps_per_cpu"] / h["rps_per_cpu"] for h, e in runs[p]]
-        med = statistics.median(per_cpu)
-        log(f"ratio {p:<19} / healthz at once: per server CPU-second, median of {ROUNDS} rounds {med:.3f} "
-            f"(rounds: {spread(per_cpu)}) (target >= 0.9: {verdict(med >= 0.9)})")
-        out[p] = {"per_cpu_median": med, "per_cpu_rounds": per_cpu,
-                  "healthz": merge([h for h, _ in runs[p]]), "endpoint": merge([e for _, e in runs[p]])}
-    RESULTS["scenarios"]["9"] = out
+        ratios = [per_cpu(e) / per_cpu(h) for h, e in runs[p]]
+        med = statistics.median(ratios)
+        log(f"ratio {p:<19} / healthz at once: per server CPU-second{note}, median of {ROUNDS} rounds {med:.3f} "
+            f"(rounds: {spread(ratios)}) (target >= 0.9: {verdict(med >= 0.9)})")
+        out[p] = {"per_cpu_median": med, "per_cpu_rounds": ratios,
+                  "healthz": merge([r for h, _ in runs[p] for r in h]),
+                  "endpoint": merge([r for _, e in runs[p] for r in e])}
+    return out
 
 
 def s2_vs_nginx(workdir, base, hdrs, keys):
@@ -1041,6 +1061,12 @@ class PgDeployment:
         check_hot_path(b, self.tokens[self.ids[0]])
         self.hdrs = headers_file(self.workdir, f"pg-{self.name}-headers.txt", session_lines(self.tokens.values()))
 
+    def load(self, path):
+        """`path` on every node at once, CONNS split between them (`on_every_node`)."""
+        conns = max(CONNS // len(self.nodes), 1)
+        return on_every_node(self.nodes, f"wrk {path} on every node",
+                             lambda i, base: wrk(base, path, self.hdrs, conns=conns, quiet_checked=True))
+
     def __exit__(self, *exc):
         for n in self.nodes:
             n.stop()
@@ -1086,34 +1112,10 @@ def s7_postgres(workdir, node_cache):
 
 def s7_at_once(one, other):
     """Scenario 9's method on two deployments: every node of one loaded with /healthz and every
-    node of the other with the endpoint, in the same seconds. The figure is the endpoint's
-    requests per server CPU-second (its deployment's nodes' CPU time summed) over /healthz's."""
-    paths = ["/api/v1/apiKeys", "/authz"]
-    for dep in (one, other):
-        for n in dep.nodes:
-            for p in ["/healthz"] + paths:
-                wrk(n.base, p, dep.hdrs, duration=1, quiet_checked=True)
-    runs = {p: [] for p in paths}
-    for i in range(ROUNDS):
-        h, e = (one, other) if i % 2 == 0 else (other, one)
-        for p in paths[i % len(paths):] + paths[:i % len(paths)]:
-            res = wrk_group([(n.base, "/healthz", h.hdrs) for n in h.nodes] + [(n.base, p, e.hdrs) for n in e.nodes])
-            k = len(h.nodes)
-            runs[p].append((res[:k], res[k:]))
-
-    def per_cpu(group):
-        return sum(r["requests"] for r in group) / max(sum(r["server_cpu_s"] for r in group), 1e-9)
-    out = {}
-    for p in paths:
-        ratios = [per_cpu(e) / per_cpu(h) for h, e in runs[p]]
-        med = statistics.median(ratios)
-        log(f"ratio {p:<19} / healthz at once: per server CPU-second ({len(one.nodes)} nodes each), median of "
-            f"{ROUNDS} rounds {med:.3f} (rounds: {spread(ratios)}) (target >= 0.9: {verdict(med >= 0.9)}); "
-            f"metrics {'on' if METRICS else 'off'}")
-        out[p] = {"per_cpu_median": med, "per_cpu_rounds": ratios,
-                  "healthz": merge([r for h, _ in runs[p] for r in h]),
-                  "endpoint": merge([r for _, e in runs[p] for r in e])}
-    return {"at_once": out}
+    node of the other with the endpoint, in the same seconds."""
+    sides = [[(n.base, dep.hdrs) for n in dep.nodes] for dep in (one, other)]
+    note = f" ({len(one.nodes)} nodes each; metrics {'on' if METRICS else 'off'})"
+    return {"at_once": healthz_vs_endpoints_at_once(sides, note)}
 
 
 def on_every_node(nodes, what, one):
@@ -1139,11 +1141,7 @@ def on_every_node(nodes, what, one):
 
 def s7_in_turn(dep):
     """Every node loaded with one endpoint at a time, the endpoints alternating by round."""
-    conns = max(CONNS // len(dep.nodes), 1)
-    runs = alternating_rounds(
-        ["/healthz", "/api/v1/apiKeys", "/authz"],
-        lambda p: on_every_node(dep.nodes, f"wrk {p} on every node",
-                                lambda i, base, p=p: wrk(base, p, dep.hdrs, conns=conns, quiet_checked=True)))
+    runs = alternating_rounds(["/healthz", "/api/v1/apiKeys", "/authz"], dep.load)
     m, ratios, paired = report_ratios(runs, note=f"; metrics {'on' if METRICS else 'off'}, both nodes' CPU time")
     log(f"({len(dep.nodes)} wrk process(es), one per node, CONNS/{len(dep.nodes)} connections each; req/s summed, latency = the worst node)")
     log(HEAD)
@@ -1160,13 +1158,7 @@ def s7_half_peak(dep, peaks):
     nodes, tokens, ids = dep.nodes, dep.tokens, dep.ids
     half = {}
     for path in ("/authz", "/api/v1/apiKeys"):
-        if peaks:
-            peak = peaks[path]["rps"]
-        else:
-            conns = max(CONNS // len(nodes), 1)
-            peak = on_every_node(nodes, f"wrk {path} on every node",
-                                 lambda i, base, p=path: wrk(base, p, dep.hdrs, conns=conns, quiet_checked=True))["rps"]
-        rate = peak / 2
+        rate = (peaks[path] if peaks else dep.load(path))["rps"] / 2
         half[path] = on_every_node(
             nodes, f"oha {path} on every node",
             lambda i, base, path=path, rate=rate: oha(
