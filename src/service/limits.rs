@@ -8,6 +8,7 @@
 //! limit across the nodes.
 
 use super::FastMap;
+use futures_util::StreamExt;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,7 +23,7 @@ use crate::clock::SharedClock;
 use crate::domain::ids::OrgId;
 use crate::domain::limits::RateRule;
 use crate::domain::time::Millis;
-use crate::store::rate_windows::{WindowRef, WindowStore};
+use crate::store::rate_windows::{Claimed, WindowRef, WindowStore};
 
 /// What governor reads as "now": the instant of the check under way in its shard, which
 /// [`LocalLimits::check`] sets under the shard's lock. So the limit is decided at the same
@@ -284,6 +285,28 @@ fn recheck_ms(period_ms: i64) -> i64 {
     (period_ms / 20).clamp(25, 1_000)
 }
 
+/// A busy rule's next window is claimed by the upkeep this long (ms) before it starts, so the
+/// requests at a window's edge find their share there instead of each node's first one
+/// waiting for the store: a fifth of the period, within 150 ms … 1 s (the upkeep runs every
+/// 50 ms).
+fn ahead_ms(period_ms: i64) -> i64 {
+    (period_ms / 5).clamp(150, 1_000)
+}
+
+/// What a node asks for when it expects to use `expected` units: half again as much when the
+/// window has room to spare (four times that for each node and one more), so that a small rise
+/// in traffic does not cost another round trip; exactly what it expects when units are
+/// scarce, so none sit unused on one node while another is refused.
+fn with_margin(expected: u64, unclaimed: u32, nodes: u32) -> u64 {
+    let more = expected.saturating_add(expected / 2);
+    let room = more.saturating_mul(4 * (u64::from(nodes) + 1));
+    if room <= u64::from(unclaimed) {
+        more
+    } else {
+        expected
+    }
+}
+
 fn ceil_ms_to_secs(ms: i64) -> u64 {
     (ms.max(0) as u64).div_ceil(1000)
 }
@@ -310,11 +333,24 @@ struct Slot {
     last_use: i64,
     /// Requests that asked this rule in this window (admitted or not): sizes the next claim.
     demand: u32,
+    /// When this node last claimed in this window, and `demand` then (the window's start and
+    /// 0 before its first claim): the rate since, which follows traffic that just started or
+    /// grew.
+    mark: (i64, u32),
     prev_demand: Option<u32>,
     prev_claimers: u32,
     /// The store did not answer in this window: the share is the local fallback allowance,
     /// and the rest of the window is decided locally.
     fallback: bool,
+    /// The next window, claimed ahead by the upkeep: taken over when that window starts.
+    ahead: Option<Ahead>,
+}
+
+/// A claim for the window starting at `start`, made before it started.
+struct Ahead {
+    start: i64,
+    /// `None` while the claim is under way.
+    got: Option<(Claimed, i64)>,
 }
 
 impl Slot {
@@ -329,15 +365,20 @@ impl Slot {
             spent_at: None,
             last_use: 0,
             demand: 0,
+            mark: (i64::MIN, 0),
             prev_demand: None,
             prev_claimers: 0,
             fallback: false,
+            ahead: None,
         }
     }
 
-    /// Moves to the window starting at `start`; a share of an ended window is void.
-    fn roll(&mut self, start: i64, period_ms: i64) {
-        if self.start == start {
+    /// Moves to the window starting at `start`, taking over what was claimed ahead for it; a
+    /// share of an ended window is void. Never back: a request whose time was read just before
+    /// its node moved on (a thread preempted between reading the clock and its check) is
+    /// counted in the window that is current now, and gives the window it missed no new start.
+    fn roll(&mut self, start: i64, period_ms: i64, limit: u32) {
+        if self.start >= start {
             return;
         }
         let prev_demand = match self.start {
@@ -346,12 +387,33 @@ impl Slot {
             _ => Some(0),
         };
         let prev_claimers = self.claimers.max(u32::from(self.start != i64::MIN));
+        let ahead = self.ahead.take().filter(|a| a.start == start);
         *self = Slot {
             start,
+            mark: (start, 0),
             prev_demand,
             prev_claimers,
             ..Slot::new()
         };
+        if let Some(a) = ahead {
+            // Its claim counted this node among the window's claimers.
+            self.joined = true;
+            match a.got {
+                // Unused until the window starts is not idle: it counts from the start.
+                Some((c, at)) => self.granted(c, limit, at.max(start)),
+                None => self.ahead = Some(a),
+            }
+        }
+    }
+
+    /// A claim's answer for the current window, at `at` (node clock).
+    fn granted(&mut self, c: Claimed, limit: u32, at: i64) {
+        self.share += c.granted;
+        self.claimed += c.granted;
+        self.seen_taken = c.taken;
+        self.claimers = c.claimers;
+        self.last_use = at;
+        self.spent_at = (c.taken >= limit).then_some(at);
     }
 
     fn spent(&self, now: i64, period_ms: i64) -> bool {
@@ -391,6 +453,9 @@ enum ClaimEnd {
 /// In an org's first window on a node, a claim asks for this many times the requests seen so
 /// far (at most a fair part of what is left).
 const FIRST_CLAIM_FACTOR: u64 = 4;
+
+/// Claims ahead the upkeep has under way at once.
+const AHEAD_CLAIMS_AT_ONCE: usize = 4;
 
 /// The most rounds of one check, whatever ended them (each window move costs one).
 const MAX_ROUNDS: usize = 16;
@@ -553,12 +618,16 @@ impl GlobalLimits {
                 continue;
             }
             let s = &mut slots[i];
-            let start = now.div_euclid(r.period_ms) * r.period_ms;
-            s.roll(start, r.period_ms);
+            let limit = r.rule.limit;
+            s.roll(
+                now.div_euclid(r.period_ms) * r.period_ms,
+                r.period_ms,
+                limit,
+            );
+            let start = s.start;
             if count_demand {
                 s.demand = s.demand.saturating_add(1);
             }
-            let limit = r.rule.limit;
             let reset_secs = ceil_ms_to_secs(start + r.period_ms - now);
             if s.share > 0 {
                 s.share -= 1;
@@ -620,9 +689,10 @@ impl GlobalLimits {
         }
     }
 
-    /// How much to ask for: about what this node will use in the rest of the window (from
-    /// its demand so far, or in the last window), never more than a fair part of what is
-    /// left among the nodes claiming, at least 1.
+    /// How much to ask for: about what this node will use in the rest of the window, by the
+    /// larger of its rate in the window (early in it, in the last window) and its rate since
+    /// its last claim (which follows traffic that just started or grew); never more than a
+    /// fair part of what is left among the nodes claiming, at least 1.
     fn want(s: &Slot, limit: u32, now: i64, start: i64, period_ms: i64) -> u32 {
         let unclaimed = limit.saturating_sub(s.seen_taken).max(1);
         let nodes = s.claimers.max(s.prev_claimers).max(1);
@@ -641,7 +711,31 @@ impl GlobalLimits {
                 None => u64::from(s.demand).saturating_mul(FIRST_CLAIM_FACTOR),
             }
         };
-        (expected.saturating_add(1).min(u64::from(fair)) as u32).clamp(1, unclaimed)
+        let expected = expected.max(Self::at_recent_rate(s, now, period_ms, left));
+        let asked = with_margin(expected, unclaimed, nodes);
+        (asked.saturating_add(1).min(u64::from(fair)) as u32).clamp(1, unclaimed)
+    }
+
+    /// How much to claim ahead for the next window: this node's rate in the current one (or
+    /// since its last claim, if higher) over a whole period, within a fair part of the limit.
+    fn want_ahead(s: &Slot, limit: u32, now: i64, period_ms: i64) -> u32 {
+        let nodes = s.claimers.max(1);
+        let fair = limit.div_ceil(nodes + 1).max(1);
+        let elapsed = (now - s.start).max(1) as u64;
+        let expected = (u64::from(s.demand) * period_ms as u64 / elapsed)
+            .max(Self::at_recent_rate(s, now, period_ms, period_ms as u64));
+        let asked = with_margin(expected, limit, nodes);
+        (asked.saturating_add(1).min(u64::from(fair)) as u32).clamp(1, limit.max(1))
+    }
+
+    /// The requests since this node's last claim in the window, at the same rate for `span`
+    /// ms; measured over a tenth of the period at least, so that two requests a millisecond
+    /// apart do not read as a flood.
+    fn at_recent_rate(s: &Slot, now: i64, period_ms: i64, span: u64) -> u64 {
+        let (at, demand) = s.mark;
+        let since = u64::from(s.demand.saturating_sub(demand));
+        let over = now.saturating_sub(at).max(period_ms / 10).max(1) as u64;
+        since.saturating_mul(span) / over
     }
 
     fn may_try_store(&self, now: i64) -> bool {
@@ -668,18 +762,20 @@ impl GlobalLimits {
         let _one = rule.claiming.lock().await;
         let now = self.clock.now().0;
         let (period, limit) = (rule.period_ms, rule.rule.limit);
-        let start = now.div_euclid(period) * period;
-        let (want, first) = {
+        let (start, want, first) = {
             let mut slots = org.slots.lock().unwrap_or_else(|e| e.into_inner());
             let s = &mut slots[i];
-            s.roll(start, period);
+            s.roll(now.div_euclid(period) * period, period, limit);
+            let start = s.start;
             // A claim finished while this one waited for it.
             if s.share > 0 || s.spent(now, period) {
                 return ClaimEnd::Done;
             }
             let first = !s.joined;
             s.joined = true;
-            (Self::want(s, limit, now, start, period), first)
+            let want = Self::want(s, limit, now, start, period);
+            s.mark = (now, s.demand);
+            (start, want, first)
         };
         let w = WindowRef {
             org: org.org,
@@ -707,12 +803,7 @@ impl GlobalLimits {
             Ok(c) => {
                 self.store_answers();
                 crate::telemetry::rate_limit_claim(self.store.kind(), c.granted > 0);
-                s.share += c.granted;
-                s.claimed += c.granted;
-                s.seen_taken = c.taken;
-                s.claimers = c.claimers;
-                s.last_use = now;
-                s.spent_at = (c.taken >= limit).then_some(now);
+                s.granted(c, limit, now);
                 self.nodes_seen.fetch_max(c.claimers, Ordering::Relaxed);
                 if c.granted > 0 {
                     drop(slots);
@@ -732,6 +823,53 @@ impl GlobalLimits {
             }
         }
         ClaimEnd::Done
+    }
+
+    /// Claims `want` of the window of rule `i` starting at `start` (the next one) before it
+    /// starts. Its answer waits in the slot until that window begins, or joins the share at
+    /// once if it began meanwhile. A failure changes nothing: the window's first request
+    /// claims as usual, and finds out whether the store answers.
+    async fn claim_ahead(&self, org: &GlobalOrg, i: usize, start: i64, want: u32) {
+        let rule = &org.rules[i];
+        let limit = rule.rule.limit;
+        let w = WindowRef {
+            org: org.org,
+            rule: &rule.id,
+            start_ms: start,
+            end_ms: start + rule.period_ms,
+        };
+        let answer =
+            tokio::time::timeout(CLAIM_TIMEOUT, self.store.claim(&w, want, limit, true)).await;
+        let at = self.clock.now().0;
+        let mut slots = org.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &mut slots[i];
+        match answer {
+            Ok(Ok(c)) => {
+                crate::telemetry::rate_limit_claim(self.store.kind(), c.granted > 0);
+                self.nodes_seen.fetch_max(c.claimers, Ordering::Relaxed);
+                if s.start == start {
+                    // The window began while the claim was under way (and other claims may
+                    // have answered since): add the units, keep the most the store has said.
+                    s.share += c.granted;
+                    s.claimed += c.granted;
+                    s.seen_taken = s.seen_taken.max(c.taken);
+                    s.claimers = s.claimers.max(c.claimers);
+                    s.last_use = at;
+                } else if let Some(a) = s.ahead.as_mut().filter(|a| a.start == start) {
+                    a.got = Some((c, at));
+                }
+                // Otherwise that window ended before the answer came: its units are lost, and
+                // it admitted fewer.
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "could not claim a rate-limit window ahead");
+                s.ahead.take_if(|a| a.start == start);
+            }
+            Err(_) => {
+                tracing::debug!("claiming a rate-limit window ahead timed out");
+                s.ahead.take_if(|a| a.start == start);
+            }
+        }
     }
 
     fn store_answers(&self) {
@@ -760,20 +898,29 @@ impl GlobalLimits {
     }
 
     /// Gives back shares unused for a while (so a quiet node does not hold what a busy one
-    /// needs), and once a minute sweeps ended windows from the store. `keygate serve` calls
-    /// it every 50 ms; tests call it after moving their clock.
+    /// needs), claims ahead the next window of the rules in use whose window is about to end,
+    /// and once a minute sweeps ended windows from the store. `keygate serve` calls it every
+    /// 50 ms; tests call it after moving their clock.
     pub async fn upkeep(&self) {
         let now = self.clock.now().0;
         let orgs: Vec<Arc<GlobalOrg>> = {
             let held = self.holding.lock().unwrap_or_else(|e| e.into_inner());
             held.values().cloned().collect()
         };
+        let claim_ahead = !self.degraded();
+        let mut ahead = Vec::new();
         for org in orgs {
             let back: Vec<(usize, u32, i64)> = {
                 let mut slots = org.slots.lock().unwrap_or_else(|e| e.into_inner());
                 let mut back = Vec::new();
                 for (i, s) in slots.iter_mut().enumerate() {
-                    let period = org.rules[i].period_ms;
+                    let (period, limit) = (org.rules[i].period_ms, org.rules[i].rule.limit);
+                    if s.start == i64::MIN {
+                        continue;
+                    }
+                    // A window that began with no request yet: what was claimed ahead for it
+                    // becomes its share, and can go back if it stays unused.
+                    s.roll(now.div_euclid(period) * period, period, limit);
                     let current = now.div_euclid(period) * period == s.start;
                     if s.share > 0 && !s.fallback && current && now - s.last_use >= idle_ms(period)
                     {
@@ -783,14 +930,36 @@ impl GlobalLimits {
                         s.spent_at = None;
                         s.share = 0;
                     }
+                    let end = s.start.saturating_add(period);
+                    let in_use = s.demand > 0 && now - s.last_use < idle_ms(period);
+                    if claim_ahead
+                        && current
+                        && in_use
+                        && !s.fallback
+                        && end - now <= ahead_ms(period)
+                        && s.ahead.as_ref().is_none_or(|a| a.start != end)
+                    {
+                        let want = Self::want_ahead(s, limit, now, period);
+                        s.ahead = Some(Ahead {
+                            start: end,
+                            got: None,
+                        });
+                        ahead.push((org.clone(), i, end, want));
+                    }
                 }
                 back
             };
             {
-                // Under the map's lock: a claim granting meanwhile inserts after this.
+                // Under the map's lock: a claim granting meanwhile inserts after this. An org
+                // in use stays, so that its next window is claimed ahead.
                 let mut held = self.holding.lock().unwrap_or_else(|e| e.into_inner());
                 let slots = org.slots.lock().unwrap_or_else(|e| e.into_inner());
-                if !slots.iter().any(|s| s.share > 0 && !s.fallback) {
+                let keep = slots.iter().zip(&org.rules).any(|(s, r)| {
+                    (s.share > 0 && !s.fallback)
+                        || s.ahead.is_some()
+                        || (s.demand > 0 && now - s.last_use < idle_ms(r.period_ms))
+                });
+                if !keep {
                     held.remove(&org.org);
                 }
             }
@@ -812,6 +981,12 @@ impl GlobalLimits {
                 }
             }
         }
+        // A few at a time: many busy orgs must not queue behind one another's round trips.
+        futures_util::stream::iter(ahead)
+            .for_each_concurrent(AHEAD_CLAIMS_AT_ONCE, |(org, i, start, want)| async move {
+                self.claim_ahead(&org, i, start, want).await
+            })
+            .await;
         let swept = self.swept_at.load(Ordering::Relaxed);
         if now.saturating_sub(swept) >= SWEEP_AFTER_MS && !self.degraded() {
             self.swept_at.store(now, Ordering::Relaxed);
@@ -821,5 +996,90 @@ impl GlobalLimits {
                 tracing::debug!(error = %e, "could not sweep ended rate-limit windows");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_margin_only_where_the_window_has_room_to_spare() {
+        // 1,000 expected of 1,000,000 left, two nodes: half again.
+        assert_eq!(with_margin(1_000, 1_000_000, 2), 1_500);
+        // Scarce: 300 expected with 1,000 left among three nodes: exactly what is expected.
+        assert_eq!(with_margin(300, 1_000, 3), 300);
+        // Just at the edge: 1,500 × 4 × 3 = 18,000.
+        assert_eq!(with_margin(1_000, 18_000, 2), 1_500);
+        assert_eq!(with_margin(1_000, 17_999, 2), 1_000);
+        assert_eq!(with_margin(u64::MAX, u32::MAX, u32::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn a_window_claimed_ahead_becomes_the_share_when_it_starts_and_never_goes_back() {
+        let mut s = Slot::new();
+        s.roll(1_000, 1_000, 10);
+        s.demand = 7;
+        s.ahead = Some(Ahead {
+            start: 2_000,
+            got: Some((
+                Claimed {
+                    granted: 4,
+                    taken: 6,
+                    claimers: 2,
+                },
+                1_900,
+            )),
+        });
+        // A late request's window: nothing moves.
+        s.roll(0, 1_000, 10);
+        assert_eq!((s.start, s.share), (1_000, 0));
+        s.roll(2_000, 1_000, 10);
+        assert_eq!(
+            (s.start, s.share, s.claimed, s.seen_taken),
+            (2_000, 4, 4, 6)
+        );
+        assert!(s.joined, "its claim counted this node");
+        assert_eq!(s.prev_demand, Some(7));
+        assert_eq!(
+            s.last_use, 2_000,
+            "unused before the window began is not idle"
+        );
+        // A claim ahead for a window that was skipped is void.
+        s.ahead = Some(Ahead {
+            start: 3_000,
+            got: Some((
+                Claimed {
+                    granted: 4,
+                    taken: 4,
+                    claimers: 1,
+                },
+                2_900,
+            )),
+        });
+        s.roll(4_000, 1_000, 10);
+        assert_eq!((s.share, s.prev_demand), (0, Some(0)));
+    }
+
+    #[test]
+    fn traffic_that_starts_mid_window_is_claimed_for_at_its_own_rate() {
+        let mut s = Slot::new();
+        s.roll(0, 1_000, 1);
+        s.roll(1_000, 1_000, 1_000_000);
+        assert_eq!(s.prev_demand, Some(0), "the last window was idle");
+        // The first request, 351 ms in: one request in 351 ms says little.
+        s.demand = 1;
+        let first = GlobalLimits::want(&s, 1_000_000, 1_351, 1_000, 1_000);
+        assert!(first <= 3, "{first}");
+        s.mark = (1_351, 1);
+        // 9 more within 2 ms: at least as many per tenth of the period, for what is left.
+        s.demand = 10;
+        let second = GlobalLimits::want(&s, 1_000_000, 1_353, 1_000, 1_000);
+        assert!(second >= 9 * 647 / 100, "{second}");
+        // Ahead, the same rate over a whole period.
+        assert!(GlobalLimits::want_ahead(&s, 1_000_000, 1_353, 1_000) >= 90);
+        // Units scarce (20 among two nodes): a fair part, no more.
+        s.claimers = 2;
+        assert_eq!(GlobalLimits::want(&s, 20, 1_353, 1_000, 1_000), 7);
     }
 }

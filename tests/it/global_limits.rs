@@ -315,6 +315,106 @@ async fn an_unreachable_store_falls_back_to_a_bounded_local_share_and_recovers()
     }
 }
 
+/// The count of org 7's window of the rule ending in `rule_suffix` that starts at `start_ms`.
+async fn taken_in(db: &SharedDb, rule_suffix: &str, start_ms: i64) -> Option<i32> {
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+    let v = sqlx::query_scalar(
+        "SELECT taken FROM rate_windows WHERE org_id = 7 AND rule LIKE $1 AND window_start = $2",
+    )
+    .bind(format!("%{rule_suffix}"))
+    .bind(start_ms)
+    .fetch_optional(&pool)
+    .await
+    .expect("read rate_windows");
+    pool.close().await;
+    v
+}
+
+/// A node in use near its window's end claims the next window ahead (within a fair part of
+/// the limit), so that window's first requests are admitted from that share: with the store
+/// not answering from the window's start, the node admits them without a fallback and does
+/// not count itself degraded. A node that was idle claims nothing ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_node_claims_its_next_window_ahead_and_serves_its_start_without_the_store() {
+    use sqlx::Connection;
+    let Some(db) = migrated("gl_ahead").await else {
+        return;
+    };
+    let second_0 = T0_SECS * 1000;
+    let clock = ManualClock::new(Millis(second_0 + 500));
+    let nodes = sim_nodes(&db, &clock, 2, 2).await;
+    let rules = json!([{"methods": ["GET"], "limit": 1000, "periodSeconds": 1}]).to_string();
+    for _ in 0..50 {
+        nodes[0].check(&rules).await.expect("admitted");
+    }
+    nodes[1].check(&rules).await.expect("admitted");
+    clock.set(Millis(second_0 + 850));
+    for _ in 0..50 {
+        nodes[0].check(&rules).await.expect("admitted");
+    }
+    // Node 1 was last used 350 ms ago: idle, it gives its share back and claims nothing ahead.
+    upkeep(&nodes).await;
+    let ahead = taken_in(&db, ":1000/1", second_0 + 1000)
+        .await
+        .expect("the next window was claimed ahead");
+    // 100 requests in 850 ms come to about 118 in a whole second; never more than half the
+    // limit (a fair part with one other node seen).
+    assert!((100..=500).contains(&ahead), "claimed ahead: {ahead}");
+
+    let mut locker = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE rate_windows IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    clock.set(Millis(second_0 + 1010));
+    for i in 0..100 {
+        let info = nodes[0]
+            .check(&rules)
+            .await
+            .unwrap_or_else(|d| panic!("request {i} of the new window refused: {d:?}"))
+            .expect("headers");
+        assert!(info.remaining < 1000 - i, "request {i}: {info:?}");
+    }
+    let g = nodes[0].global_limits().unwrap();
+    assert_eq!(g.fallbacks().0, 0, "no fallback: {:?}", g.fallbacks().1);
+    assert!(!g.degraded());
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    // Admitted in all: what the store counts for that window, never more.
+    assert!(taken_in(&db, ":1000/1", second_0 + 1000).await.unwrap() >= 100);
+}
+
+/// A request whose time was read just before its node moved to the next window (a thread
+/// preempted between reading the clock and its check) is counted in the window that is
+/// current. It neither reopens the ended window nor voids the share the node holds in the
+/// current one (units claimed and then lost: that window would admit less than its limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_timed_before_the_window_moved_counts_in_the_current_one() {
+    let Some(db) = migrated("gl_late").await else {
+        return;
+    };
+    let second_1 = T0_SECS * 1000 + 1000;
+    let clock = ManualClock::new(Millis(second_1 + 100));
+    let nodes = sim_nodes(&db, &clock, 1, 1).await;
+    let rules = json!([{"methods": ["GET"], "limit": 10, "periodSeconds": 1}]).to_string();
+    // The first claim takes a few units more than these three.
+    for _ in 0..3 {
+        nodes[0].check(&rules).await.expect("admitted");
+    }
+    let late = nodes[0]
+        .limits
+        .check(OrgId(7), Some(&rules), "GET", Millis(second_1 - 1))
+        .await;
+    assert!(late.is_ok(), "the window has units left: {late:?}");
+    let mut admitted = 4;
+    while nodes[0].check(&rules).await.is_ok() {
+        admitted += 1;
+    }
+    assert_eq!(admitted, 10, "the current window's limit, exactly");
+    assert_eq!(taken_in(&db, ":10/1", second_1 - 1000).await, None);
+    assert_eq!(taken_in(&db, ":10/1", second_1).await, Some(10));
+}
+
 // ---------------------------------------------------------------- real nodes
 
 fn wall_ms() -> i64 {
