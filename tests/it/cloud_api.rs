@@ -1805,3 +1805,104 @@ async fn bad_input_gets_a_json_4xx_never_a_5xx() {
     // Nothing changed, and the session still works.
     assert_eq!(s.assert_alive("after bad input").await, list);
 }
+
+/// One HTTP/1.1 request on `conn` (kept alive); the status, the `X-Keygate-Org-Id` header
+/// and the body.
+async fn on_connection(
+    conn: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+    path: &str,
+    token: &str,
+) -> (u16, Option<String>, String) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: keygate\r\nCookie: JSESSIONID={token}\r\nX-Original-Method: GET\r\n\r\n"
+    );
+    conn.get_mut()
+        .write_all(request.as_bytes())
+        .await
+        .expect("send");
+    let (mut status, mut org, mut length) = (0, None, 0);
+    loop {
+        let mut line = String::new();
+        conn.read_line(&mut line).await.expect("read the head");
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some(code) = line.strip_prefix("HTTP/1.1 ") {
+            status = code[..3].parse().expect("status");
+        } else if let Some((name, value)) = line.split_once(':') {
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse().expect("length"),
+                "x-keygate-org-id" => org = Some(value.trim().to_owned()),
+                _ => {}
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    conn.read_exact(&mut body).await.expect("read the body");
+    (status, org, String::from_utf8(body).expect("text"))
+}
+
+/// A reverse proxy sends many clients' sessions over one kept-alive connection: every request
+/// is decided by its own token, whatever the connection carried before (a guard for anything
+/// kept per connection, such as a memo of the last token's hash). Two orgs' sessions
+/// alternate on one connection, each answered for its own org; the last token with one
+/// character changed, cut short or lengthened is refused right after the real one; a session
+/// ended elsewhere is refused on the connection that had just used it.
+#[tokio::test]
+async fn one_connection_carrying_several_sessions_decides_each_by_its_own() {
+    let server = TestServer::start().await;
+    let (a, b) = (
+        org_id(&create_org(&server, "memo-a").await).to_string(),
+        org_id(&create_org(&server, "memo-b").await).to_string(),
+    );
+    let key_a = server.login("full@memo-a").await.reveal().await;
+    let key_b = server.login("full@memo-b").await.reveal().await;
+    let (sa, sb) = (
+        api_login(&server, "full@memo-a", &key_a).await,
+        api_login(&server, "full@memo-b", &key_b).await,
+    );
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut conn =
+        tokio::io::BufReader::new(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    for round in 0..3 {
+        for (token, org) in [(&sa.token, &a), (&sa.token, &a), (&sb.token, &b)] {
+            let (status, got, _) = on_connection(&mut conn, "/authz", token).await;
+            assert_eq!((status, got.as_ref()), (204, Some(org)), "round {round}");
+        }
+        let (status, _, body) = on_connection(&mut conn, "/api/v1/apiKeys", &sa.token).await;
+        assert_eq!(status, 200, "{body}");
+        let body: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(body, sa.get("/api/v1/apiKeys").await.1);
+        assert_ne!(body, sb.get("/api/v1/apiKeys").await.1);
+    }
+    let last = sa.token.chars().last().expect("a token");
+    let changed = format!(
+        "{}{}",
+        &sa.token[..sa.token.len() - 1],
+        if last == 'A' { 'B' } else { 'A' }
+    );
+    let shorter = &sa.token[..sa.token.len() - 1];
+    let longer = format!("{}A", sa.token);
+    for forged in [changed.as_str(), shorter, longer.as_str()] {
+        // Right after the real one, so that it is the token remembered.
+        assert_eq!(on_connection(&mut conn, "/authz", &sa.token).await.0, 204);
+        let (status, org, _) = on_connection(&mut conn, "/authz", forged).await;
+        assert_eq!((status, org), (401, None), "{forged}");
+        let (status, _, body) = on_connection(&mut conn, "/api/v1/apiKeys", forged).await;
+        assert_eq!(status, 401, "{body}");
+    }
+    assert_eq!(on_connection(&mut conn, "/authz", &sa.token).await.0, 204);
+    let raw = sa
+        .raw(Method::DELETE, "/api/v1/authenticatedSession", None)
+        .await;
+    assert_eq!(raw.status, StatusCode::NO_CONTENT, "{}", raw.text);
+    let (status, _, _) = on_connection(&mut conn, "/authz", &sa.token).await;
+    assert_eq!(
+        status, 401,
+        "the ended session, on the connection that remembers it"
+    );
+    let (status, org, _) = on_connection(&mut conn, "/authz", &sb.token).await;
+    assert_eq!((status, org.as_deref()), (204, Some(b.as_str())));
+}
