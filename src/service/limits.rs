@@ -293,6 +293,15 @@ fn ahead_ms(period_ms: i64) -> i64 {
     (period_ms / 5).clamp(150, 1_000)
 }
 
+/// A claim's size for `expected` units out of `unclaimed` (at least 1) among `nodes` claiming:
+/// with its margin, and one more, but never more than a fair part of what is left (an equal
+/// share with one more node), at least 1.
+fn ask(expected: u64, unclaimed: u32, nodes: u32) -> u32 {
+    let fair = unclaimed.div_ceil(nodes + 1);
+    let asked = with_margin(expected, unclaimed, nodes).saturating_add(1);
+    (asked.min(u64::from(fair)) as u32).clamp(1, unclaimed)
+}
+
 /// What a node asks for when it expects to use `expected` units: half again as much when the
 /// window has room to spare (four times that for each node and one more), so that a small rise
 /// in traffic does not cost another round trip; exactly what it expects when units are
@@ -305,6 +314,12 @@ fn with_margin(expected: u64, unclaimed: u32, nodes: u32) -> u64 {
     } else {
         expected
     }
+}
+
+/// The start of the window of `period_ms` that holds `now` (windows are aligned to the clock,
+/// the same on every node).
+fn window_start(now: i64, period_ms: i64) -> i64 {
+    now.div_euclid(period_ms) * period_ms
 }
 
 fn ceil_ms_to_secs(ms: i64) -> u64 {
@@ -414,6 +429,11 @@ impl Slot {
         self.claimers = c.claimers;
         self.last_use = at;
         self.spent_at = (c.taken >= limit).then_some(at);
+    }
+
+    /// This node admitted a request of the rule within the last tenth of the period.
+    fn in_use(&self, now: i64, period_ms: i64) -> bool {
+        self.demand > 0 && now - self.last_use < idle_ms(period_ms)
     }
 
     fn spent(&self, now: i64, period_ms: i64) -> bool {
@@ -594,7 +614,7 @@ impl GlobalLimits {
         }
         let rule = &org.rules[last_claim];
         let now = self.clock.now().0;
-        let end = now.div_euclid(rule.period_ms) * rule.period_ms + rule.period_ms;
+        let end = window_start(now, rule.period_ms) + rule.period_ms;
         let reset_secs = ceil_ms_to_secs(end - now);
         Err(RateDenied {
             info: RateInfo {
@@ -619,11 +639,7 @@ impl GlobalLimits {
             }
             let s = &mut slots[i];
             let limit = r.rule.limit;
-            s.roll(
-                now.div_euclid(r.period_ms) * r.period_ms,
-                r.period_ms,
-                limit,
-            );
+            s.roll(window_start(now, r.period_ms), r.period_ms, limit);
             let start = s.start;
             if count_demand {
                 s.demand = s.demand.saturating_add(1);
@@ -696,7 +712,6 @@ impl GlobalLimits {
     fn want(s: &Slot, limit: u32, now: i64, start: i64, period_ms: i64) -> u32 {
         let unclaimed = limit.saturating_sub(s.seen_taken).max(1);
         let nodes = s.claimers.max(s.prev_claimers).max(1);
-        let fair = unclaimed.div_ceil(nodes + 1);
         let left = (start + period_ms - now).max(1) as u64;
         let elapsed = now - start;
         let expected = if elapsed * 10 >= period_ms {
@@ -711,21 +726,20 @@ impl GlobalLimits {
                 None => u64::from(s.demand).saturating_mul(FIRST_CLAIM_FACTOR),
             }
         };
-        let expected = expected.max(Self::at_recent_rate(s, now, period_ms, left));
-        let asked = with_margin(expected, unclaimed, nodes);
-        (asked.saturating_add(1).min(u64::from(fair)) as u32).clamp(1, unclaimed)
+        ask(
+            expected.max(Self::at_recent_rate(s, now, period_ms, left)),
+            unclaimed,
+            nodes,
+        )
     }
 
     /// How much to claim ahead for the next window: this node's rate in the current one (or
     /// since its last claim, if higher) over a whole period, within a fair part of the limit.
     fn want_ahead(s: &Slot, limit: u32, now: i64, period_ms: i64) -> u32 {
-        let nodes = s.claimers.max(1);
-        let fair = limit.div_ceil(nodes + 1).max(1);
         let elapsed = (now - s.start).max(1) as u64;
         let expected = (u64::from(s.demand) * period_ms as u64 / elapsed)
             .max(Self::at_recent_rate(s, now, period_ms, period_ms as u64));
-        let asked = with_margin(expected, limit, nodes);
-        (asked.saturating_add(1).min(u64::from(fair)) as u32).clamp(1, limit.max(1))
+        ask(expected, limit.max(1), s.claimers.max(1))
     }
 
     /// The requests since this node's last claim in the window, at the same rate for `span`
@@ -765,7 +779,7 @@ impl GlobalLimits {
         let (start, want, first) = {
             let mut slots = org.slots.lock().unwrap_or_else(|e| e.into_inner());
             let s = &mut slots[i];
-            s.roll(now.div_euclid(period) * period, period, limit);
+            s.roll(window_start(now, period), period, limit);
             let start = s.start;
             // A claim finished while this one waited for it.
             if s.share > 0 || s.spent(now, period) {
@@ -920,8 +934,9 @@ impl GlobalLimits {
                     }
                     // A window that began with no request yet: what was claimed ahead for it
                     // becomes its share, and can go back if it stays unused.
-                    s.roll(now.div_euclid(period) * period, period, limit);
-                    let current = now.div_euclid(period) * period == s.start;
+                    let current_start = window_start(now, period);
+                    s.roll(current_start, period, limit);
+                    let current = s.start == current_start;
                     if s.share > 0 && !s.fallback && current && now - s.last_use >= idle_ms(period)
                     {
                         back.push((i, s.share, s.start));
@@ -931,10 +946,9 @@ impl GlobalLimits {
                         s.share = 0;
                     }
                     let end = s.start.saturating_add(period);
-                    let in_use = s.demand > 0 && now - s.last_use < idle_ms(period);
                     if claim_ahead
                         && current
-                        && in_use
+                        && s.in_use(now, period)
                         && !s.fallback
                         && end - now <= ahead_ms(period)
                         && s.ahead.as_ref().is_none_or(|a| a.start != end)
@@ -955,9 +969,7 @@ impl GlobalLimits {
                 let mut held = self.holding.lock().unwrap_or_else(|e| e.into_inner());
                 let slots = org.slots.lock().unwrap_or_else(|e| e.into_inner());
                 let keep = slots.iter().zip(&org.rules).any(|(s, r)| {
-                    (s.share > 0 && !s.fallback)
-                        || s.ahead.is_some()
-                        || (s.demand > 0 && now - s.last_use < idle_ms(r.period_ms))
+                    (s.share > 0 && !s.fallback) || s.ahead.is_some() || s.in_use(now, r.period_ms)
                 });
                 if !keep {
                     held.remove(&org.org);

@@ -105,6 +105,19 @@ async fn upkeep(nodes: &[Arc<SimNode>]) {
     }
 }
 
+/// A connection holding `rate_windows` locked, in a transaction (`ROLLBACK` on it to free it):
+/// the shared store does not answer meanwhile.
+async fn lock_rate_windows(db: &SharedDb) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    let mut locker = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE rate_windows IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    locker
+}
+
 /// The largest count of a window of the rules whose identity ends with `rule_suffix`.
 async fn max_taken(db: &SharedDb, rule_suffix: &str) -> i64 {
     let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
@@ -274,7 +287,6 @@ async fn remaining_is_exact_at_each_claim() {
 /// next window is global and exact again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_store_falls_back_to_a_bounded_local_share_and_recovers() {
-    use sqlx::Connection;
     let Some(db) = migrated("gl_fallback").await else {
         return;
     };
@@ -283,12 +295,7 @@ async fn an_unreachable_store_falls_back_to_a_bounded_local_share_and_recovers()
     let rules = json!([{"methods": ["GET"], "limit": 10, "periodSeconds": 1}]).to_string();
     assert_eq!(burst(&nodes, &rules, 10).await, 10, "the store answers");
 
-    let mut locker = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
-    sqlx::query("LOCK TABLE rate_windows IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut locker)
-        .await
-        .unwrap();
+    let mut locker = lock_rate_windows(&db).await;
     for second in 1..4 {
         clock.set(Millis(t0().0 + second * 1000));
         for (i, node) in nodes.iter().enumerate() {
@@ -336,7 +343,6 @@ async fn taken_in(db: &SharedDb, rule_suffix: &str, start_ms: i64) -> Option<i32
 /// not count itself degraded. A node that was idle claims nothing ahead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_node_claims_its_next_window_ahead_and_serves_its_start_without_the_store() {
-    use sqlx::Connection;
     let Some(db) = migrated("gl_ahead").await else {
         return;
     };
@@ -361,12 +367,7 @@ async fn a_busy_node_claims_its_next_window_ahead_and_serves_its_start_without_t
     // limit (a fair part with one other node seen).
     assert!((100..=500).contains(&ahead), "claimed ahead: {ahead}");
 
-    let mut locker = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
-    sqlx::query("LOCK TABLE rate_windows IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut locker)
-        .await
-        .unwrap();
+    let mut locker = lock_rate_windows(&db).await;
     clock.set(Millis(second_0 + 1010));
     for i in 0..100 {
         let info = nodes[0]
