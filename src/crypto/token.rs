@@ -17,7 +17,7 @@ pub fn random_token() -> String {
 /// the token has 256 bits, so there is nothing to brute-force.
 pub fn token_hash(token: &str) -> TokenHash {
     let mut hex = [0u8; 64];
-    match hex::encode_to_slice(Sha256::digest(token.as_bytes()), &mut hex) {
+    match const_hex::encode_to_slice(Sha256::digest(token.as_bytes()), &mut hex) {
         Ok(()) => TokenHash(hex),
         Err(_) => unreachable!("a SHA-256 digest is 32 bytes, 64 hex digits"),
     }

@@ -18,7 +18,7 @@ const LONG_CACHE: &str = "public, max-age=31536000, immutable";
 
 fn versioned(path: &str, content: &str) -> String {
     let digest = Sha256::digest(content.as_bytes());
-    format!("{path}?v={}", &hex::encode(digest)[..16])
+    format!("{path}?v={}", &const_hex::encode(digest)[..16])
 }
 
 static JS_URL: LazyLock<String> = LazyLock::new(|| versioned("/static/app.js", APP_JS));
