@@ -264,7 +264,7 @@ pub fn cookie_in<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&
                 .and_then(|r| r.strip_prefix(b"="));
             if let Some(value) = value {
                 let value = value.trim_ascii_end();
-                return std::str::from_utf8(value).ok().filter(|v| !v.is_empty());
+                return crate::crypto::token::ascii_str(value).filter(|v| !v.is_empty());
             }
             match next {
                 Some(next) => rest = next,
