@@ -924,7 +924,7 @@ impl GlobalLimits {
         let claim_ahead = !self.degraded();
         let mut ahead = Vec::new();
         for org in orgs {
-            let back: Vec<(usize, u32, i64)> = {
+            let back = {
                 let mut slots = org.slots.lock().unwrap_or_else(|e| e.into_inner());
                 let mut back = Vec::new();
                 for (i, s) in slots.iter_mut().enumerate() {
@@ -937,9 +937,17 @@ impl GlobalLimits {
                     let current_start = window_start(now, period);
                     s.roll(current_start, period, limit);
                     let current = s.start == current_start;
-                    if s.share > 0 && !s.fallback && current && now - s.last_use >= idle_ms(period)
+                    // A share goes back under the rule's claim lock, held until the store has
+                    // it: a claim made meanwhile would find the window short of those units and
+                    // refuse requests the limit allows. A claim under way: next time.
+                    let claim_lock = || org.rules[i].claiming.try_lock().ok();
+                    if s.share > 0
+                        && !s.fallback
+                        && current
+                        && now - s.last_use >= idle_ms(period)
+                        && let Some(one) = claim_lock()
                     {
-                        back.push((i, s.share, s.start));
+                        back.push((i, s.share, s.start, one));
                         s.claimed -= s.share;
                         s.seen_taken = s.seen_taken.saturating_sub(s.share);
                         s.spent_at = None;
@@ -975,7 +983,7 @@ impl GlobalLimits {
                     held.remove(&org.org);
                 }
             }
-            for (i, n, start) in back {
+            for (i, n, start, _one) in back {
                 let rule = &org.rules[i];
                 let w = WindowRef {
                     org: org.org,
