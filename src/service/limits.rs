@@ -940,12 +940,11 @@ impl GlobalLimits {
                     // A share goes back under the rule's claim lock, held until the store has
                     // it: a claim made meanwhile would find the window short of those units and
                     // refuse requests the limit allows. A claim under way: next time.
-                    let claim_lock = || org.rules[i].claiming.try_lock().ok();
                     if s.share > 0
                         && !s.fallback
                         && current
                         && now - s.last_use >= idle_ms(period)
-                        && let Some(one) = claim_lock()
+                        && let Ok(one) = org.rules[i].claiming.try_lock()
                     {
                         back.push((i, s.share, s.start, one));
                         s.claimed -= s.share;
