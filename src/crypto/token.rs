@@ -60,13 +60,77 @@ impl std::fmt::Display for TokenHash {
     }
 }
 
+/// A session token's name in this node's memory (the session cache's key): SipHash-1-3 with a
+/// 128-bit tag under a key drawn when the node starts. Found on every API call, where the
+/// token's SHA-256 and its hex cost about 70 ns and this about 20 (BENCHMARKS.md §21); the
+/// SHA-256 is still what the database knows a session by, computed only when it is read or
+/// written. The key never leaves the process, so no one outside can find two tokens with one
+/// tag, and the tag says nothing about the token.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenTag(u128);
+
+impl std::fmt::Debug for TokenTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenTag(..)")
+    }
+}
+
+/// Makes [`TokenTag`]s under this node's own random key.
+pub struct TokenTagger {
+    key: (u64, u64),
+}
+
+impl TokenTagger {
+    pub fn new() -> Self {
+        let mut rng = rand::rngs::OsRng;
+        Self {
+            key: (rng.next_u64(), rng.next_u64()),
+        }
+    }
+
+    pub fn tag(&self, token: &str) -> TokenTag {
+        use siphasher::sip128::Hasher128;
+        use std::hash::Hasher;
+        let mut h = siphasher::sip128::SipHasher13::new_with_keys(self.key.0, self.key.1);
+        h.write(token.as_bytes());
+        TokenTag(h.finish128().as_u128())
+    }
+}
+
+impl Default for TokenTagger {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for TokenTagger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenTagger(..)")
+    }
+}
+
 pub fn ct_str_eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
 #[cfg(test)]
 mod ascii_str_tests {
-    use super::ascii_str;
+    use super::{TokenTagger, ascii_str};
+
+    #[test]
+    fn a_tag_names_one_token_under_one_key_and_shows_nothing() {
+        let tagger = TokenTagger::new();
+        let token = "Z-eJoGEgCTaXL_kFlqV0dGhQk2JcXyF3b6aHc1uQm8s";
+        assert_eq!(tagger.tag(token), tagger.tag(token));
+        // One character more, less or changed is another tag.
+        assert_ne!(tagger.tag(token), tagger.tag(&token[..42]));
+        assert_ne!(tagger.tag(token), tagger.tag(&format!("{token}s")));
+        assert_ne!(tagger.tag(token), tagger.tag(&token.replacen('Z', "Y", 1)));
+        // Another node (another key) tags the same token differently.
+        assert_ne!(tagger.tag(token), TokenTagger::new().tag(token));
+        assert_eq!(format!("{:?}", tagger.tag(token)), "TokenTag(..)");
+        assert_eq!(format!("{tagger:?}"), "TokenTagger(..)");
+    }
 
     #[test]
     fn reads_ascii_and_other_utf8_alike_and_refuses_what_is_not_utf8() {

@@ -24,6 +24,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 
 use crate::clock::monotonic;
+use crate::crypto::token::{TokenTag, TokenTagger};
 use crate::domain::ids::OrgId;
 use crate::domain::org::{Subscription, SubscriptionState};
 use crate::domain::time::Millis;
@@ -114,8 +115,11 @@ impl Lease {
 pub struct ViewCache {
     mode: CacheMode,
     lease: Lease,
+    /// Names each session in `sessions` and `touched` by its token, without the SHA-256 the
+    /// database uses (see `TokenTag`).
+    tagger: TokenTagger,
     /// Shared with the requests that use them: a hit costs a reference count, not a copy.
-    sessions: Mutex<FastMap<String, Arc<ApiSessionView>>>,
+    sessions: Mutex<FastMap<TokenTag, Arc<ApiSessionView>>>,
     orgs: Mutex<FastMap<OrgId, OrgRecord>>,
     /// Each org's `GET /api/v1/apiKeys` body as last rendered, forgotten with the org.
     key_lists: Mutex<FastMap<OrgId, RenderedKeyList>>,
@@ -123,7 +127,7 @@ pub struct ViewCache {
     changes: AtomicU64,
     /// Without the cache: when this node last wrote each session's `last_seen_at`, so one
     /// request per node and interval writes it rather than every request that reads it stale.
-    touched: Mutex<FastMap<String, Millis>>,
+    touched: Mutex<FastMap<TokenTag, Millis>>,
 }
 
 impl ViewCache {
@@ -133,6 +137,7 @@ impl ViewCache {
             lease: Lease {
                 until: AtomicU64::new(0),
             },
+            tagger: TokenTagger::new(),
             sessions: Mutex::new(FastMap::default()),
             orgs: Mutex::new(FastMap::default()),
             key_lists: Mutex::new(FastMap::default()),
@@ -230,37 +235,42 @@ impl ViewCache {
         }
     }
 
-    pub fn session(&self, hash: &str) -> Option<Arc<ApiSessionView>> {
-        self.look_up((&self.sessions, CacheMap::Session), hash, |v| {
+    /// What this node's session maps know the session of `token` by.
+    pub fn tag(&self, token: &str) -> TokenTag {
+        self.tagger.tag(token)
+    }
+
+    pub fn session(&self, tag: &TokenTag) -> Option<Arc<ApiSessionView>> {
+        self.look_up((&self.sessions, CacheMap::Session), tag, |v| {
             Some(v.clone())
         })
     }
 
     /// Keeps `view`, read from the database by a read begun when [`Self::changes`] was `since`.
-    pub fn put_session(&self, hash: &str, view: &Arc<ApiSessionView>, since: u64) {
-        self.fill(&self.sessions, since, hash.to_owned(), view.clone());
+    pub fn put_session(&self, tag: TokenTag, view: &Arc<ApiSessionView>, since: u64) {
+        self.fill(&self.sessions, since, tag, view.clone());
     }
 
     /// Whether this caller is the one to write the session's `last_seen_at` at `now`: true for
     /// the first request that finds the cached one `every_ms` old (it is moved to `now` at
     /// once, so the requests running beside it do not write it too); without the cache, the
     /// first request of this node in each `every_ms`.
-    pub fn claim_touch(&self, hash: &str, now: Millis, every_ms: i64) -> bool {
+    pub fn claim_touch(&self, tag: TokenTag, now: Millis, every_ms: i64) -> bool {
         if !self.enabled() {
             let mut touched = locked(&self.touched);
-            return match touched.get_mut(hash) {
+            return match touched.get_mut(&tag) {
                 Some(at) if now.0 - at.0 < every_ms => false,
                 Some(at) => {
                     *at = now;
                     true
                 }
                 None => {
-                    touched.insert(hash.to_owned(), now);
+                    touched.insert(tag, now);
                     true
                 }
             };
         }
-        match locked(&self.sessions).get_mut(hash) {
+        match locked(&self.sessions).get_mut(&tag) {
             Some(v) if now.0 - v.last_seen_at.0 < every_ms => false,
             Some(v) => {
                 // Copies the view only if a request still holds it (once per interval).
@@ -271,8 +281,8 @@ impl ViewCache {
         }
     }
 
-    pub fn forget_session(&self, hash: &str) {
-        locked(&self.sessions).remove(hash);
+    pub fn forget_session(&self, tag: &TokenTag) {
+        locked(&self.sessions).remove(tag);
     }
 
     pub fn org(&self, id: OrgId) -> Option<OrgRecord> {

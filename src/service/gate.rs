@@ -41,7 +41,13 @@ impl OrgGate {
     }
 
     pub async fn enter(&self, org: OrgId) -> RequestPass {
-        self.stripe(org).read_arc().await
+        let stripe = self.stripe(org);
+        // Without a change waiting or under way, no waiter is set up (the lock's future would
+        // make one first). A waiting change fails `try_read_arc` just as it blocks `read_arc`.
+        match stripe.try_read_arc() {
+            Some(pass) => pass,
+            None => stripe.read_arc().await,
+        }
     }
 
     pub async fn change(&self, org: OrgId) -> ChangePass {

@@ -7,7 +7,7 @@ use super::Services;
 use super::gate::RequestPass;
 use super::limits::{RateDenied, RateInfo};
 use super::throttle::Failed;
-use crate::crypto::token::{random_token, token_hash};
+use crate::crypto::token::{TokenTag, random_token, token_hash};
 use crate::domain::admin::{LoginName, Password};
 use crate::domain::audit::{Actor, AuditAction};
 use crate::domain::ids::OrgId;
@@ -345,15 +345,16 @@ impl Services {
         token: &str,
         method: &str,
     ) -> StoreResult<Result<ApiPrincipal, Denial>> {
-        let hashed = token_hash(token);
-        let hash = hashed.as_str();
+        // The cache knows the session by its tag; the database by its hash, computed only
+        // where the database is asked.
+        let tag = self.cache.tag(token);
         let changes_before = self.cache.changes();
         // The session found before the gate: in the cache, or else read from the database.
-        let (org_id, cached, read) = match self.cache.session(hash) {
+        let (org_id, cached, read) = match self.cache.session(&tag) {
             Some(v) => (v.org_id, Some(v), None),
             None => match self
                 .session_reads
-                .read(&self.store, hash.to_string())
+                .read(&self.store, token_hash(token).to_string())
                 .await?
             {
                 Some(v) => (v.org_id, None, Some(v)),
@@ -379,19 +380,19 @@ impl Services {
                 && now.0 - v.last_seen_at.0 < s.api_idle_timeout_secs * 1000
                 && now.0 - v.created_at.0 < s.api_max_lifetime_secs * 1000
         };
-        let view = match cached.or_else(|| self.cache.session(hash)) {
+        let view = match cached.or_else(|| self.cache.session(&tag)) {
             // With other nodes, a session they kept in use is idle only in this node's copy.
             Some(v) if !live(&v) && self.cache.leased() => {
-                self.cache.forget_session(hash);
-                self.read_session_to_cache(hash).await?
+                self.cache.forget_session(&tag);
+                self.read_session_to_cache(token, tag).await?
             }
             Some(v) => Some(v),
             None => match read {
                 Some(v) => {
-                    self.cache.put_session(hash, &v, changes_before);
+                    self.cache.put_session(tag, &v, changes_before);
                     Some(v)
                 }
-                None => self.read_session_to_cache(hash).await?,
+                None => self.read_session_to_cache(token, tag).await?,
             },
         };
         let Some(view) = view else {
@@ -399,8 +400,8 @@ impl Services {
         };
         if !live(&view) {
             drop(pass);
-            self.cache.forget_session(hash);
-            self.store.delete_api_session(hash).await?;
+            self.cache.forget_session(&tag);
+            self.store.delete_api_session(&token_hash(token)).await?;
             return Ok(Err(Denial::SessionNotValid));
         }
         let subscription = view.subscription.state_at(now);
@@ -420,8 +421,9 @@ impl Services {
         // durable write). On the embedded store the cache is what idle time is judged by, and
         // the stored value only outlives it across a restart, so the write is not waited for.
         if now.0 - view.last_seen_at.0 >= TOUCH_EVERY_MS
-            && self.cache.claim_touch(hash, now, TOUCH_EVERY_MS)
+            && self.cache.claim_touch(tag, now, TOUCH_EVERY_MS)
         {
+            let hashed = token_hash(token);
             if self.cache.enabled() {
                 let store = self.store.clone();
                 self.background.spawn(async move {
@@ -430,7 +432,7 @@ impl Services {
                     }
                 });
             } else {
-                self.store.touch_api_session(hash, now).await?;
+                self.store.touch_api_session(&hashed, now).await?;
             }
         }
         Ok(Ok(ApiPrincipal {
@@ -442,16 +444,20 @@ impl Services {
         }))
     }
 
-    /// The session behind `hash`, read now; kept in the cache if no change was counted since
-    /// the read began.
-    async fn read_session_to_cache(&self, hash: &str) -> StoreResult<Option<Arc<ApiSessionView>>> {
+    /// The session of `token` (cache tag `tag`), read now; kept in the cache if no change was
+    /// counted since the read began.
+    async fn read_session_to_cache(
+        &self,
+        token: &str,
+        tag: TokenTag,
+    ) -> StoreResult<Option<Arc<ApiSessionView>>> {
         let since = self.cache.changes();
         let view = self
             .session_reads
-            .read(&self.store, hash.to_owned())
+            .read(&self.store, token_hash(token).to_string())
             .await?;
         if let Some(v) = &view {
-            self.cache.put_session(hash, v, since);
+            self.cache.put_session(tag, v, since);
         }
         Ok(view)
     }
