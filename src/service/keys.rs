@@ -29,6 +29,10 @@ pub struct KeyObject {
     /// `ENABLED` or `DISABLED`.
     pub status: &'static str,
     pub disabled_reason: Option<&'static str>,
+    /// The provider's note on a disablement; absent when there is none.
+    // keygate's own field (ZIA's key object and PRODUCT.md §3's have none): left out without
+    // a note, which also spares bytes on the API's most frequent answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub disabled_note: Option<String>,
     /// Unix seconds.
     pub last_modified_time: i64,

@@ -357,6 +357,8 @@ fn assert_key_object(server: &TestServer, k: &Value, value: &str, active: bool) 
         assert_eq!(k["enabled"], true);
         assert_eq!(k["status"], "ENABLED");
         assert_eq!(k["disabledReason"], Value::Null);
+        // keygate's own field, only with a provider's note (not in §3.2's object).
+        assert!(!obj.contains_key("disabledNote"), "no note: {k}");
     }
     // Epoch seconds, not ms: within a day of the test clock.
     let t = k["lastModifiedTime"].as_i64().expect("lastModifiedTime");
