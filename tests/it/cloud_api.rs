@@ -557,6 +557,18 @@ async fn session_by_cookie_or_jsessionid_header_and_status_checks() {
         };
         let raw = bogus.raw(Method::GET, path, None).await;
         assert_api_error(&raw, StatusCode::UNAUTHORIZED, "SESSION_NOT_VALID");
+        // One character off the live session, which this node has just cached by its tag.
+        let mut near = s.token.clone();
+        let last = near.pop().unwrap();
+        near.push(if last == 'A' { 'B' } else { 'A' });
+        let near = ApiClient {
+            token: near,
+            ..s.clone()
+        };
+        let raw = near.raw(Method::GET, path, None).await;
+        assert_api_error(&raw, StatusCode::UNAUTHORIZED, "SESSION_NOT_VALID");
+        let raw = s.raw(Method::GET, path, None).await;
+        assert_eq!(raw.status, StatusCode::OK, "the live session: {}", raw.text);
         let raw = Raw::of(
             server
                 .http
