@@ -114,7 +114,7 @@ pub fn ct_str_eq(a: &str, b: &str) -> bool {
 }
 
 #[cfg(test)]
-mod ascii_str_tests {
+mod tests {
     use super::{TokenTagger, ascii_str};
 
     #[test]
