@@ -3,10 +3,12 @@
 //! One registry per process (the facade's global recorder), installed by the first
 //! [`App`](crate::App) built with metrics on. Counters and histograms touched by every
 //! request are registered once ([`Hot`]) and reached through a `OnceLock`, so the fast paths
-//! pay one atomic load when metrics are off and an atomic add per series when on; the rest
-//! use the facade's macros. Every label value comes from a fixed set in this file or from a
+//! pay one atomic load when metrics are off; when on, their counts are added to per thread and
+//! summed into the series at each scrape, and their latencies go to the exporter's
+//! histograms. The rest use the facade's macros. Every label value comes from a fixed set in this file or from a
 //! route template: never a key, session id, login name, client address or org id.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -68,6 +70,9 @@ impl Exposition {
     /// The text exposition, after the gauges read at scrape time are set.
     pub async fn render(&self, services: &Services) -> String {
         scrape_gauges(services).await;
+        if let Some(hot) = HOT.get() {
+            hot.publish();
+        }
         self.handle.render()
     }
 }
@@ -277,38 +282,87 @@ fn actor_label(actor: &crate::domain::audit::Actor) -> &'static str {
 
 // ------------------------------------------------------------------ the hot series
 
-struct RouteSeries {
-    /// By method, then status class: registered on first use (most never happen).
-    requests: [[OnceLock<Counter>; 5]; 8],
-    latency: [OnceLock<Histogram>; 8],
+/// Counts added to on every request, kept per thread: an add is a plain load and store on the
+/// thread's own slots, where a shared series takes a locked instruction (two, with the
+/// exporter's generation count) and an indirect call, and on many cores a cache line passed
+/// between them. [`Hot::publish`] sums them into their series when `/metrics` is rendered
+/// (`Counter::absolute` only ever raises a count, so two scrapes at once cannot lower one;
+/// a thread's slots outlive it and pass to the next thread given its id).
+struct PerThread {
+    slots: thread_local::ThreadLocal<[AtomicU64; HOT_SLOTS]>,
+}
+
+impl PerThread {
+    #[inline]
+    fn add(&self, slot: usize) {
+        let c = &self
+            .slots
+            .get_or(|| std::array::from_fn(|_| AtomicU64::new(0)))[slot];
+        c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    fn totals(&self) -> [u64; HOT_SLOTS] {
+        let mut totals = [0; HOT_SLOTS];
+        for thread in self.slots.iter() {
+            for (total, c) in totals.iter_mut().zip(thread) {
+                *total += c.load(Ordering::Relaxed);
+            }
+        }
+        totals
+    }
+}
+
+/// The per-thread slots: requests by fast route, method and status class, then decisions by
+/// surface and outcome, rate-limit refusals by surface, cache look-ups by map and result.
+const REQUEST_SLOTS: usize = FAST_ROUTES.len() * METHODS.len() * STATUS_CLASSES.len();
+const DECISION_SLOTS: usize = DECISION_SURFACES.len() * OUTCOMES.len();
+const REFUSAL_SLOTS: usize = DECISION_SURFACES.len();
+const CACHE_SLOTS: usize = CACHE_MAPS.len() * 2;
+const HOT_SLOTS: usize = REQUEST_SLOTS + DECISION_SLOTS + REFUSAL_SLOTS + CACHE_SLOTS;
+
+fn request_slot(route: FastRoute, method: usize, status: usize) -> usize {
+    (route as usize * METHODS.len() + method) * STATUS_CLASSES.len() + status
+}
+
+fn decision_slot(surface: DecisionSurface, outcome: usize) -> usize {
+    REQUEST_SLOTS + surface as usize * OUTCOMES.len() + outcome
+}
+
+fn refusal_slot(surface: DecisionSurface) -> usize {
+    REQUEST_SLOTS + DECISION_SLOTS + surface as usize
+}
+
+fn cache_slot(map: CacheMap, hit: bool) -> usize {
+    REQUEST_SLOTS + DECISION_SLOTS + REFUSAL_SLOTS + map as usize * 2 + usize::from(!hit)
 }
 
 pub struct Hot {
-    routes: [RouteSeries; 3],
-    decisions: [[Counter; OUTCOMES.len()]; 2],
-    rate_limited: [Counter; 2],
-    cache: [[Counter; 2]; 3],
+    counts: PerThread,
+    /// The series of each slot. Those of requests are registered on first publication (most
+    /// combinations never happen); the others at start, so they are exported at 0.
+    series: [OnceLock<Counter>; HOT_SLOTS],
+    /// By fast route, then method.
+    latency: [[OnceLock<Histogram>; METHODS.len()]; FAST_ROUTES.len()],
 }
 
 impl Hot {
     fn register() -> Hot {
-        let routes = std::array::from_fn(|_| RouteSeries {
-            requests: Default::default(),
-            latency: Default::default(),
-        });
-        let decisions = std::array::from_fn(|s| {
-            std::array::from_fn(
-                |o| counter!(DECISIONS, "surface" => DECISION_SURFACES[s], "outcome" => OUTCOMES[o]),
-            )
-        });
-        let rate_limited = std::array::from_fn(
-            |s| counter!(RATE_LIMIT_REFUSALS, "surface" => DECISION_SURFACES[s]),
-        );
-        let cache = std::array::from_fn(|m| {
-            std::array::from_fn(
-                |r| counter!(CACHE_LOOKUPS, "map" => CACHE_MAPS[m], "result" => ["hit", "miss"][r]),
-            )
-        });
+        let series: [OnceLock<Counter>; HOT_SLOTS] = std::array::from_fn(|_| OnceLock::new());
+        for surface in [DecisionSurface::Api, DecisionSurface::Authz] {
+            let label = DECISION_SURFACES[surface as usize];
+            for (o, outcome) in OUTCOMES.into_iter().enumerate() {
+                let _ = series[decision_slot(surface, o)]
+                    .set(counter!(DECISIONS, "surface" => label, "outcome" => outcome));
+            }
+            let _ = series[refusal_slot(surface)]
+                .set(counter!(RATE_LIMIT_REFUSALS, "surface" => label));
+        }
+        for map in [CacheMap::Session, CacheMap::Org, CacheMap::KeyList] {
+            for hit in [true, false] {
+                let _ = series[cache_slot(map, hit)].set(counter!(CACHE_LOOKUPS,
+                    "map" => CACHE_MAPS[map as usize], "result" => if hit { "hit" } else { "miss" }));
+            }
+        }
         for s in LoginSurface::ALL {
             for o in LoginOutcome::ALL {
                 counter!(LOGINS, "surface" => s.label(), "outcome" => o.label()).absolute(0);
@@ -342,10 +396,39 @@ impl Hot {
         }
         metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         Hot {
-            routes,
-            decisions,
-            rate_limited,
-            cache,
+            counts: PerThread {
+                slots: thread_local::ThreadLocal::new(),
+            },
+            series,
+            latency: Default::default(),
+        }
+    }
+
+    /// Sums the per-thread counts into their series.
+    fn publish(&self) {
+        let totals = self.counts.totals();
+        for route in [FastRoute::Authz, FastRoute::ListKeys, FastRoute::Healthz] {
+            for (method, method_label) in METHODS.into_iter().enumerate() {
+                for (status, status_label) in STATUS_CLASSES.into_iter().enumerate() {
+                    let slot = request_slot(route, method, status);
+                    if totals[slot] > 0 {
+                        self.series[slot]
+                            .get_or_init(|| {
+                                counter!(HTTP_REQUESTS, "route" => FAST_ROUTES[route as usize],
+                                    "method" => method_label, "status" => status_label)
+                            })
+                            .absolute(totals[slot]);
+                    }
+                }
+            }
+        }
+        for (series, total) in self.series[REQUEST_SLOTS..]
+            .iter()
+            .zip(&totals[REQUEST_SLOTS..])
+        {
+            if let Some(counter) = series.get() {
+                counter.absolute(*total);
+            }
         }
     }
 
@@ -357,16 +440,10 @@ impl Hot {
         status: StatusCode,
         started: RequestStart,
     ) {
-        let series = &self.routes[route as usize];
-        let path = FAST_ROUTES[route as usize];
-        series.requests[method][status_index(status)]
-            .get_or_init(|| {
-                counter!(HTTP_REQUESTS, "route" => path, "method" => METHODS[method],
-                    "status" => STATUS_CLASSES[status_index(status)])
-            })
-            .increment(1);
-        series.latency[method]
-            .get_or_init(|| histogram_for(path.into(), method))
+        let status = status_index(status);
+        self.counts.add(request_slot(route, method, status));
+        self.latency[route as usize][method]
+            .get_or_init(|| histogram_for(FAST_ROUTES[route as usize].into(), method))
             .record(started.elapsed().as_secs_f64());
     }
 
@@ -376,14 +453,14 @@ impl Hot {
         decision: Option<&StoreResult<Result<ApiPrincipal, Denial>>>,
     ) {
         let outcome = outcome_index(decision);
-        self.decisions[surface as usize][outcome].increment(1);
+        self.counts.add(decision_slot(surface, outcome));
         if outcome == RATE_LIMITED {
-            self.rate_limited[surface as usize].increment(1);
+            self.counts.add(refusal_slot(surface));
         }
     }
 
     pub fn cache_lookup(&self, map: CacheMap, hit: bool) {
-        self.cache[map as usize][usize::from(!hit)].increment(1);
+        self.counts.add(cache_slot(map, hit));
     }
 }
 

@@ -100,7 +100,7 @@ const NUMBER_HEADERS: u64 = 4096;
 pub fn number_header(n: u64) -> HeaderValue {
     static TABLE: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
     if n >= NUMBER_HEADERS {
-        return HeaderValue::from(n);
+        return formatted_number_header(n);
     }
     let table = TABLE.get_or_init(|| {
         // One string with every number, kept for the life of the process.
@@ -121,6 +121,33 @@ pub fn number_header(n: u64) -> HeaderValue {
             .collect()
     });
     table[n as usize].clone()
+}
+
+/// `n` formatted, in one allocation (`HeaderValue::from(u64)` makes two: a buffer with room
+/// to spare, then a shared handle for it, since its length is not its capacity).
+fn formatted_number_header(n: u64) -> HeaderValue {
+    HeaderValue::from_bytes(itoa::Buffer::new().format(n).as_bytes())
+        .expect("decimal digits are a valid header value")
+}
+
+/// A rate limit as a header value: [`number_header`], and above the table the last one this
+/// thread made is used again (a rule's limit is the same on each of its answers, where what
+/// is left of it is not).
+pub fn limit_header(n: u64) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    if n < NUMBER_HEADERS {
+        return number_header(n);
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((made_for, value)) if *made_for == n => value.clone(),
+        _ => {
+            let value = formatted_number_header(n);
+            *last = Some((n, value.clone()));
+            value
+        }
+    })
 }
 
 /// `value` as a JSON response, like `axum::Json` but written into a buffer large enough for
@@ -174,7 +201,7 @@ async fn keep_matched_path(req: axum::extract::Request, next: axum::middleware::
 
 #[cfg(test)]
 mod number_header_tests {
-    use super::number_header;
+    use super::{limit_header, number_header};
 
     #[test]
     fn every_number_reads_back_as_itself() {
@@ -192,6 +219,23 @@ mod number_header_tests {
             u64::MAX,
         ] {
             assert_eq!(number_header(n).to_str().unwrap(), n.to_string(), "{n}");
+        }
+    }
+
+    /// The memo of the last limit never answers for another one.
+    #[test]
+    fn a_limit_reads_back_as_itself_whatever_came_before() {
+        for n in [
+            1_000_000u64,
+            1_000_000,
+            1_000_001,
+            5,
+            1_000_000,
+            4096,
+            u64::MAX,
+            4096,
+        ] {
+            assert_eq!(limit_header(n).to_str().unwrap(), n.to_string(), "{n}");
         }
     }
 }

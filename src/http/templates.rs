@@ -13,7 +13,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 
-use super::{SECURITY_HEADERS, number_header};
+use super::{SECURITY_HEADERS, limit_header, number_header};
 use crate::service::limits::RateInfo;
 
 const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -80,7 +80,7 @@ fn set_first(headers: &mut HeaderMap, values: impl IntoIterator<Item = HeaderVal
 
 fn rate_values(info: &RateInfo) -> [HeaderValue; 3] {
     [
-        number_header(info.limit.into()),
+        limit_header(info.limit.into()),
         number_header(info.remaining.into()),
         number_header(info.reset_secs),
     ]
