@@ -718,3 +718,63 @@ fn describe() {
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version in its label");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every thread's adds are in the totals, also those of threads that have ended (their
+    /// slots stay), and each slot counts only its own adds.
+    #[test]
+    fn per_thread_counts_sum_over_every_thread_and_keep_slots_apart() {
+        let counts = Arc::new(PerThread {
+            slots: thread_local::ThreadLocal::new(),
+        });
+        let first = decision_slot(DecisionSurface::Api, 0);
+        let last = HOT_SLOTS - 1;
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let counts = counts.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        counts.add(first);
+                    }
+                    counts.add(last);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        counts.add(first);
+        let totals = counts.totals();
+        assert_eq!(totals[first], 4001);
+        assert_eq!(totals[last], 4);
+        assert_eq!(totals.iter().sum::<u64>(), 4005);
+    }
+
+    #[test]
+    fn slots_do_not_overlap() {
+        let mut seen = std::collections::HashSet::new();
+        for route in [FastRoute::Authz, FastRoute::ListKeys, FastRoute::Healthz] {
+            for method in 0..METHODS.len() {
+                for status in 0..STATUS_CLASSES.len() {
+                    assert!(seen.insert(request_slot(route, method, status)));
+                }
+            }
+        }
+        for surface in [DecisionSurface::Api, DecisionSurface::Authz] {
+            for outcome in 0..OUTCOMES.len() {
+                assert!(seen.insert(decision_slot(surface, outcome)));
+            }
+            assert!(seen.insert(refusal_slot(surface)));
+        }
+        for map in [CacheMap::Session, CacheMap::Org, CacheMap::KeyList] {
+            for hit in [true, false] {
+                assert!(seen.insert(cache_slot(map, hit)));
+            }
+        }
+        assert_eq!(seen.len(), HOT_SLOTS);
+        assert!(seen.iter().all(|&s| s < HOT_SLOTS));
+    }
+}
