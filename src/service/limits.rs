@@ -454,6 +454,8 @@ struct GlobalRule {
     claiming: tokio::sync::Mutex<()>,
 }
 
+type GlobalOrgs = FastMap<OrgId, Arc<GlobalOrg>>;
+
 struct GlobalOrg {
     org: OrgId,
     source: String,
@@ -496,7 +498,9 @@ pub struct GlobalLimits {
     fallback_nodes: u32,
     /// The most nodes seen claiming in one window: the fallback divides by at least this.
     nodes_seen: AtomicU32,
-    orgs: Mutex<FastMap<OrgId, Arc<GlobalOrg>>>,
+    /// Orgs in [`LIMIT_SHARDS`] maps by org id, as for [`LocalLimits`]: a request's first
+    /// decision is made under its map's lock, so the common case takes no reference out of it.
+    orgs: Box<[Mutex<GlobalOrgs>]>,
     /// The orgs this node holds units of (or was granted some since the last upkeep): the
     /// only ones the upkeep visits, so its cost follows the busy orgs, not all of them.
     holding: Mutex<FastMap<OrgId, Arc<GlobalOrg>>>,
@@ -515,7 +519,9 @@ impl GlobalLimits {
             store,
             fallback_nodes: fallback_nodes.max(1),
             nodes_seen: AtomicU32::new(1),
-            orgs: Mutex::new(FastMap::default()),
+            orgs: (0..LIMIT_SHARDS)
+                .map(|_| Mutex::new(FastMap::default()))
+                .collect(),
             holding: Mutex::new(FastMap::default()),
             degraded: AtomicBool::new(false),
             next_probe: AtomicI64::new(0),
@@ -546,14 +552,25 @@ impl GlobalLimits {
             .max(self.nodes_seen.load(Ordering::Relaxed))
     }
 
-    fn org(&self, org: OrgId, stored: Option<&str>) -> Arc<GlobalOrg> {
+    /// `org`'s state for its rules as stored, in `orgs` (its shard, locked): built afresh if
+    /// the provider changed them.
+    fn org_in<'a>(
+        orgs: &'a mut GlobalOrgs,
+        org: OrgId,
+        stored: Option<&str>,
+    ) -> &'a Arc<GlobalOrg> {
         let source = stored.unwrap_or("");
-        let mut orgs = self.orgs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(o) = orgs.get(&org).filter(|o| o.source == source) {
-            return o.clone();
+        let current = orgs.get(&org).is_some_and(|o| o.source == source);
+        if !current {
+            orgs.insert(org, Arc::new(Self::build_org(org, stored)));
         }
+        &orgs[&org]
+    }
+
+    fn build_org(org: OrgId, stored: Option<&str>) -> GlobalOrg {
+        let source = stored.unwrap_or("");
         let rules = rules_of(stored);
-        let built = Arc::new(GlobalOrg {
+        GlobalOrg {
             org,
             source: source.to_owned(),
             slots: Mutex::new(rules.iter().map(|_| Slot::new()).collect()),
@@ -572,9 +589,7 @@ impl GlobalLimits {
                     claiming: tokio::sync::Mutex::new(()),
                 })
                 .collect(),
-        });
-        orgs.insert(org, built.clone());
-        built
+        }
     }
 
     /// [`RateLimits::check`]: decided at `at` while this node's shares last; after a claim
@@ -586,21 +601,27 @@ impl GlobalLimits {
         method: &str,
         at: Millis,
     ) -> Result<Option<RateInfo>, RateDenied> {
-        let org = self.org(org, stored_rules);
         let class = RateRule::class_of(method);
-        let mut last_claim = 0;
+        // The common case, decided from this node's share under the shard's lock.
+        let (org, first_claim) = {
+            let shard = &self.orgs[(org.0 as u64 % LIMIT_SHARDS as u64) as usize];
+            let mut orgs = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let o = Self::org_in(&mut orgs, org, stored_rules);
+            match self.decide(o, class, at.0, true) {
+                Step::Admit(info) => return Ok(info),
+                Step::Refuse(denied) => return Err(denied),
+                Step::Claim(i) => (o.clone(), i),
+            }
+        };
+        let mut last_claim;
         // Each claim either gives this node units or finds the window spent; others may take
         // fresh units first, so a bounded number of such rounds. A claim whose window ended
         // while it was under way (a slow store at a window's edge) says nothing about the
         // limit and does not count, up to a hard bound.
         let (mut contended, mut rounds) = (0, 0);
-        while contended < org.rules.len() + 4 && rounds < MAX_ROUNDS {
-            let now = if rounds == 0 {
-                at.0
-            } else {
-                self.clock.now().0
-            };
-            match self.decide(&org, class, now, rounds == 0) {
+        let mut step = Step::Claim(first_claim);
+        loop {
+            match step {
                 Step::Admit(info) => return Ok(info),
                 Step::Refuse(denied) => return Err(denied),
                 Step::Claim(i) => {
@@ -611,6 +632,10 @@ impl GlobalLimits {
                 }
             }
             rounds += 1;
+            if contended >= org.rules.len() + 4 || rounds >= MAX_ROUNDS {
+                break;
+            }
+            step = self.decide(&org, class, self.clock.now().0, false);
         }
         let rule = &org.rules[last_claim];
         let now = self.clock.now().0;

@@ -193,6 +193,57 @@ async fn concurrent_claims_from_three_nodes_admit_exactly_the_limit() {
     assert!(max_taken(&db, ":37/1").await <= 37);
 }
 
+/// Orgs are kept in maps by org id (64 of them): two orgs in the same map (7 and 7 + 64) and
+/// one in another each get their own limit, spending one's does not spend the other's, and a
+/// provider changing one org's rules starts only that org afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orgs_in_one_map_keep_their_own_limits_and_rules() {
+    let Some(db) = migrated("gl_orgs_apart").await else {
+        return;
+    };
+    let clock = ManualClock::new(Millis(T0_SECS * 1000));
+    let nodes = sim_nodes(&db, &clock, 2, 2).await;
+    let rules = |limit: u32| {
+        json!([{"methods": ["GET"], "limit": limit, "periodSeconds": 3600}]).to_string()
+    };
+    let admitted = |org: i64, rules: String| {
+        let nodes = nodes.clone();
+        async move {
+            let mut n = 0;
+            for node in &nodes {
+                while node
+                    .limits
+                    .check(OrgId(org), Some(&rules), "GET", node.clock.now())
+                    .await
+                    .is_ok()
+                {
+                    n += 1;
+                }
+            }
+            n
+        }
+    };
+    assert_eq!(admitted(7, rules(5)).await, 5, "org 7: its limit");
+    assert_eq!(
+        admitted(71, rules(5)).await,
+        5,
+        "org 71, in org 7's map: its own limit"
+    );
+    assert_eq!(
+        admitted(8, rules(3)).await,
+        3,
+        "org 8, in another map: its own limit"
+    );
+    assert_eq!(admitted(7, rules(5)).await, 0, "org 7 stays spent");
+    // Org 71's rules change: a new rule, counted afresh; org 7's window stays spent.
+    assert_eq!(admitted(71, rules(6)).await, 6, "org 71 under its new rule");
+    assert_eq!(
+        admitted(7, rules(5)).await,
+        0,
+        "org 7 untouched by org 71's change"
+    );
+}
+
 /// A request the per-second rule refuses takes nothing from the hourly rule, whichever node
 /// it reaches and in either order of the rules.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
