@@ -9,6 +9,9 @@
     python3 bench/instructions.py N --provider [--bin PATH]
         # also the provider API: `GET /provider/v1/orgs/{id}` with the bearer token (the
         # token's principal, the wrong-token throttle, the org scoping); --bin: another build
+    python3 bench/instructions.py N --callers 5
+        # callgrind's --separate-callers=5: each function's cost split by its last 5 callers
+        # (which allocation takes which path, BENCHMARKS.md §22)
 
 Counts instructions, not seconds: the figures repeat for the same binary whatever else the
 machine is doing, so they show what a change to the hot path saved while the throughput
@@ -36,6 +39,8 @@ PG = sys.argv[sys.argv.index("--postgres") + 1].rstrip("/") if "--postgres" in s
 PORT = 18_000 + os.getpid() % 1000
 METRICS_TOKEN = "instructions-metrics-token" if "--metrics" in sys.argv else None
 PROVIDER = "--provider" in sys.argv
+CALLGRIND_ARGS = ["--instr-atstart=no"] + (
+    [f"--separate-callers={int(sys.argv[sys.argv.index('--callers') + 1])}"] if "--callers" in sys.argv else [])
 BINARY = (sys.argv[sys.argv.index("--bin") + 1] if "--bin" in sys.argv
           else os.path.join(bench.REPO, "target", "release", "keygate"))
 
@@ -55,7 +60,7 @@ def wait_for(proc, pattern):
 def start_demo(out):
     """`keygate demo` (embedded store): it prints its org's credentials."""
     proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+        ["valgrind", "--tool=callgrind", *CALLGRIND_ARGS, f"--callgrind-out-file={out}",
          BINARY, "demo", "--listen", f"127.0.0.1:{PORT}",
          *(["--metrics-token", METRICS_TOKEN] if METRICS_TOKEN else [])],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -79,7 +84,7 @@ def start_postgres_node(out, url, data_dir):
                KEYGATE_MASTER_KEY=base64.b64encode(os.urandom(32)).decode(),
                KEYGATE_PROVIDER_TOKEN=bench.PROVIDER_TOKEN)
     proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+        ["valgrind", "--tool=callgrind", *CALLGRIND_ARGS, f"--callgrind-out-file={out}",
          BINARY, "serve", "--listen", f"127.0.0.1:{PORT}",
          "--data-dir", data_dir],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
