@@ -210,7 +210,7 @@ impl Services {
         };
         let now = self.clock.now();
         if !self.console_session_live(session.created_at, session.last_seen_at, now) {
-            self.store.delete_provider_session(&id_hash).await?;
+            self.store.delete_provider_session(&id_hash, now).await?;
             return Ok(None);
         }
         let Some(principal) = self
@@ -218,7 +218,7 @@ impl Services {
             .find_provider_principal_by_id(crate::domain::ids::TokenId(session.token_id), now)
             .await?
         else {
-            self.store.delete_provider_session(&id_hash).await?;
+            self.store.delete_provider_session(&id_hash, now).await?;
             return Ok(None);
         };
         self.store.touch_provider_session(&id_hash, now).await?;
@@ -236,7 +236,9 @@ impl Services {
     }
 
     pub async fn end_provider_session(&self, session: &ResolvedProviderSession) -> StoreResult<()> {
-        self.store.delete_provider_session(&session.id_hash).await
+        self.store
+            .delete_provider_session(&session.id_hash, self.clock.now())
+            .await
     }
 
     /// Deletes expired admin and provider console sessions, at most once a minute per node
@@ -256,6 +258,7 @@ impl Services {
             .sweep_console_sessions(
                 Millis(now.0 - s.console_idle_timeout_secs * 1000),
                 Millis(now.0 - s.console_max_lifetime_secs * 1000),
+                now,
             )
             .await
     }

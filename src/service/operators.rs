@@ -262,6 +262,7 @@ impl Services {
             label,
             operator: Some(target),
             expires_at,
+            console_signin: false,
         };
         let ctx = self.ctx(Self::actor_of(p), client);
         let record = self.store.create_token(t, true, &ctx).await?;
@@ -387,7 +388,7 @@ impl Services {
 
     /// An operator's console sign-in: its login name and password (argon2, a decoy hash for
     /// unknown names), then a token of its own for the session, unaudited (the sign-in is),
-    /// expiring with the session's lifetime. `None` for wrong credentials.
+    /// expiring with the session's lifetime and revoked when the session ends sooner. `None` for wrong credentials.
     pub async fn operator_console_login(
         &self,
         login: &str,
@@ -415,6 +416,7 @@ impl Services {
             expires_at: Some(Millis(
                 now.0 + self.settings.console_max_lifetime_secs * 1000,
             )),
+            console_signin: true,
         };
         let ctx = self.ctx(Actor::System, None);
         let record = self.store.create_token(t, false, &ctx).await?;

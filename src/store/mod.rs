@@ -435,13 +435,17 @@ pub trait Store: operators::OperatorStore + Send + Sync + 'static {
         id_hash: &str,
     ) -> StoreResult<Option<ProviderConsoleSession>>;
     async fn touch_provider_session(&self, id_hash: &str, now: Millis) -> StoreResult<()>;
-    async fn delete_provider_session(&self, id_hash: &str) -> StoreResult<()>;
+    /// Ends a provider console session; the token its operator sign-in made for it is revoked
+    /// at `now` in the same transaction.
+    async fn delete_provider_session(&self, id_hash: &str, now: Millis) -> StoreResult<()>;
     /// Deletes the admin and provider console sessions last seen before `idle_before` or
-    /// created before `created_before` (both are dead by then); how many went.
+    /// created before `created_before` (both are dead by then), revoking at `now` the tokens
+    /// that operator sign-ins made for them; how many sessions went.
     async fn sweep_console_sessions(
         &self,
         idle_before: Millis,
         created_before: Millis,
+        now: Millis,
     ) -> StoreResult<u64>;
 
     // --- limits and usage

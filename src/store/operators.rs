@@ -79,6 +79,8 @@ pub struct NewToken {
     pub label: String,
     pub operator: Option<OperatorId>,
     pub expires_at: Option<Millis>,
+    /// Made by an operator's console sign-in for its session: revoked when the session ends.
+    pub console_signin: bool,
 }
 
 /// Which tokens a listing covers.
@@ -228,14 +230,15 @@ macro_rules! operator_store {
 
             async fn insert_token(conn: &mut $conn, t: &NewToken, now: Millis) -> StoreResult<TokenRecord> {
                 let row = sqlx::query(&format!(
-                    "INSERT INTO provider_tokens (token_hash, label, created_at, operator_id, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5) RETURNING {TOKEN_COLUMNS}"
+                    "INSERT INTO provider_tokens (token_hash, label, created_at, operator_id, expires_at, console_signin) \
+                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING {TOKEN_COLUMNS}"
                 ))
                 .bind(&t.hash)
                 .bind(&t.label)
                 .bind(now.0)
                 .bind(t.operator.map(|o| o.0))
                 .bind(t.expires_at.map(|m| m.0))
+                .bind(t.console_signin)
                 .fetch_one(&mut *conn)
                 .await
                 .map_err(map_err)?;
@@ -559,6 +562,8 @@ macro_rules! operator_store {
                                 label: old.label.clone(),
                                 operator: old.operator_id,
                                 expires_at: old.expires_at.map(Millis),
+                                // Its new value is known to whoever rotated it: theirs now.
+                                console_signin: false,
                             },
                             ctx.now,
                         )

@@ -375,6 +375,10 @@ async fn bump_generation(conn: &mut $conn, org: OrgId) -> StoreResult<i64> {
 const PRINCIPAL_SELECT: &str = "SELECT t.id, t.operator_id, o.id AS op_id, o.login_name, o.display_name, o.role, \
         o.partner_id, o.removed_at \
      FROM provider_tokens t LEFT JOIN operators o ON o.id = t.operator_id";
+/// Revokes at `$1` the live tokens that operator sign-ins made for the console sessions whose
+/// token ids follow (`IN (…)`): such a token lives exactly as long as its session.
+const REVOKE_SIGNIN_TOKENS: &str =
+    "UPDATE provider_tokens SET revoked_at = $1 WHERE console_signin AND revoked_at IS NULL AND id IN";
 /// A token that is not revoked and not expired at `$2`.
 const PRINCIPAL_LIVE: &str = "t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > $2)";
 
@@ -1212,22 +1216,58 @@ impl Store for $store {
         self.touch_session_row("provider_console_sessions", id_hash, now).await
     }
 
-    async fn delete_provider_session(&self, id_hash: &str) -> StoreResult<()> {
-        self.delete_session_row("provider_console_sessions", id_hash).await
+    async fn delete_provider_session(&self, id_hash: &str, now: Millis) -> StoreResult<()> {
+        $crate::store::sql::retry_tx!({
+            let mut tx = self.writer.begin().await.map_err(map_err)?;
+            sqlx::query(&format!(
+                "{REVOKE_SIGNIN_TOKENS} (SELECT token_id FROM provider_console_sessions WHERE id_hash = $2)"
+            ))
+            .bind(now.0)
+            .bind(id_hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            sqlx::query("DELETE FROM provider_console_sessions WHERE id_hash = $1")
+                .bind(id_hash)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            tx.commit().await.map_err(map_err)?;
+            Ok(())
+        })
     }
 
-    async fn sweep_console_sessions(&self, idle_before: Millis, created_before: Millis) -> StoreResult<u64> {
-        let mut gone = 0;
-        for table in ["console_sessions", "provider_console_sessions"] {
-            gone += sqlx::query(&format!("DELETE FROM {table} WHERE last_seen_at < $1 OR created_at < $2"))
+    async fn sweep_console_sessions(&self, idle_before: Millis, created_before: Millis, now: Millis) -> StoreResult<u64> {
+        let gone = sqlx::query("DELETE FROM console_sessions WHERE last_seen_at < $1 OR created_at < $2")
+            .bind(idle_before.0)
+            .bind(created_before.0)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        let provider_gone = $crate::store::sql::retry_tx!({
+            let mut tx = self.writer.begin().await.map_err(map_err)?;
+            sqlx::query(&format!(
+                "{REVOKE_SIGNIN_TOKENS} (SELECT token_id FROM provider_console_sessions \
+                 WHERE last_seen_at < $2 OR created_at < $3)"
+            ))
+            .bind(now.0)
+            .bind(idle_before.0)
+            .bind(created_before.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            let n = sqlx::query("DELETE FROM provider_console_sessions WHERE last_seen_at < $1 OR created_at < $2")
                 .bind(idle_before.0)
                 .bind(created_before.0)
-                .execute(&self.writer)
+                .execute(&mut *tx)
                 .await
                 .map_err(map_err)?
                 .rows_affected();
-        }
-        Ok(gone)
+            tx.commit().await.map_err(map_err)?;
+            Ok(n)
+        })?;
+        Ok(gone + provider_gone)
     }
 
     async fn put_audit_report(&self, admin: AdminId, report: &crate::service::reports::AuditReport) -> StoreResult<()> {

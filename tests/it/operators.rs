@@ -1296,6 +1296,148 @@ async fn an_operator_signs_in_to_the_console_and_manages_its_tokens() {
     s.stop().await;
 }
 
+/// The token an operator's console sign-in makes for its session lives exactly as long as the
+/// session: logout, idle expiry and the sweep of dead sessions revoke it. A token the operator
+/// typed into the sign-in form is its own and outlives its sessions, even one labelled like a
+/// sign-in's (the attack: a label alone deciding would let a logout revoke it).
+#[tokio::test]
+async fn a_console_sign_in_token_ends_with_its_session_and_no_other_token_does() {
+    use crate::console_sessions::{Browser, csrf_in};
+    const IDLE_SECS: i64 = 600;
+    let s = TestServer::start_with(|c| c.console_idle_timeout_secs = IDLE_SECS).await;
+    let op = operator(&s, PROVIDER_TOKEN, "signin.owner", "OWNER", None).await;
+    let base = s.base.clone();
+    // (token id, revoked) of the operator's tokens labelled "console sign-in", by id.
+    let signin_tokens = || async {
+        let (status, list) =
+            call(&s, PROVIDER_TOKEN, Method::GET, "/provider/v1/tokens", None).await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["label"] == "console sign-in" && t["operatorId"] == op)
+            .map(|t| (t["id"].as_i64().unwrap(), !t["revokedAt"].is_null()))
+            .collect::<Vec<_>>()
+    };
+    let revoked =
+        |tokens: &[(i64, bool)], id: i64| tokens.iter().find(|(t, _)| *t == id).expect("listed").1;
+    let sign_in = |fields: Vec<(&'static str, String)>| {
+        let base = base.clone();
+        async move {
+            let mut b = Browser::new();
+            let (_, _, page) = b.get(&base, "/console/login").await;
+            let mut form = vec![("csrf", csrf_in(&page))];
+            form.extend(fields);
+            let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let (status, _, body) = b.post(&base, "/console/login", &form).await;
+            assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+            b
+        }
+    };
+    let with_password = || {
+        vec![
+            ("loginName", "signin.owner".to_owned()),
+            ("password", PASSWORD.to_owned()),
+        ]
+    };
+    let logout = |mut b: Browser| {
+        let base = base.clone();
+        async move {
+            let (status, _, page) = b.get(&base, "/console/orgs").await;
+            assert_eq!(status, StatusCode::OK);
+            let csrf = csrf_in(&page);
+            let (status, h, _) = b
+                .post(&base, "/console/logout", &[("csrf", csrf.as_str())])
+                .await;
+            assert_eq!(status, StatusCode::SEE_OTHER);
+            assert_eq!(h["location"], "/console/login?done=logged_out");
+            b
+        }
+    };
+    let signed_out = |got: (StatusCode, reqwest::header::HeaderMap, String)| {
+        got.0 == StatusCode::SEE_OTHER && got.1["location"] == "/console/login"
+    };
+
+    // The operator's own token, labelled like a sign-in's, typed into the form.
+    let got = call(
+        &s,
+        PROVIDER_TOKEN,
+        Method::POST,
+        "/provider/v1/tokens",
+        Some(json!({"label": "console sign-in", "operatorId": op})),
+    )
+    .await;
+    assert_eq!(got.0, StatusCode::CREATED, "{}", got.1);
+    let (own_id, own) = (
+        got.1["id"].as_i64().unwrap(),
+        got.1["value"].as_str().unwrap().to_owned(),
+    );
+    let own_works = || async {
+        call(&s, &own, Method::GET, "/provider/v1/operators", None)
+            .await
+            .0
+            == StatusCode::OK
+    };
+
+    // A password sign-in makes a live token for its session.
+    let by_password = sign_in(with_password()).await;
+    let mut by_token = sign_in(vec![("token", own.clone())]).await;
+    let tokens = signin_tokens().await;
+    assert_eq!(tokens.len(), 2, "{tokens:?}");
+    let made = tokens.iter().find(|(t, _)| *t != own_id).unwrap().0;
+    assert!(!revoked(&tokens, made) && !revoked(&tokens, own_id));
+
+    // Logout revokes it; the typed token and its session live on.
+    let mut by_password = logout(by_password).await;
+    let tokens = signin_tokens().await;
+    assert!(revoked(&tokens, made), "logout revokes the sign-in's token");
+    assert!(
+        !revoked(&tokens, own_id),
+        "a typed token is not the session's"
+    );
+    assert!(signed_out(by_password.get(&base, "/console/orgs").await));
+    assert_eq!(by_token.get(&base, "/console/orgs").await.0, StatusCode::OK);
+    assert!(own_works().await);
+    // Logging out of the typed token's session ends the session only.
+    let mut by_token = logout(by_token).await;
+    assert!(signed_out(by_token.get(&base, "/console/orgs").await));
+    assert!(!revoked(&signin_tokens().await, own_id));
+    assert!(own_works().await);
+
+    // Idle expiry, found by the next page load: revoked.
+    let mut idle = sign_in(with_password()).await;
+    let idle_token = signin_tokens().await.iter().map(|(t, _)| *t).max().unwrap();
+    assert!(!revoked(&signin_tokens().await, idle_token));
+    s.clock.advance_secs(IDLE_SECS);
+    assert!(signed_out(idle.get(&base, "/console/orgs").await));
+    assert!(
+        revoked(&signin_tokens().await, idle_token),
+        "expired by idleness"
+    );
+
+    // A dead session nobody loads again: the sweep (with the usage flush, at most once a
+    // minute of the node's clock) deletes it and revokes its token; a live one keeps its own.
+    let _dead = sign_in(with_password()).await;
+    let dead_token = signin_tokens().await.iter().map(|(t, _)| *t).max().unwrap();
+    s.clock.advance_secs(IDLE_SECS + 60);
+    let mut live = sign_in(with_password()).await;
+    let live_token = signin_tokens().await.iter().map(|(t, _)| *t).max().unwrap();
+    assert!(live_token > dead_token);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !revoked(&signin_tokens().await, dead_token) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweep did not revoke the dead session's token"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!revoked(&signin_tokens().await, live_token));
+    assert_eq!(live.get(&base, "/console/orgs").await.0, StatusCode::OK);
+    assert!(own_works().await);
+    s.stop().await;
+}
+
 /// `keygate serve` logging at `trace`: no token value (bootstrap, issued, rotated, wrong) and
 /// no operator password in its log.
 #[tokio::test]
