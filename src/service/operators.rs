@@ -438,17 +438,13 @@ impl Services {
         self.sweep_login_failures();
         let key = super::throttle::counted_address(addr);
         let scope = [super::throttle::bearer_scope(&key)];
-        let counted = async {
-            self.store
-                .count_login_failure(&scope, BearerThrottle::WINDOW_MS, now)
-                .await?;
-            self.store
-                .login_failure_counts(&scope, BearerThrottle::WINDOW_MS, now)
-                .await
-        }
-        .await;
+        // One statement counts the failure and returns the count over all nodes.
+        let counted = self
+            .store
+            .count_login_failure(&scope, BearerThrottle::WINDOW_MS, now)
+            .await;
         let across_nodes = match counted {
-            Ok(counts) => counts.into_iter().next().flatten(),
+            Ok(counts) => counts.into_iter().next(),
             Err(e) => {
                 tracing::warn!(
                     error = %e,

@@ -192,6 +192,7 @@ impl Services {
                 self.clock.now(),
             )
             .await
+            .map(drop)
     }
 }
 

@@ -516,12 +516,14 @@ pub trait Store: operators::OperatorStore + Send + Sync + 'static {
     /// digests), in one short transaction of its own: a client address failing many logins at
     /// once makes its counter a hot row, so nothing else waits behind its lock. On PostgreSQL
     /// it commits asynchronously (a database crash may lose the last moment's counts).
+    /// Returns each scope's counter as this failure left it, by index (one round trip for a
+    /// caller that judges by the count, as the wrong-bearer-token throttle does).
     async fn count_login_failure(
         &self,
         scopes: &[String],
         window_ms: i64,
         now: Millis,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<Vec<FailureCount>>;
     /// Charges `charge` to the admin's key-guessing budget unless it is already at `budget`
     /// (a charge of 0 only checks, without locking the admin's row); with `failure`, audits it
     /// (with a charge, in the same transaction), and audits the lock when this charge reaches

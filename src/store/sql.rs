@@ -157,6 +157,21 @@ const API_SESSION_SELECT: &str = "SELECT s.id_hash, s.generation, s.created_at A
     FROM api_sessions s JOIN orgs o ON o.id = s.org_id JOIN admins a ON a.id = s.admin_id \
     LEFT JOIN api_keys k ON k.org_id = s.org_id";
 
+/// `login_failures` rows (`scope, window_start, failures`) as the counters of `scopes`, by index.
+fn failure_counts_by_scope(scopes: &[String], rows: &[$row]) -> Vec<Option<FailureCount>> {
+    scopes
+        .iter()
+        .map(|scope| {
+            rows.iter()
+                .find(|r| r.get::<String, _>(0) == *scope)
+                .map(|r| FailureCount {
+                    window_start: Millis(r.get::<i64, _>(1)),
+                    failures: r.get::<i64, _>(2),
+                })
+        })
+        .collect()
+}
+
 fn api_session_from_row(r: &$row) -> StoreResult<ApiSessionView> {
     let get = |e: sqlx::Error| StoreError::Internal(e.into());
     Ok(ApiSessionView {
@@ -1402,17 +1417,7 @@ impl Store for $store {
             .fetch_all(&self.reader)
             .await
             .map_err(map_err)?;
-        Ok(scopes
-            .iter()
-            .map(|scope| {
-                rows.iter()
-                    .find(|r| r.get::<String, _>(0) == *scope)
-                    .map(|r| FailureCount {
-                        window_start: Millis(r.get::<i64, _>(1)),
-                        failures: r.get::<i64, _>(2),
-                    })
-            })
-            .collect())
+        Ok(failure_counts_by_scope(scopes, &rows))
     }
 
     async fn sweep_login_failures(&self, before: Millis) -> StoreResult<u64> {
@@ -1429,10 +1434,10 @@ impl Store for $store {
         scopes: &[String],
         window_ms: i64,
         now: Millis,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Vec<FailureCount>> {
         $crate::store::sql::retry_tx!({
         if scopes.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         if let Some(relaxed) = $relaxed_commit {
@@ -1448,15 +1453,19 @@ impl Store for $store {
             "INSERT INTO login_failures (scope, window_start, failures) VALUES {values} \
              ON CONFLICT (scope) DO UPDATE SET \
              failures = CASE WHEN login_failures.window_start + $2 <= $1 THEN 1 ELSE login_failures.failures + 1 END, \
-             window_start = CASE WHEN login_failures.window_start + $2 <= $1 THEN $1 ELSE login_failures.window_start END"
+             window_start = CASE WHEN login_failures.window_start + $2 <= $1 THEN $1 ELSE login_failures.window_start END \
+             RETURNING scope, window_start, failures"
         );
         let mut query = sqlx::query(&sql).bind(now.0).bind(window_ms);
         for scope in scopes {
             query = query.bind(scope);
         }
-        query.execute(&mut *tx).await.map_err(map_err)?;
+        let rows = query.fetch_all(&mut *tx).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
-        Ok(())
+        failure_counts_by_scope(scopes, &rows)
+            .into_iter()
+            .map(|count| count.ok_or_else(|| StoreError::Internal(anyhow::anyhow!("a counted scope was not returned"))))
+            .collect()
     })
     }
 
