@@ -388,7 +388,8 @@ impl Services {
 
     /// An operator's console sign-in: its login name and password (argon2, a decoy hash for
     /// unknown names), then a token of its own for the session, unaudited (the sign-in is),
-    /// expiring with the session's lifetime and revoked when the session ends sooner. `None` for wrong credentials.
+    /// expiring with the session's lifetime and revoked when the session ends sooner. `None`
+    /// for wrong credentials.
     pub async fn operator_console_login(
         &self,
         login: &str,

@@ -139,13 +139,25 @@ pub(super) fn subscription_json(s: &Subscription) -> serde_json::Value {
     serde_json::json!({ "enabled": s.enabled, "expiresAt": s.expires_at })
 }
 
+/// Which provider console sessions `end_provider_sessions` ends.
+#[derive(Clone, Copy)]
+pub(super) enum ProviderSessions<'a> {
+    /// The session with this id hash (a logout, or one found dead).
+    One(&'a str),
+    /// Every session last seen before `idle_before` or created before `created_before`.
+    DeadBy {
+        idle_before: Millis,
+        created_before: Millis,
+    },
+}
+
 /// The store implementation over one database's types:
 /// `sql_store!(Type, RowType, ConnectionType, lock_org: Option<&str>, like: &str,
 /// delete_api_session: &str, relaxed_commit: Option<&str>)`; `relaxed_commit` is run first
 /// in a transaction whose commit need not wait for the disk (login failure counters).
 macro_rules! sql_store {
     ($store:ident, $row:ty, $conn:ty, $lock_org:expr, $like:expr, $delete_api_session:expr, $relaxed_commit:expr) => {
-        use $crate::store::sql::{ORG_SELECT, is_unique_violation, map_err, padded, subscription_json};
+        use $crate::store::sql::{ORG_SELECT, ProviderSessions, is_unique_violation, map_err, padded, subscription_json};
 
         const LIKE: &str = $like;
 
@@ -390,10 +402,6 @@ async fn bump_generation(conn: &mut $conn, org: OrgId) -> StoreResult<i64> {
 const PRINCIPAL_SELECT: &str = "SELECT t.id, t.operator_id, o.id AS op_id, o.login_name, o.display_name, o.role, \
         o.partner_id, o.removed_at \
      FROM provider_tokens t LEFT JOIN operators o ON o.id = t.operator_id";
-/// Revokes at `$1` the live tokens that operator sign-ins made for the console sessions whose
-/// token ids follow (`IN (…)`): such a token lives exactly as long as its session.
-const REVOKE_SIGNIN_TOKENS: &str =
-    "UPDATE provider_tokens SET revoked_at = $1 WHERE console_signin AND revoked_at IS NULL AND id IN";
 /// A token that is not revoked and not expired at `$2`.
 const PRINCIPAL_LIVE: &str = "t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > $2)";
 
@@ -499,6 +507,40 @@ impl $store {
             .await
             .map_err(map_err)?;
         Ok(())
+    }
+
+    /// Deletes provider console sessions and, in the same transaction, revokes at `now` the
+    /// live tokens that operator sign-ins made for them: such a token lives exactly as long as
+    /// its session. How many sessions went.
+    async fn end_provider_sessions(&self, which: ProviderSessions<'_>, now: Millis) -> StoreResult<u64> {
+        let (condition, params) = match which {
+            ProviderSessions::One(_) => ("id_hash = $1", 1),
+            ProviderSessions::DeadBy { .. } => ("last_seen_at < $1 OR created_at < $2", 2),
+        };
+        let revoke = format!(
+            "UPDATE provider_tokens SET revoked_at = ${} WHERE console_signin AND revoked_at IS NULL \
+             AND id IN (SELECT token_id FROM provider_console_sessions WHERE {condition})",
+            params + 1
+        );
+        let delete = format!("DELETE FROM provider_console_sessions WHERE {condition}");
+        $crate::store::sql::retry_tx!({
+            let mut tx = self.writer.begin().await.map_err(map_err)?;
+            let (mut revoke, mut delete) = (sqlx::query(&revoke), sqlx::query(&delete));
+            match which {
+                ProviderSessions::One(id_hash) => {
+                    revoke = revoke.bind(id_hash);
+                    delete = delete.bind(id_hash);
+                }
+                ProviderSessions::DeadBy { idle_before, created_before } => {
+                    revoke = revoke.bind(idle_before.0).bind(created_before.0);
+                    delete = delete.bind(idle_before.0).bind(created_before.0);
+                }
+            }
+            revoke.bind(now.0).execute(&mut *tx).await.map_err(map_err)?;
+            let gone = delete.execute(&mut *tx).await.map_err(map_err)?.rows_affected();
+            tx.commit().await.map_err(map_err)?;
+            Ok(gone)
+        })
     }
 
     /// Refuses a master key that does not open the check value sealed at first start, so a
@@ -1232,24 +1274,7 @@ impl Store for $store {
     }
 
     async fn delete_provider_session(&self, id_hash: &str, now: Millis) -> StoreResult<()> {
-        $crate::store::sql::retry_tx!({
-            let mut tx = self.writer.begin().await.map_err(map_err)?;
-            sqlx::query(&format!(
-                "{REVOKE_SIGNIN_TOKENS} (SELECT token_id FROM provider_console_sessions WHERE id_hash = $2)"
-            ))
-            .bind(now.0)
-            .bind(id_hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-            sqlx::query("DELETE FROM provider_console_sessions WHERE id_hash = $1")
-                .bind(id_hash)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-            tx.commit().await.map_err(map_err)?;
-            Ok(())
-        })
+        self.end_provider_sessions(ProviderSessions::One(id_hash), now).await.map(drop)
     }
 
     async fn sweep_console_sessions(&self, idle_before: Millis, created_before: Millis, now: Millis) -> StoreResult<u64> {
@@ -1260,29 +1285,8 @@ impl Store for $store {
             .await
             .map_err(map_err)?
             .rows_affected();
-        let provider_gone = $crate::store::sql::retry_tx!({
-            let mut tx = self.writer.begin().await.map_err(map_err)?;
-            sqlx::query(&format!(
-                "{REVOKE_SIGNIN_TOKENS} (SELECT token_id FROM provider_console_sessions \
-                 WHERE last_seen_at < $2 OR created_at < $3)"
-            ))
-            .bind(now.0)
-            .bind(idle_before.0)
-            .bind(created_before.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-            let n = sqlx::query("DELETE FROM provider_console_sessions WHERE last_seen_at < $1 OR created_at < $2")
-                .bind(idle_before.0)
-                .bind(created_before.0)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?
-                .rows_affected();
-            tx.commit().await.map_err(map_err)?;
-            Ok(n)
-        })?;
-        Ok(gone + provider_gone)
+        let dead = ProviderSessions::DeadBy { idle_before, created_before };
+        Ok(gone + self.end_provider_sessions(dead, now).await?)
     }
 
     async fn put_audit_report(&self, admin: AdminId, report: &crate::service::reports::AuditReport) -> StoreResult<()> {

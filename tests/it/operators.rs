@@ -66,12 +66,17 @@ async fn operator(
 
 /// A token for operator `id`, made with `token`; returns (token id, value).
 async fn token_for(s: &TestServer, token: &str, id: i64) -> (i64, String) {
+    token_labelled(s, token, id, "test").await
+}
+
+/// [`token_for`] with a label of the caller's.
+async fn token_labelled(s: &TestServer, token: &str, id: i64, label: &str) -> (i64, String) {
     let got = call(
         s,
         token,
         Method::POST,
         "/provider/v1/tokens",
-        Some(json!({"label": "test", "operatorId": id})),
+        Some(json!({"label": label, "operatorId": id})),
     )
     .await;
     assert_eq!(got.0, StatusCode::CREATED, "{}", got.1);
@@ -1360,19 +1365,7 @@ async fn a_console_sign_in_token_ends_with_its_session_and_no_other_token_does()
     };
 
     // The operator's own token, labelled like a sign-in's, typed into the form.
-    let got = call(
-        &s,
-        PROVIDER_TOKEN,
-        Method::POST,
-        "/provider/v1/tokens",
-        Some(json!({"label": "console sign-in", "operatorId": op})),
-    )
-    .await;
-    assert_eq!(got.0, StatusCode::CREATED, "{}", got.1);
-    let (own_id, own) = (
-        got.1["id"].as_i64().unwrap(),
-        got.1["value"].as_str().unwrap().to_owned(),
-    );
+    let (own_id, own) = token_labelled(&s, PROVIDER_TOKEN, op, "console sign-in").await;
     let own_works = || async {
         call(&s, &own, Method::GET, "/provider/v1/operators", None)
             .await
@@ -1407,8 +1400,9 @@ async fn a_console_sign_in_token_ends_with_its_session_and_no_other_token_does()
 
     // Idle expiry, found by the next page load: revoked.
     let mut idle = sign_in(with_password()).await;
-    let idle_token = signin_tokens().await.iter().map(|(t, _)| *t).max().unwrap();
-    assert!(!revoked(&signin_tokens().await, idle_token));
+    let tokens = signin_tokens().await;
+    let idle_token = tokens.iter().map(|(t, _)| *t).max().unwrap();
+    assert!(!revoked(&tokens, idle_token));
     s.clock.advance_secs(IDLE_SECS);
     assert!(signed_out(idle.get(&base, "/console/orgs").await));
     assert!(
