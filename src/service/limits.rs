@@ -8,7 +8,6 @@
 //! limit across the nodes.
 
 use super::FastMap;
-use futures_util::StreamExt;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,7 +22,7 @@ use crate::clock::SharedClock;
 use crate::domain::ids::OrgId;
 use crate::domain::limits::RateRule;
 use crate::domain::time::Millis;
-use crate::store::rate_windows::{Claimed, WindowRef, WindowStore};
+use crate::store::rate_windows::{AheadClaim, Claimed, WindowRef, WindowStore};
 
 /// What governor reads as "now": the instant of the check under way in its shard, which
 /// [`LocalLimits::check`] sets under the shard's lock. So the limit is decided at the same
@@ -476,8 +475,9 @@ enum ClaimEnd {
 /// far (at most a fair part of what is left).
 const FIRST_CLAIM_FACTOR: u64 = 4;
 
-/// Claims ahead the upkeep has under way at once.
-const AHEAD_CLAIMS_AT_ONCE: usize = 4;
+/// The most claims ahead sent to the shared store in one round trip (one statement on
+/// PostgreSQL): the upkeep claims the next window of every busy org at about the same moment.
+const AHEAD_CLAIMS_PER_TRIP: usize = 256;
 
 /// The most rounds of one check, whatever ended them (each window move costs one).
 const MAX_ROUNDS: usize = 16;
@@ -864,51 +864,78 @@ impl GlobalLimits {
         ClaimEnd::Done
     }
 
-    /// Claims `want` of the window of rule `i` starting at `start` (the next one) before it
-    /// starts. Its answer waits in the slot until that window begins, or joins the share at
-    /// once if it began meanwhile. A failure changes nothing: the window's first request
-    /// claims as usual, and finds out whether the store answers.
-    async fn claim_ahead(&self, org: &GlobalOrg, i: usize, start: i64, want: u32) {
-        let rule = &org.rules[i];
-        let limit = rule.rule.limit;
-        let w = WindowRef {
-            org: org.org,
-            rule: &rule.id,
-            start_ms: start,
-            end_ms: start + rule.period_ms,
-        };
-        let answer =
-            tokio::time::timeout(CLAIM_TIMEOUT, self.store.claim(&w, want, limit, true)).await;
-        let at = self.clock.now().0;
-        let mut slots = org.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let s = &mut slots[i];
-        match answer {
-            Ok(Ok(c)) => {
-                crate::telemetry::rate_limit_claim(self.store.kind(), c.granted > 0);
-                self.nodes_seen.fetch_max(c.claimers, Ordering::Relaxed);
-                if s.start == start {
-                    // The window began while the claim was under way (and other claims may
-                    // have answered since): add the units, keep the most the store has said.
-                    s.share += c.granted;
-                    s.claimed += c.granted;
-                    s.seen_taken = s.seen_taken.max(c.taken);
-                    s.claimers = s.claimers.max(c.claimers);
-                    s.last_use = at;
-                } else if let Some(a) = s.ahead.as_mut().filter(|a| a.start == start) {
-                    a.got = Some((c, at));
-                }
-                // Otherwise that window ended before the answer came: its units are lost, and
-                // it admitted fewer.
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "could not claim a rate-limit window ahead");
-                s.ahead.take_if(|a| a.start == start);
-            }
-            Err(_) => {
-                tracing::debug!("claiming a rate-limit window ahead timed out");
-                s.ahead.take_if(|a| a.start == start);
+    /// Claims ahead, in one round trip per [`AHEAD_CLAIMS_PER_TRIP`], the next window of each
+    /// `(org, rule, start, want)`. Each answer waits in its slot until that window begins, or
+    /// joins the share at once if it began meanwhile. A failure changes nothing: the window's
+    /// first request claims as usual, and finds out whether the store answers.
+    async fn claim_ahead(&self, ahead: &[(Arc<GlobalOrg>, usize, i64, u32)]) {
+        for batch in ahead.chunks(AHEAD_CLAIMS_PER_TRIP) {
+            let claims: Vec<AheadClaim<'_>> = batch
+                .iter()
+                .map(|(org, i, start, want)| {
+                    let rule = &org.rules[*i];
+                    AheadClaim {
+                        window: WindowRef {
+                            org: org.org,
+                            rule: &rule.id,
+                            start_ms: *start,
+                            end_ms: *start + rule.period_ms,
+                        },
+                        want: *want,
+                        limit: rule.rule.limit,
+                    }
+                })
+                .collect();
+            let answers =
+                match tokio::time::timeout(CLAIM_TIMEOUT, self.store.claim_ahead(&claims)).await {
+                    Ok(Ok(answers)) => Some(answers),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "could not claim rate-limit windows ahead");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::debug!("claiming rate-limit windows ahead timed out");
+                        None
+                    }
+                };
+            let at = self.clock.now().0;
+            for (n, (org, i, start, _)) in batch.iter().enumerate() {
+                let answer = answers.as_ref().map(|a| a[n]);
+                self.take_ahead_answer(org, *i, *start, answer, at);
             }
         }
+    }
+
+    /// The answer to a claim ahead of rule `i`'s window at `start` (`None`: it failed).
+    fn take_ahead_answer(
+        &self,
+        org: &GlobalOrg,
+        i: usize,
+        start: i64,
+        answer: Option<Claimed>,
+        at: i64,
+    ) {
+        let mut slots = org.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &mut slots[i];
+        let Some(c) = answer else {
+            s.ahead.take_if(|a| a.start == start);
+            return;
+        };
+        crate::telemetry::rate_limit_claim(self.store.kind(), c.granted > 0);
+        self.nodes_seen.fetch_max(c.claimers, Ordering::Relaxed);
+        if s.start == start {
+            // The window began while the claim was under way (and other claims may have
+            // answered since): add the units, keep the most the store has said.
+            s.share += c.granted;
+            s.claimed += c.granted;
+            s.seen_taken = s.seen_taken.max(c.taken);
+            s.claimers = s.claimers.max(c.claimers);
+            s.last_use = at;
+        } else if let Some(a) = s.ahead.as_mut().filter(|a| a.start == start) {
+            a.got = Some((c, at));
+        }
+        // Otherwise that window ended before the answer came: its units are lost, and it
+        // admitted fewer.
     }
 
     fn store_answers(&self) {
@@ -1025,12 +1052,7 @@ impl GlobalLimits {
                 }
             }
         }
-        // A few at a time: many busy orgs must not queue behind one another's round trips.
-        futures_util::stream::iter(ahead)
-            .for_each_concurrent(AHEAD_CLAIMS_AT_ONCE, |(org, i, start, want)| async move {
-                self.claim_ahead(&org, i, start, want).await
-            })
-            .await;
+        self.claim_ahead(&ahead).await;
         let swept = self.swept_at.load(Ordering::Relaxed);
         if now.saturating_sub(swept) >= SWEEP_AFTER_MS && !self.degraded() {
             self.swept_at.store(now, Ordering::Relaxed);

@@ -23,6 +23,15 @@ pub struct WindowRef<'a> {
     pub end_ms: i64,
 }
 
+/// A claim of a window that has not begun yet, made by the upkeep (this node's first in that
+/// window).
+#[derive(Debug, Clone, Copy)]
+pub struct AheadClaim<'a> {
+    pub window: WindowRef<'a>,
+    pub want: u32,
+    pub limit: u32,
+}
+
 /// What a claim got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claimed {
@@ -45,6 +54,11 @@ pub trait WindowStore: Send + Sync + 'static {
         limit: u32,
         first: bool,
     ) -> anyhow::Result<Claimed>;
+    /// [`Self::claim`] of each window of `claims` (`first`: true), all in one round trip where
+    /// the store can: the upkeep claims the next window of every busy org at about the same
+    /// moment, and one statement per org and node each second would grow the shared store's
+    /// load with the number of orgs. Answers in the order of `claims`; all or none.
+    async fn claim_ahead(&self, claims: &[AheadClaim<'_>]) -> anyhow::Result<Vec<Claimed>>;
     /// Takes `n` unused units off the window's count (never below 0).
     async fn give_back(&self, w: &WindowRef<'_>, n: u32) -> anyhow::Result<()>;
     /// Forgets windows that ended before `before_ms`.
@@ -128,6 +142,72 @@ impl WindowStore for PgWindows {
             taken: get("taken")?,
             claimers: get("claimers")?,
         })
+    }
+
+    async fn claim_ahead(&self, claims: &[AheadClaim<'_>]) -> anyhow::Result<Vec<Claimed>> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let column = |f: &dyn Fn(&AheadClaim<'_>) -> i64| claims.iter().map(f).collect::<Vec<_>>();
+        let orgs = column(&|c| c.window.org.0);
+        let starts = column(&|c| c.window.start_ms);
+        let ends = column(&|c| c.window.end_ms);
+        let rules: Vec<&str> = claims.iter().map(|c| c.window.rule).collect();
+        let wants: Vec<i32> = claims.iter().map(|c| c.want as i32).collect();
+        let limits: Vec<i32> = claims.iter().map(|c| c.limit as i32).collect();
+        // The same arithmetic as `claim`, row by row. The rows are locked in key order, the
+        // same on every node, so two nodes' batches cannot deadlock on each other. The SET
+        // expressions read each row as it was, so `last_grant` is what this claim added.
+        let rows = sqlx::query(
+            "WITH input AS ( \
+               SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], \
+                                    $5::int[], $6::int[]) \
+                 AS t(org_id, rule, window_start, window_end, want, lim)) \
+             INSERT INTO rate_windows AS w \
+               (org_id, rule, window_start, window_end, taken, claimers, last_grant) \
+             SELECT org_id, rule, window_start, window_end, LEAST(want, lim), 1, LEAST(want, lim) \
+               FROM input ORDER BY org_id, rule, window_start \
+             ON CONFLICT (org_id, rule, window_start) DO UPDATE SET \
+               taken = w.taken + (SELECT LEAST(i.want, GREATEST(i.lim - w.taken, 0)) FROM input i \
+                 WHERE i.org_id = w.org_id AND i.rule = w.rule AND i.window_start = w.window_start), \
+               claimers = w.claimers + 1, \
+               last_grant = (SELECT LEAST(i.want, GREATEST(i.lim - w.taken, 0)) FROM input i \
+                 WHERE i.org_id = w.org_id AND i.rule = w.rule AND i.window_start = w.window_start) \
+             RETURNING org_id, rule, window_start, taken, claimers, last_grant",
+        )
+        .bind(&orgs)
+        .bind(&rules)
+        .bind(&starts)
+        .bind(&ends)
+        .bind(&wants)
+        .bind(&limits)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut answers = std::collections::HashMap::with_capacity(rows.len());
+        for row in rows {
+            let get =
+                |c: &str| -> anyhow::Result<u32> { Ok(row.try_get::<i32, _>(c)?.max(0) as u32) };
+            let key: (i64, String, i64) = (
+                row.try_get("org_id")?,
+                row.try_get("rule")?,
+                row.try_get("window_start")?,
+            );
+            let claimed = Claimed {
+                granted: get("last_grant")?,
+                taken: get("taken")?,
+                claimers: get("claimers")?,
+            };
+            answers.insert(key, claimed);
+        }
+        claims
+            .iter()
+            .map(|c| {
+                let w = &c.window;
+                answers
+                    .remove(&(w.org.0, w.rule.to_owned(), w.start_ms))
+                    .ok_or_else(|| anyhow::anyhow!("no answer for a claimed window"))
+            })
+            .collect()
     }
 
     async fn give_back(&self, w: &WindowRef<'_>, n: u32) -> anyhow::Result<()> {
@@ -257,6 +337,16 @@ impl WindowStore for RedisWindows {
                 Err(e.into())
             }
         }
+    }
+
+    async fn claim_ahead(&self, claims: &[AheadClaim<'_>]) -> anyhow::Result<Vec<Claimed>> {
+        // All sent at once on the one multiplexed connection: pipelined, one round trip.
+        futures_util::future::try_join_all(
+            claims
+                .iter()
+                .map(|c| self.claim(&c.window, c.want, c.limit, true)),
+        )
+        .await
     }
 
     async fn give_back(&self, w: &WindowRef<'_>, n: u32) -> anyhow::Result<()> {

@@ -23,7 +23,7 @@ use keygate::clock::{Clock, ManualClock, SharedClock};
 use keygate::domain::ids::OrgId;
 use keygate::domain::time::Millis;
 use keygate::service::limits::{GlobalLimits, RateDenied, RateInfo, RateLimits};
-use keygate::store::rate_windows::PgWindows;
+use keygate::store::rate_windows::{AheadClaim, PgWindows, RedisWindows, WindowRef, WindowStore};
 use reqwest::header::{COOKIE, SET_COOKIE};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -434,6 +434,177 @@ async fn a_busy_node_claims_its_next_window_ahead_and_serves_its_start_without_t
     sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
     // Admitted in all: what the store counts for that window, never more.
     assert!(taken_in(&db, ":1000/1", second_0 + 1000).await.unwrap() >= 100);
+}
+
+/// The upkeep claims the next window of all of a node's busy orgs in one statement, not one
+/// per org: the shared store's load grows with the nodes, not with the orgs. Each org's
+/// share claimed so is as exact as a claim of its own (both nodes counted, never past the
+/// limit), and serves the start of its window without the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_claims_the_next_window_of_all_its_busy_orgs_in_one_statement() {
+    const ORGS: i64 = 40;
+    let Some(db) = migrated("gl_ahead_batch").await else {
+        return;
+    };
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+    // Counts the statements that insert into `rate_windows` (a claim is an upsert).
+    sqlx::raw_sql(
+        "CREATE TABLE claim_statements (n integer NOT NULL); \
+         INSERT INTO claim_statements VALUES (0); \
+         CREATE FUNCTION count_claim_statement() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN UPDATE claim_statements SET n = n + 1; RETURN NULL; END $$; \
+         CREATE TRIGGER claim_statements AFTER INSERT ON rate_windows \
+           FOR EACH STATEMENT EXECUTE FUNCTION count_claim_statement();",
+    )
+    .execute(&pool)
+    .await
+    .expect("statement counter");
+    let statements = || async {
+        sqlx::query_scalar::<_, i32>("SELECT n FROM claim_statements")
+            .fetch_one(&pool)
+            .await
+            .expect("count")
+    };
+    let second_0 = T0_SECS * 1000;
+    let clock = ManualClock::new(Millis(second_0 + 500));
+    let nodes = sim_nodes(&db, &clock, 2, 2).await;
+    let rules = json!([{"methods": ["GET"], "limit": 1000, "periodSeconds": 1}]).to_string();
+    let use_every_org = |node: Arc<SimNode>| {
+        let rules = rules.clone();
+        async move {
+            for org in 1..=ORGS {
+                for _ in 0..10 {
+                    let at = node.clock.now();
+                    node.limits
+                        .check(OrgId(org), Some(&rules), "GET", at)
+                        .await
+                        .unwrap_or_else(|d| panic!("org {org} refused: {d:?}"));
+                }
+            }
+        }
+    };
+    for node in &nodes {
+        use_every_org(node.clone()).await;
+    }
+    clock.set(Millis(second_0 + 850));
+    for node in &nodes {
+        use_every_org(node.clone()).await;
+    }
+
+    let before = statements().await;
+    upkeep(&nodes).await;
+    let made = statements().await - before;
+    assert_eq!(
+        made, 2,
+        "claims ahead for {ORGS} orgs on 2 nodes took {made} statements"
+    );
+    let (windows, fewest_claimers, most_taken, least_taken): (i64, i32, i32, i32) = sqlx::query_as(
+        "SELECT count(*), min(claimers), max(taken), min(taken) FROM rate_windows \
+             WHERE window_start = $1",
+    )
+    .bind(second_0 + 1000)
+    .fetch_one(&pool)
+    .await
+    .expect("next windows");
+    assert_eq!(windows, ORGS, "every busy org's next window claimed");
+    assert_eq!(fewest_claimers, 2, "each claimed by both nodes");
+    assert!(
+        least_taken > 0 && most_taken <= 1000,
+        "claimed ahead: {least_taken}..={most_taken} of 1000"
+    );
+
+    // The new window's start is served from what was claimed ahead: the store is not asked.
+    let mut locker = lock_rate_windows(&db).await;
+    clock.set(Millis(second_0 + 1010));
+    for node in &nodes {
+        use_every_org(node.clone()).await;
+        let g = node.global_limits().unwrap();
+        assert_eq!(g.fallbacks().0, 0, "no fallback: {:?}", g.fallbacks().1);
+    }
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    pool.close().await;
+}
+
+/// A batch of claims ahead gets, window by window, what claims of their own would: a window
+/// another node already claimed most of gives only what is left, a fresh one what was asked,
+/// a spent one nothing; the answers come in the order asked; the counts never pass the
+/// limit. On PostgreSQL and on a Redis of the test's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_claims_ahead_counts_as_single_claims_would() {
+    let Some(db) = migrated("gl_ahead_arith").await else {
+        return;
+    };
+    let pg = PgWindows::connect(&db.url, false).await.expect("pool");
+    claims_ahead_count_as_single_claims(&pg).await;
+    if !redis_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let port = crate::nginx::free_port().port();
+    let _redis = Redis::start(port, tmp.path()).await;
+    let redis = RedisWindows::new(&format!("redis://127.0.0.1:{port}/")).expect("client");
+    claims_ahead_count_as_single_claims(&redis).await;
+}
+
+async fn claims_ahead_count_as_single_claims(store: &dyn WindowStore) {
+    let start_ms = T0_SECS * 1000;
+    let window = |org: i64, rule: &'static str| WindowRef {
+        org: OrgId(org),
+        rule,
+        start_ms,
+        end_ms: start_ms + 1000,
+    };
+    // Another node's claims first: org 1 has 95 of 100 taken, org 3 all of 10.
+    let other = store
+        .claim(&window(1, "r:100/1"), 95, 100, true)
+        .await
+        .unwrap();
+    assert_eq!(other.granted, 95);
+    store
+        .claim(&window(3, "r:10/1"), 10, 10, true)
+        .await
+        .unwrap();
+    // Asked out of key order: answers follow the order asked.
+    let asked = [
+        AheadClaim {
+            window: window(3, "r:10/1"),
+            want: 4,
+            limit: 10,
+        },
+        AheadClaim {
+            window: window(1, "r:100/1"),
+            want: 10,
+            limit: 100,
+        },
+        AheadClaim {
+            window: window(2, "r:200/1"),
+            want: 500,
+            limit: 200,
+        },
+        AheadClaim {
+            window: window(2, "s:50/1"),
+            want: 7,
+            limit: 50,
+        },
+    ];
+    let got = store.claim_ahead(&asked).await.expect("claimed");
+    let granted: Vec<(u32, u32, u32)> = got
+        .iter()
+        .map(|c| (c.granted, c.taken, c.claimers))
+        .collect();
+    assert_eq!(
+        granted,
+        [(0, 10, 2), (5, 100, 2), (200, 200, 1), (7, 7, 1)],
+        "(granted, taken, claimers) per window, {}",
+        store.kind()
+    );
+    assert!(
+        store
+            .claim_ahead(&[])
+            .await
+            .expect("nothing asked")
+            .is_empty()
+    );
 }
 
 /// A request whose time was read just before its node moved to the next window (a thread
@@ -855,11 +1026,7 @@ async fn redis_holds_the_limit_and_a_killed_redis_falls_back_then_recovers() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::nginx::free_port().port();
     let redis = Redis::start(port, tmp.path()).await;
     let url = format!("redis://127.0.0.1:{port}/");
     let master_key = random_master_key();
