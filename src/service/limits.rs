@@ -475,9 +475,10 @@ enum ClaimEnd {
 /// far (at most a fair part of what is left).
 const FIRST_CLAIM_FACTOR: u64 = 4;
 
-/// The most claims ahead sent to the shared store in one round trip (one statement on
-/// PostgreSQL): the upkeep claims the next window of every busy org at about the same moment.
-const AHEAD_CLAIMS_PER_TRIP: usize = 256;
+/// The most claims ahead, or shares given back, sent to the shared store in one round trip
+/// (one statement on PostgreSQL): the upkeep claims the next window of every busy org at about
+/// the same moment.
+const STORE_BATCH: usize = 256;
 
 /// The most rounds of one check, whatever ended them (each window move costs one).
 const MAX_ROUNDS: usize = 16;
@@ -864,12 +865,12 @@ impl GlobalLimits {
         ClaimEnd::Done
     }
 
-    /// Claims ahead, in one round trip per [`AHEAD_CLAIMS_PER_TRIP`], the next window of each
+    /// Claims ahead, in one round trip per [`STORE_BATCH`], the next window of each
     /// `(org, rule, start, want)`. Each answer waits in its slot until that window begins, or
     /// joins the share at once if it began meanwhile. A failure changes nothing: the window's
     /// first request claims as usual, and finds out whether the store answers.
     async fn claim_ahead(&self, ahead: &[(Arc<GlobalOrg>, usize, i64, u32)]) {
-        for batch in ahead.chunks(AHEAD_CLAIMS_PER_TRIP) {
+        for batch in ahead.chunks(STORE_BATCH) {
             let claims: Vec<AheadClaim<'_>> = batch
                 .iter()
                 .map(|(org, i, start, want)| {
@@ -975,10 +976,11 @@ impl GlobalLimits {
         };
         let claim_ahead = !self.degraded();
         let mut ahead = Vec::new();
-        for org in orgs {
-            let back = {
+        // Shares going back, each with its rule's claim lock, held until the store has them.
+        let mut backs = Vec::new();
+        for org in &orgs {
+            {
                 let mut slots = org.slots.lock().unwrap_or_else(|e| e.into_inner());
-                let mut back = Vec::new();
                 for (i, s) in slots.iter_mut().enumerate() {
                     let (period, limit) = (org.rules[i].period_ms, org.rules[i].rule.limit);
                     if s.start == i64::MIN {
@@ -998,7 +1000,14 @@ impl GlobalLimits {
                         && now - s.last_use >= idle_ms(period)
                         && let Ok(one) = org.rules[i].claiming.try_lock()
                     {
-                        back.push((i, s.share, s.start, one));
+                        let rule = &org.rules[i];
+                        let window = WindowRef {
+                            org: org.org,
+                            rule: &rule.id,
+                            start_ms: s.start,
+                            end_ms: s.start + rule.period_ms,
+                        };
+                        backs.push(((window, s.share), one));
                         s.claimed -= s.share;
                         s.seen_taken = s.seen_taken.saturating_sub(s.share);
                         s.spent_at = None;
@@ -1020,8 +1029,7 @@ impl GlobalLimits {
                         ahead.push((org.clone(), i, end, want));
                     }
                 }
-                back
-            };
+            }
             {
                 // Under the map's lock: a claim granting meanwhile inserts after this. An org
                 // in use stays, so that its next window is claimed ahead.
@@ -1034,24 +1042,18 @@ impl GlobalLimits {
                     held.remove(&org.org);
                 }
             }
-            for (i, n, start, _one) in back {
-                let rule = &org.rules[i];
-                let w = WindowRef {
-                    org: org.org,
-                    rule: &rule.id,
-                    start_ms: start,
-                    end_ms: start + rule.period_ms,
-                };
-                // Lost if it fails: the window then admits fewer, never more.
-                match tokio::time::timeout(CLAIM_TIMEOUT, self.store.give_back(&w, n)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "could not give back a rate-limit share")
-                    }
-                    Err(_) => tracing::debug!("giving back a rate-limit share timed out"),
-                }
+        }
+        // All in one round trip per batch, like the claims ahead. Lost if it fails: the
+        // window then admits fewer, never more.
+        for batch in backs.chunks(STORE_BATCH) {
+            let shares: Vec<(WindowRef<'_>, u32)> = batch.iter().map(|(share, _)| *share).collect();
+            match tokio::time::timeout(CLAIM_TIMEOUT, self.store.give_back(&shares)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "could not give back rate-limit shares"),
+                Err(_) => tracing::debug!("giving back rate-limit shares timed out"),
             }
         }
+        drop(backs);
         self.claim_ahead(&ahead).await;
         let swept = self.swept_at.load(Ordering::Relaxed);
         if now.saturating_sub(swept) >= SWEEP_AFTER_MS && !self.degraded() {

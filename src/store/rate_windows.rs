@@ -59,8 +59,9 @@ pub trait WindowStore: Send + Sync + 'static {
     /// moment, and one statement per org and node each second would grow the shared store's
     /// load with the number of orgs. Answers in the order of `claims`; all or none.
     async fn claim_ahead(&self, claims: &[AheadClaim<'_>]) -> anyhow::Result<Vec<Claimed>>;
-    /// Takes `n` unused units off the window's count (never below 0).
-    async fn give_back(&self, w: &WindowRef<'_>, n: u32) -> anyhow::Result<()>;
+    /// Takes each share's `n` unused units off its window's count (never below 0), all in one
+    /// round trip where the store can, as [`Self::claim_ahead`].
+    async fn give_back(&self, shares: &[(WindowRef<'_>, u32)]) -> anyhow::Result<()>;
     /// Forgets windows that ended before `before_ms`.
     async fn sweep(&self, before_ms: i64) -> anyhow::Result<()>;
     /// For logs and metric labels: `postgres` or `redis`.
@@ -210,15 +211,32 @@ impl WindowStore for PgWindows {
             .collect()
     }
 
-    async fn give_back(&self, w: &WindowRef<'_>, n: u32) -> anyhow::Result<()> {
+    async fn give_back(&self, shares: &[(WindowRef<'_>, u32)]) -> anyhow::Result<()> {
+        if shares.is_empty() {
+            return Ok(());
+        }
+        let orgs: Vec<i64> = shares.iter().map(|(w, _)| w.org.0).collect();
+        let rules: Vec<&str> = shares.iter().map(|(w, _)| w.rule).collect();
+        let starts: Vec<i64> = shares.iter().map(|(w, _)| w.start_ms).collect();
+        let units: Vec<i32> = shares.iter().map(|(_, n)| *n as i32).collect();
+        // The rows are locked in key order first, as `claim_ahead` takes them, so that two
+        // nodes' batches cannot deadlock on each other.
         sqlx::query(
-            "UPDATE rate_windows SET taken = GREATEST(taken - $4, 0) \
-             WHERE org_id = $1 AND rule = $2 AND window_start = $3",
+            "WITH back AS ( \
+               SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::int[]) \
+                 AS t(org_id, rule, window_start, n)), \
+             locked AS MATERIALIZED ( \
+               SELECT w.org_id, w.rule, w.window_start FROM rate_windows w \
+                 JOIN back b USING (org_id, rule, window_start) \
+               ORDER BY w.org_id, w.rule, w.window_start FOR UPDATE OF w) \
+             UPDATE rate_windows AS w SET taken = GREATEST(w.taken - b.n, 0) \
+               FROM back b JOIN locked l USING (org_id, rule, window_start) \
+             WHERE w.org_id = b.org_id AND w.rule = b.rule AND w.window_start = b.window_start",
         )
-        .bind(w.org.0)
-        .bind(w.rule)
-        .bind(w.start_ms)
-        .bind(n as i32)
+        .bind(&orgs)
+        .bind(&rules)
+        .bind(&starts)
+        .bind(&units)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -301,6 +319,21 @@ impl RedisWindows {
         *self.conn.lock().await = None;
     }
 
+    async fn give_back_one(&self, w: &WindowRef<'_>, n: u32) -> anyhow::Result<()> {
+        let mut conn = self.connection().await?;
+        let got: redis::RedisResult<i64> = self
+            .give_back
+            .key(Self::key(w))
+            .arg(n)
+            .invoke_async(&mut conn)
+            .await;
+        if let Err(e) = got {
+            self.forget_connection().await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
     fn key(w: &WindowRef<'_>) -> String {
         format!("keygate:rl:{}:{}:{}", w.org.0, w.rule, w.start_ms)
     }
@@ -349,18 +382,9 @@ impl WindowStore for RedisWindows {
         .await
     }
 
-    async fn give_back(&self, w: &WindowRef<'_>, n: u32) -> anyhow::Result<()> {
-        let mut conn = self.connection().await?;
-        let got: redis::RedisResult<i64> = self
-            .give_back
-            .key(Self::key(w))
-            .arg(n)
-            .invoke_async(&mut conn)
-            .await;
-        if let Err(e) = got {
-            self.forget_connection().await;
-            return Err(e.into());
-        }
+    async fn give_back(&self, shares: &[(WindowRef<'_>, u32)]) -> anyhow::Result<()> {
+        futures_util::future::try_join_all(shares.iter().map(|(w, n)| self.give_back_one(w, *n)))
+            .await?;
         Ok(())
     }
 

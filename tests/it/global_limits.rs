@@ -440,30 +440,38 @@ async fn a_busy_node_claims_its_next_window_ahead_and_serves_its_start_without_t
 /// per org: the shared store's load grows with the nodes, not with the orgs. Each org's
 /// share claimed so is as exact as a claim of its own (both nodes counted, never past the
 /// limit), and serves the start of its window without the store.
+/// A node that goes quiet gives back its shares of all orgs in one statement too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_claims_the_next_window_of_all_its_busy_orgs_in_one_statement() {
+async fn a_node_claims_ahead_and_gives_back_for_all_its_orgs_in_one_statement() {
     const ORGS: i64 = 40;
     let Some(db) = migrated("gl_ahead_batch").await else {
         return;
     };
     let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
-    // Counts the statements that insert into `rate_windows` (a claim is an upsert).
+    // Counts the statements that insert into `rate_windows` (a claim is an upsert) and those
+    // that update it (a share given back; an upsert fires this one too).
     sqlx::raw_sql(
-        "CREATE TABLE claim_statements (n integer NOT NULL); \
-         INSERT INTO claim_statements VALUES (0); \
-         CREATE FUNCTION count_claim_statement() RETURNS trigger LANGUAGE plpgsql AS \
-           $$ BEGIN UPDATE claim_statements SET n = n + 1; RETURN NULL; END $$; \
-         CREATE TRIGGER claim_statements AFTER INSERT ON rate_windows \
-           FOR EACH STATEMENT EXECUTE FUNCTION count_claim_statement();",
+        "CREATE TABLE statements (kind text PRIMARY KEY, n integer NOT NULL); \
+         INSERT INTO statements VALUES ('INSERT', 0), ('UPDATE', 0); \
+         CREATE FUNCTION count_statement() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN UPDATE statements SET n = n + 1 WHERE kind = TG_OP; RETURN NULL; END $$; \
+         CREATE TRIGGER inserts AFTER INSERT ON rate_windows \
+           FOR EACH STATEMENT EXECUTE FUNCTION count_statement(); \
+         CREATE TRIGGER updates AFTER UPDATE ON rate_windows \
+           FOR EACH STATEMENT EXECUTE FUNCTION count_statement();",
     )
     .execute(&pool)
     .await
     .expect("statement counter");
-    let statements = || async {
-        sqlx::query_scalar::<_, i32>("SELECT n FROM claim_statements")
-            .fetch_one(&pool)
-            .await
-            .expect("count")
+    let statements = |kind: &'static str| {
+        let pool = &pool;
+        async move {
+            sqlx::query_scalar::<_, i32>("SELECT n FROM statements WHERE kind = $1")
+                .bind(kind)
+                .fetch_one(pool)
+                .await
+                .expect("count")
+        }
     };
     let second_0 = T0_SECS * 1000;
     let clock = ManualClock::new(Millis(second_0 + 500));
@@ -491,9 +499,9 @@ async fn a_node_claims_the_next_window_of_all_its_busy_orgs_in_one_statement() {
         use_every_org(node.clone()).await;
     }
 
-    let before = statements().await;
+    let before = statements("INSERT").await;
     upkeep(&nodes).await;
-    let made = statements().await - before;
+    let made = statements("INSERT").await - before;
     assert_eq!(
         made, 2,
         "claims ahead for {ORGS} orgs on 2 nodes took {made} statements"
@@ -522,15 +530,46 @@ async fn a_node_claims_the_next_window_of_all_its_busy_orgs_in_one_statement() {
         assert_eq!(g.fallbacks().0, 0, "no fallback: {:?}", g.fallbacks().1);
     }
     sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+
+    // Node 1 goes quiet: after a tenth of the period unused, its shares of all 40 orgs go
+    // back to the window in one statement, and each org's count drops by what it held.
+    clock.set(Millis(second_0 + 1200));
+    use_every_org(nodes[0].clone()).await;
+    let taken = || async {
+        sqlx::query_as::<_, (i64, i32)>(
+            "SELECT org_id, taken FROM rate_windows WHERE window_start = $1 ORDER BY org_id",
+        )
+        .bind(second_0 + 1000)
+        .fetch_all(&pool)
+        .await
+        .expect("counts")
+    };
+    let (counts, before) = (taken().await, statements("UPDATE").await);
+    upkeep(&nodes).await;
+    let made = statements("UPDATE").await - before;
+    assert_eq!(
+        made, 1,
+        "node 1's shares of {ORGS} orgs went back in {made} statements"
+    );
+    let lower = counts
+        .iter()
+        .zip(taken().await)
+        .filter(|((org, was), (same, now))| org == same && now < was)
+        .count();
+    assert_eq!(
+        lower, ORGS as usize,
+        "every org's count lowered: {counts:?}"
+    );
     pool.close().await;
 }
 
 /// A batch of claims ahead gets, window by window, what claims of their own would: a window
 /// another node already claimed most of gives only what is left, a fresh one what was asked,
 /// a spent one nothing; the answers come in the order asked; the counts never pass the
-/// limit. On PostgreSQL and on a Redis of the test's own.
+/// limit. A batch of shares given back lowers each count by its share, never below 0. On
+/// PostgreSQL and on a Redis of the test's own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_of_claims_ahead_counts_as_single_claims_would() {
+async fn batches_of_claims_ahead_and_give_backs_count_as_single_ones_would() {
     let Some(db) = migrated("gl_ahead_arith").await else {
         return;
     };
@@ -605,6 +644,25 @@ async fn claims_ahead_count_as_single_claims(store: &dyn WindowStore) {
             .expect("nothing asked")
             .is_empty()
     );
+    // Given back in one batch: each window's count drops by its share, never below 0.
+    store
+        .give_back(&[(window(2, "r:200/1"), 300), (window(1, "r:100/1"), 20)])
+        .await
+        .expect("given back");
+    store.give_back(&[]).await.expect("nothing given back");
+    for (w, limit, left) in [
+        (window(1, "r:100/1"), 100, 80),
+        (window(2, "r:200/1"), 200, 0),
+    ] {
+        let seen = store.claim(&w, 0, limit, false).await.unwrap();
+        assert_eq!(
+            seen.taken,
+            left,
+            "{} after giving back, {}",
+            w.org.0,
+            store.kind()
+        );
+    }
 }
 
 /// A request whose time was read just before its node moved to the next window (a thread
