@@ -462,6 +462,19 @@ struct GlobalOrg {
     slots: Mutex<Vec<Slot>>,
 }
 
+impl GlobalOrg {
+    /// Rule `i`'s window that starts at `start`, as the shared store knows it.
+    fn window(&self, i: usize, start: i64) -> WindowRef<'_> {
+        let rule = &self.rules[i];
+        WindowRef {
+            org: self.org,
+            rule: &rule.id,
+            start_ms: start,
+            end_ms: start + rule.period_ms,
+        }
+    }
+}
+
 /// How a claim ended, for the bound on a check's rounds.
 #[derive(Debug, PartialEq, Eq)]
 enum ClaimEnd {
@@ -817,12 +830,7 @@ impl GlobalLimits {
             s.mark = (now, s.demand);
             (start, want, first)
         };
-        let w = WindowRef {
-            org: org.org,
-            rule: &rule.id,
-            start_ms: start,
-            end_ms: start + period,
-        };
+        let w = org.window(i, start);
         let answer = if self.may_try_store(now) {
             match tokio::time::timeout(CLAIM_TIMEOUT, self.store.claim(&w, want, limit, first))
                 .await
@@ -873,18 +881,10 @@ impl GlobalLimits {
         for batch in ahead.chunks(STORE_BATCH) {
             let claims: Vec<AheadClaim<'_>> = batch
                 .iter()
-                .map(|(org, i, start, want)| {
-                    let rule = &org.rules[*i];
-                    AheadClaim {
-                        window: WindowRef {
-                            org: org.org,
-                            rule: &rule.id,
-                            start_ms: *start,
-                            end_ms: *start + rule.period_ms,
-                        },
-                        want: *want,
-                        limit: rule.rule.limit,
-                    }
+                .map(|(org, i, start, want)| AheadClaim {
+                    window: org.window(*i, *start),
+                    want: *want,
+                    limit: org.rules[*i].rule.limit,
                 })
                 .collect();
             let answers =
@@ -1000,14 +1000,7 @@ impl GlobalLimits {
                         && now - s.last_use >= idle_ms(period)
                         && let Ok(one) = org.rules[i].claiming.try_lock()
                     {
-                        let rule = &org.rules[i];
-                        let window = WindowRef {
-                            org: org.org,
-                            rule: &rule.id,
-                            start_ms: s.start,
-                            end_ms: s.start + rule.period_ms,
-                        };
-                        backs.push(((window, s.share), one));
+                        backs.push(((org.window(i, s.start), s.share), one));
                         s.claimed -= s.share;
                         s.seen_taken = s.seen_taken.saturating_sub(s.share);
                         s.spent_at = None;

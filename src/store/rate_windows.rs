@@ -137,23 +137,15 @@ impl WindowStore for PgWindows {
         .bind(i32::from(first))
         .fetch_one(&self.pool)
         .await?;
-        let get = |c: &str| -> anyhow::Result<u32> { Ok(row.try_get::<i32, _>(c)?.max(0) as u32) };
-        Ok(Claimed {
-            granted: get("last_grant")?,
-            taken: get("taken")?,
-            claimers: get("claimers")?,
-        })
+        claimed_in(&row)
     }
 
     async fn claim_ahead(&self, claims: &[AheadClaim<'_>]) -> anyhow::Result<Vec<Claimed>> {
         if claims.is_empty() {
             return Ok(Vec::new());
         }
-        let column = |f: &dyn Fn(&AheadClaim<'_>) -> i64| claims.iter().map(f).collect::<Vec<_>>();
-        let orgs = column(&|c| c.window.org.0);
-        let starts = column(&|c| c.window.start_ms);
-        let ends = column(&|c| c.window.end_ms);
-        let rules: Vec<&str> = claims.iter().map(|c| c.window.rule).collect();
+        let (orgs, rules, starts) = key_columns(claims.iter().map(|c| &c.window));
+        let ends: Vec<i64> = claims.iter().map(|c| c.window.end_ms).collect();
         let wants: Vec<i32> = claims.iter().map(|c| c.want as i32).collect();
         let limits: Vec<i32> = claims.iter().map(|c| c.limit as i32).collect();
         // The same arithmetic as `claim`, row by row. The rows are locked in key order, the
@@ -186,19 +178,12 @@ impl WindowStore for PgWindows {
         .await?;
         let mut answers = std::collections::HashMap::with_capacity(rows.len());
         for row in rows {
-            let get =
-                |c: &str| -> anyhow::Result<u32> { Ok(row.try_get::<i32, _>(c)?.max(0) as u32) };
             let key: (i64, String, i64) = (
                 row.try_get("org_id")?,
                 row.try_get("rule")?,
                 row.try_get("window_start")?,
             );
-            let claimed = Claimed {
-                granted: get("last_grant")?,
-                taken: get("taken")?,
-                claimers: get("claimers")?,
-            };
-            answers.insert(key, claimed);
+            answers.insert(key, claimed_in(&row)?);
         }
         claims
             .iter()
@@ -215,9 +200,7 @@ impl WindowStore for PgWindows {
         if shares.is_empty() {
             return Ok(());
         }
-        let orgs: Vec<i64> = shares.iter().map(|(w, _)| w.org.0).collect();
-        let rules: Vec<&str> = shares.iter().map(|(w, _)| w.rule).collect();
-        let starts: Vec<i64> = shares.iter().map(|(w, _)| w.start_ms).collect();
+        let (orgs, rules, starts) = key_columns(shares.iter().map(|(w, _)| w));
         let units: Vec<i32> = shares.iter().map(|(_, n)| *n as i32).collect();
         // The rows are locked in key order first, as `claim_ahead` takes them, so that two
         // nodes' batches cannot deadlock on each other.
@@ -253,6 +236,29 @@ impl WindowStore for PgWindows {
     fn kind(&self) -> &'static str {
         "postgres"
     }
+}
+
+/// What a claim statement's returned row says.
+fn claimed_in(row: &sqlx::postgres::PgRow) -> anyhow::Result<Claimed> {
+    let get = |c: &str| -> anyhow::Result<u32> { Ok(row.try_get::<i32, _>(c)?.max(0) as u32) };
+    Ok(Claimed {
+        granted: get("last_grant")?,
+        taken: get("taken")?,
+        claimers: get("claimers")?,
+    })
+}
+
+/// The windows' keys as the array parameters of a batch statement: org ids, rules, starts.
+fn key_columns<'a>(
+    windows: impl Iterator<Item = &'a WindowRef<'a>>,
+) -> (Vec<i64>, Vec<&'a str>, Vec<i64>) {
+    let (mut orgs, mut rules, mut starts) = (Vec::new(), Vec::new(), Vec::new());
+    for w in windows {
+        orgs.push(w.org.0);
+        rules.push(w.rule);
+        starts.push(w.start_ms);
+    }
+    (orgs, rules, starts)
 }
 
 // ------------------------------------------------------------------ Redis
