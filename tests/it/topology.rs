@@ -621,7 +621,7 @@ async fn threshold_trips_once(t: &Topology, slug: &str) {
 /// (directly, not through nginx), then at once use the old session through the balancer.
 /// None may be accepted.
 async fn r7_trials(t: &Topology, slug: &str, trials: usize) {
-    let (_, mut key) = t.org(slug, None).await;
+    let (org_id, mut key) = t.org(slug, None).await;
     let mut keys = vec![key.clone()];
     let login = format!("full@{slug}");
     let admin = console_login(&t.base, &login).await;
@@ -637,8 +637,14 @@ async fn r7_trials(t: &Topology, slug: &str, trials: usize) {
             &key,
             wall_clock_ms() + trial as i64,
         )
-        .await
-        .unwrap_or_else(|e| panic!("{slug}: trial {trial}: login: {e:?}"));
+        .await;
+        let session = match session {
+            Ok(session) => session,
+            Err(e) => panic!(
+                "{slug}: trial {trial}: login: {e:?}; the org's audited refusals: {:?}",
+                login_refusals(t, org_id).await
+            ),
+        };
         // The change, through node `trial % 3` directly; kinds take turns.
         let changer = trial % 3;
         let on = console_on(&admin, &t.nodes[changer].base);
@@ -687,6 +693,24 @@ async fn r7_trials(t: &Topology, slug: &str, trials: usize) {
         other_node_probes > 0 && probe_nodes.iter().all(|&n| n > 0),
         "{probe_nodes:?}"
     );
+}
+
+/// The org's audited login refusals (each reason is in its details), for a failure message.
+async fn login_refusals(t: &Topology, org_id: i64) -> Vec<Value> {
+    let (_, audit) = t
+        .provider(
+            Method::GET,
+            &format!("/provider/v1/orgs/{org_id}/audit?pageSize=1000"),
+            None,
+        )
+        .await;
+    audit["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["action"] == "LOGIN_FAILURE" || r["action"] == "KEY_GUESS")
+        .cloned()
+        .collect()
 }
 
 /// A request with `session` through nginx (a key read, the session status, or `/authz`):
