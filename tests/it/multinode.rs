@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use keygate::config::Config;
+use keygate::domain::login_guard::guess_charge;
 use keygate::service::Services;
 use rand::Rng;
 use reqwest::header::{COOKIE, SET_COOKIE};
@@ -337,6 +338,12 @@ pub(crate) async fn api_login(
     key: &str,
     ts: i64,
 ) -> Result<String, (StatusCode, Value)> {
+    // 9 of the 10^6 timestamp residues are refused to everyone (`login_guard`); a client
+    // that meets one tries the next millisecond, as this one does before asking. The wall
+    // clock gives one about once in 110,000 logins: a failure for no reason of the test's.
+    let ts = (ts..)
+        .find(|&t| guess_charge(t).is_some())
+        .expect("an accepted residue within a few milliseconds");
     // Both login paths (ZIA and Cloud Connector) take turns.
     let path = if ts % 2 == 0 {
         "/api/v1/authenticatedSession"
