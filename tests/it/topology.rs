@@ -400,6 +400,25 @@ impl Topology {
         provider_at(&self.http, &self.base, method, path, body).await
     }
 
+    /// The org's audit records whose action is one of `actions`, and the answer's status.
+    pub async fn audit(&self, org_id: i64, actions: &[&str]) -> (StatusCode, Vec<Value>) {
+        let (status, audit) = self
+            .provider(
+                Method::GET,
+                &format!("/provider/v1/orgs/{org_id}/audit?pageSize=1000"),
+                None,
+            )
+            .await;
+        let records = audit["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| actions.iter().any(|a| r["action"] == *a))
+            .cloned()
+            .collect();
+        (status, records)
+    }
+
     /// An org (FULL admin `full@slug`, password [`PASSWORD`]) with generous rate limits and
     /// `threshold`, created through the balancer; its id and key.
     pub async fn org(&self, slug: &str, threshold: Option<i64>) -> (i64, String) {
@@ -595,20 +614,8 @@ async fn threshold_trips_once(t: &Topology, slug: &str) {
         probes += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (status, audit) = t
-        .provider(
-            Method::GET,
-            &format!("/provider/v1/orgs/{org_id}/audit?pageSize=1000"),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{audit}");
-    let disables: Vec<&Value> = audit["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["action"] == "KEY_DISABLE")
-        .collect();
+    let (status, disables) = t.audit(org_id, &["KEY_DISABLE"]).await;
+    assert_eq!(status, StatusCode::OK, "{disables:?}");
     assert_eq!(
         disables.len(),
         1,
@@ -642,7 +649,7 @@ async fn r7_trials(t: &Topology, slug: &str, trials: usize) {
             Ok(session) => session,
             Err(e) => panic!(
                 "{slug}: trial {trial}: login: {e:?}; the org's audited refusals: {:?}",
-                login_refusals(t, org_id).await
+                t.audit(org_id, &["LOGIN_FAILURE", "KEY_GUESS"]).await.1
             ),
         };
         // The change, through node `trial % 3` directly; kinds take turns.
@@ -693,24 +700,6 @@ async fn r7_trials(t: &Topology, slug: &str, trials: usize) {
         other_node_probes > 0 && probe_nodes.iter().all(|&n| n > 0),
         "{probe_nodes:?}"
     );
-}
-
-/// The org's audited login refusals (each reason is in its details), for a failure message.
-async fn login_refusals(t: &Topology, org_id: i64) -> Vec<Value> {
-    let (_, audit) = t
-        .provider(
-            Method::GET,
-            &format!("/provider/v1/orgs/{org_id}/audit?pageSize=1000"),
-            None,
-        )
-        .await;
-    audit["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["action"] == "LOGIN_FAILURE" || r["action"] == "KEY_GUESS")
-        .cloned()
-        .collect()
 }
 
 /// A request with `session` through nginx (a key read, the session status, or `/authz`):
