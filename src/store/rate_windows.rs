@@ -57,7 +57,9 @@ pub trait WindowStore: Send + Sync + 'static {
     /// [`Self::claim`] of each window of `claims` (`first`: true), all in one round trip where
     /// the store can: the upkeep claims the next window of every busy org at about the same
     /// moment, and one statement per org and node each second would grow the shared store's
-    /// load with the number of orgs. Answers in the order of `claims`; all or none.
+    /// load with the number of orgs. Answers in the order of `claims`, all or none: after an
+    /// error, units may still have been taken for some windows (Redis has no transaction
+    /// across them), and those windows then admit fewer, never more.
     async fn claim_ahead(&self, claims: &[AheadClaim<'_>]) -> anyhow::Result<Vec<Claimed>>;
     /// Takes each share's `n` unused units off its window's count (never below 0), all in one
     /// round trip where the store can, as [`Self::claim_ahead`].
@@ -325,18 +327,24 @@ impl RedisWindows {
         *self.conn.lock().await = None;
     }
 
-    async fn give_back_one(&self, w: &WindowRef<'_>, n: u32) -> anyhow::Result<()> {
+    /// Runs a script on the shared connection; a failure drops the connection, so the next
+    /// call connects again.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::ScriptInvocation<'_>,
+    ) -> anyhow::Result<T> {
         let mut conn = self.connection().await?;
-        let got: redis::RedisResult<i64> = self
-            .give_back
-            .key(Self::key(w))
-            .arg(n)
-            .invoke_async(&mut conn)
-            .await;
-        if let Err(e) = got {
-            self.forget_connection().await;
-            return Err(e.into());
+        match script.invoke_async(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.forget_connection().await;
+                Err(e.into())
+            }
         }
+    }
+
+    async fn give_back_one(&self, w: &WindowRef<'_>, n: u32) -> anyhow::Result<()> {
+        let _: i64 = self.run(self.give_back.key(Self::key(w)).arg(n)).await?;
         Ok(())
     }
 
@@ -354,28 +362,22 @@ impl WindowStore for RedisWindows {
         limit: u32,
         first: bool,
     ) -> anyhow::Result<Claimed> {
-        let mut conn = self.connection().await?;
         let ttl = (w.end_ms - w.start_ms).max(1) + REDIS_GRACE_MS;
-        let got: redis::RedisResult<(i64, i64, i64)> = self
-            .claim
-            .key(Self::key(w))
-            .arg(want)
-            .arg(limit)
-            .arg(i32::from(first))
-            .arg(ttl)
-            .invoke_async(&mut conn)
-            .await;
-        match got {
-            Ok((granted, taken, claimers)) => Ok(Claimed {
-                granted: granted.max(0) as u32,
-                taken: taken.max(0) as u32,
-                claimers: claimers.max(0) as u32,
-            }),
-            Err(e) => {
-                self.forget_connection().await;
-                Err(e.into())
-            }
-        }
+        let (granted, taken, claimers): (i64, i64, i64) = self
+            .run(
+                self.claim
+                    .key(Self::key(w))
+                    .arg(want)
+                    .arg(limit)
+                    .arg(i32::from(first))
+                    .arg(ttl),
+            )
+            .await?;
+        Ok(Claimed {
+            granted: granted.max(0) as u32,
+            taken: taken.max(0) as u32,
+            claimers: claimers.max(0) as u32,
+        })
     }
 
     async fn claim_ahead(&self, claims: &[AheadClaim<'_>]) -> anyhow::Result<Vec<Claimed>> {
